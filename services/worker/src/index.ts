@@ -1,0 +1,5 @@
+export { DEFAULT_WORKER_OPTIONS, loadWorkerOptions, type WorkerOptions } from "./options.ts";
+export { IMPLEMENTED_KINDS, runStage } from "./stage-runner.ts";
+export { type StageCost, StageClock, type StageTotals } from "./stage-clock.ts";
+export type { StageContext, StageJob, StageResult } from "./types.ts";
+export { type RunningWorker, startWorker, type WorkerDeps } from "./worker.ts";

@@ -1,0 +1,28 @@
+// Entry point: a worker process serving the stage queues named by CHATRL_QUEUES.
+import { loadConfig } from "@chatrl/contracts";
+import { openDatabase } from "@chatrl/db";
+import { checkRedis, redisConnection } from "@chatrl/queue";
+import closeWithGrace from "close-with-grace";
+import { pino } from "pino";
+import { loadWorkerOptions } from "./options.ts";
+import { startWorker } from "./worker.ts";
+
+const config = loadConfig(process.env);
+const options = loadWorkerOptions(process.env);
+const logger = pino({ name: "worker", level: config.logLevel });
+
+await checkRedis(config.redisUrl);
+const db = await openDatabase(config);
+const connection = redisConnection(config.redisUrl);
+const worker = await startWorker(config, { db, connection, logger }, options);
+
+// SIGINT/SIGTERM: the stage in progress checkpoints and goes back to the queue. A second signal,
+// or a close slower than one lock period, exits at once; the job is then re-run after its lock
+// expires, from its last checkpoint.
+closeWithGrace({ delay: options.lockDurationMs }, async ({ signal, err }) => {
+  if (err) logger.error({ err }, "worker stopping after an error");
+  else logger.info({ signal }, "worker stopping");
+  await worker.close();
+  await connection.quit();
+  await db.close();
+});

@@ -1,0 +1,26 @@
+import type { Database } from "@chatrl/db";
+import type { StageJobData } from "@chatrl/queue";
+import type { Job } from "bullmq";
+import type { Logger } from "pino";
+
+export type Prisma = Database["prisma"];
+
+export type StageJob = Job<StageJobData>;
+
+/** What a stage processor needs besides its job: the database and where it runs. */
+export type StageContext = {
+  prisma: Prisma;
+  /** The tensor backend this worker trains on (recorded as the stage's device). */
+  device: string;
+  logger: Logger;
+};
+
+/** Why a job's AbortSignal fired; the processor reacts differently to each. */
+export const ABORT_SHUTDOWN = "worker shutting down";
+export const ABORT_LOCK_LOST = "job lock lost";
+
+export type StageResult = {
+  stageId: string;
+  status: "succeeded" | "cancelled";
+  step: number;
+};

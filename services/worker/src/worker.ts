@@ -1,0 +1,85 @@
+// A worker process: one BullMQ Worker per stage queue it serves, all sharing one accelerator.
+import type { ChatrlConfig } from "@chatrl/contracts";
+import type { Database } from "@chatrl/db";
+import { type BackendName, initBackend } from "@chatrl/engine";
+import { STAGE_QUEUES, type StageJobData } from "@chatrl/queue";
+import { Mutex } from "async-mutex";
+import { Worker } from "bullmq";
+import type IORedis from "ioredis";
+import { type Logger, pino } from "pino";
+import { DEFAULT_WORKER_OPTIONS, type WorkerOptions } from "./options.ts";
+import { runStage } from "./stage-runner.ts";
+import { ABORT_LOCK_LOST, ABORT_SHUTDOWN, type StageContext, type StageResult } from "./types.ts";
+
+export type WorkerDeps = {
+  db: Database;
+  connection: IORedis;
+  /** Overrides config.backend. */
+  backend?: BackendName;
+  logger?: Logger;
+};
+
+export type RunningWorker = {
+  /** The tensor backend this worker trains on. */
+  device: string;
+  workers: Worker<StageJobData, StageResult>[];
+  /**
+   * Stops taking jobs; a stage in progress saves a checkpoint and goes back to the queue for
+   * the next worker. Leaves the database and Redis connection to their owner.
+   */
+  close(): Promise<void>;
+};
+
+export async function startWorker(
+  config: ChatrlConfig,
+  deps: WorkerDeps,
+  options: Partial<WorkerOptions> = {},
+): Promise<RunningWorker> {
+  const timing = { ...DEFAULT_WORKER_OPTIONS, ...options };
+  const logger = deps.logger ?? pino({ name: "worker", level: config.logLevel });
+  const backend = await initBackend(deps.backend ?? config.backend);
+  const ctx: StageContext = { prisma: deps.db.prisma, device: backend.name, logger };
+  // Each queue has its own Worker, but the process has one accelerator: one stage at a time.
+  const device = new Mutex();
+
+  const workers = config.queues.map((kind) => {
+    const worker = new Worker<StageJobData, StageResult>(
+      STAGE_QUEUES[kind],
+      (job, token, signal) => device.runExclusive(() => runStage(ctx, job, token, signal)),
+      {
+        connection: deps.connection,
+        prefix: config.queuePrefix,
+        concurrency: 1,
+        lockDuration: timing.lockDurationMs,
+        stalledInterval: timing.stalledIntervalMs,
+        maxStalledCount: timing.maxStalledCount,
+      },
+    );
+    worker.on("lockRenewalFailed", (jobIds) => {
+      for (const id of jobIds) worker.cancelJob(id, ABORT_LOCK_LOST);
+    });
+    worker.on("error", (err) => logger.error({ err, queue: kind }, "queue error"));
+    worker.on("active", (job) => logger.info({ jobId: job.id, queue: kind }, "stage started"));
+    worker.on("completed", (job, result) =>
+      logger.info({ jobId: job.id, queue: kind, result }, "stage done"),
+    );
+    worker.on("failed", (job, err) =>
+      logger.warn({ jobId: job?.id, queue: kind, reason: err.message }, "stage failed"),
+    );
+    return worker;
+  });
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  logger.info(
+    { queues: config.queues, prefix: config.queuePrefix, backend: backend.name, ...timing },
+    "worker ready",
+  );
+
+  return {
+    device: backend.name,
+    workers,
+    async close() {
+      for (const w of workers) w.cancelAllJobs(ABORT_SHUTDOWN);
+      await Promise.all(workers.map((w) => w.close()));
+    },
+  };
+}

@@ -1,0 +1,154 @@
+// Shared set-up of the worker tests: a database, a Redis prefix, a dataset, and runs submitted
+// the way the api submits them (db repositories, then enqueueRun), without the HTTP layer.
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { type ChatrlConfig, loadConfig, type RunSpec, type StageKind } from "@chatrl/contracts";
+import { createDataset, createRun, getStage } from "@chatrl/db";
+import { createFlowProducer, enqueueRun, redisConnection, STAGE_QUEUES } from "@chatrl/queue";
+import { type FlowProducer, Queue } from "bullmq";
+import type IORedis from "ioredis";
+import { vi } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
+
+/** Question/answer pairs with a pattern a tiny byte-level model picks up in a few steps. */
+export const SFT_ROWS = Array.from({ length: 48 }, (_, i) => ({
+  prompt: `What is ${i % 7} plus ${i % 5}?`,
+  response: `${i % 7} plus ${i % 5} is ${(i % 7) + (i % 5)}.`,
+}));
+
+export type Harness = {
+  tdb: TestDatabase;
+  redis: TestRedis;
+  connection: IORedis;
+  flow: FlowProducer;
+  config: ChatrlConfig;
+  datasetId: string;
+  queue(kind: StageKind): Queue;
+  submitRun(opts?: {
+    sft?: Partial<RunSpec["stages"]["sft"]>;
+    pricePerHour?: number;
+    kinds?: StageKind[];
+  }): Promise<{ runId: string; stageId: string }>;
+  close(): Promise<void>;
+};
+
+export async function createHarness(): Promise<Harness> {
+  const tdb = await createTestDatabase();
+  const redis = await createTestRedis();
+  const connection = redisConnection(redis.url);
+  const flow = createFlowProducer(connection, redis.prefix);
+  const config = loadConfig({
+    DATABASE_URL: tdb.url,
+    REDIS_URL: redis.url,
+    CHATRL_QUEUE_PREFIX: redis.prefix,
+    CHATRL_QUEUES: "sft,reward",
+    CHATRL_LOG_LEVEL: "silent",
+  });
+  const dataset = await createDataset(tdb.db.prisma, {
+    name: "additions",
+    format: "supervised",
+    rows: SFT_ROWS,
+  });
+  const queues = new Map<StageKind, Queue>();
+
+  return {
+    tdb,
+    redis,
+    connection,
+    flow,
+    config,
+    datasetId: dataset.id,
+    queue(kind) {
+      let q = queues.get(kind);
+      if (!q) {
+        q = new Queue(STAGE_QUEUES[kind], { connection, prefix: redis.prefix });
+        queues.set(kind, q);
+      }
+      return q;
+    },
+    async submitRun(opts = {}) {
+      const spec: RunSpec = {
+        name: "worker test",
+        model: { preset: "tiny" },
+        datasets: [{ id: dataset.id, weight: 1 }],
+        data_split: [8, 1, 1],
+        stages: {
+          sft: {
+            max_steps: 12,
+            batch_size: 4,
+            learning_rate: 3e-3,
+            max_seq_len: 48,
+            epochs: 100,
+            checkpoint_every: 4,
+            warmup_steps: 2,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ...opts.sft,
+          },
+        },
+        compute: { device: "cpu", price_per_hour: opts.pricePerHour ?? 0 },
+        seed: 7,
+      };
+      const kinds = opts.kinds ?? ["sft"];
+      const run = await createRun(tdb.db.prisma, {
+        name: spec.name,
+        spec,
+        stages: kinds.map((kind) => ({ kind, maxSteps: spec.stages.sft.max_steps })),
+      });
+      await enqueueRun(flow, run);
+      return { runId: run.id, stageId: run.stages[0].id };
+    },
+    async close() {
+      for (const q of queues.values()) await q.close();
+      await flow.close();
+      await connection.quit();
+      await redis.cleanup();
+      await tdb.drop();
+    },
+  };
+}
+
+/** Waits until the stage is in `status` (or fails the test after `timeout` ms). */
+export async function waitForStage(h: Harness, stageId: string, status: string, timeout = 30_000) {
+  return vi.waitFor(
+    async () => {
+      const stage = await getStage(h.tdb.db.prisma, stageId);
+      if (stage?.status !== status) {
+        throw new Error(`stage ${stageId} is ${stage?.status}, waiting for ${status}`);
+      }
+      return stage;
+    },
+    { timeout, interval: 50 },
+  );
+}
+
+const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
+
+/** The worker's real entry point in its own process, configured by environment variables. */
+export function spawnWorkerProcess(h: Harness): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+    env: {
+      ...process.env,
+      DATABASE_URL: h.tdb.url,
+      REDIS_URL: h.redis.url,
+      CHATRL_QUEUE_PREFIX: h.redis.prefix,
+      CHATRL_QUEUES: "sft",
+      CHATRL_LOG_LEVEL: "warn",
+      // A dead child's job must come back quickly.
+      CHATRL_WORKER_LOCK_MS: "1500",
+      CHATRL_WORKER_STALLED_INTERVAL_MS: "500",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  return child;
+}
+
+export function exited(
+  child: ChildProcess,
+): Promise<{ code: number | null; signal: string | null }> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  }
+  return new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+}

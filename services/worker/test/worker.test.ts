@@ -1,0 +1,259 @@
+import { createHash } from "node:crypto";
+import {
+  cancelRun,
+  getRun,
+  getStage,
+  latestCheckpoint,
+  listCheckpoints,
+  listEvents,
+  listMetrics,
+  readCheckpointPart,
+} from "@chatrl/db";
+import { tf } from "@chatrl/engine";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { loadWorkerOptions } from "../src/options.ts";
+import { type RunningWorker, startWorker } from "../src/worker.ts";
+import {
+  createHarness,
+  exited,
+  type Harness,
+  spawnWorkerProcess,
+  waitForStage,
+} from "./harness.ts";
+
+// Short locks so a dead worker's job is handed on within a couple of seconds.
+const FAST = { lockDurationMs: 1500, stalledIntervalMs: 500, maxStalledCount: 3 };
+const quiet = pino({ level: "silent" });
+
+let h: Harness;
+
+beforeAll(async () => {
+  h = await createHarness();
+});
+
+afterAll(async () => {
+  await h?.close();
+});
+
+async function withWorker<T>(fn: (w: RunningWorker) => Promise<T>): Promise<T> {
+  const w = await startWorker(
+    h.config,
+    { db: h.tdb.db, connection: h.connection, logger: quiet },
+    FAST,
+  );
+  try {
+    return await fn(w);
+  } finally {
+    await w.close();
+  }
+}
+
+async function eventMessages(runId: string): Promise<string[]> {
+  const events = await listEvents(h.tdb.db.prisma, runId, { limit: 100 });
+  return events.data.map((e) => e.message);
+}
+
+describe("sft stage jobs", () => {
+  it("trains an SFT stage to succeeded, with falling loss, verifiable checkpoints and its cost", async () => {
+    await withWorker(async () => {
+      const tensorsBefore = tf.memory().numTensors;
+      const { runId, stageId } = await h.submitRun({ pricePerHour: 3.6 });
+      const stage = await waitForStage(h, stageId, "succeeded");
+
+      expect(stage.step).toBe(12);
+      expect(stage.progress).toBe(1);
+      expect(stage.deviceSeconds).toBeGreaterThan(0);
+      expect(stage.wallSeconds).toBeGreaterThanOrEqual(stage.deviceSeconds);
+      expect(Number(stage.tokens)).toBeGreaterThan(0);
+      expect(stage.costUsd).toBeCloseTo((3.6 * stage.deviceSeconds) / 3600, 10);
+      expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("succeeded");
+
+      // checkpoint_every 4 -> a metric point every step, loss falling over 12 steps.
+      const losses = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name: "loss" });
+      expect(losses.map((m) => m.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+      const first = losses[0].value;
+      const lastThree = losses.slice(-3).reduce((a, m) => a + m.value, 0) / 3;
+      expect(lastThree).toBeLessThan(first * 0.8);
+      for (const name of ["lr", "grad_norm", "tokens_per_s"]) {
+        const rows = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name });
+        expect(rows.length, name).toBe(12);
+      }
+      const tokensPerS = await listMetrics(h.tdb.db.prisma, runId, { name: "tokens_per_s" });
+      expect(tokensPerS.every((m) => m.value > 0)).toBe(true);
+
+      const checkpoints = await listCheckpoints(h.tdb.db.prisma, runId);
+      const summary = [...checkpoints]
+        .sort((a, b) => a.step - b.step)
+        .map((c) => [c.step, c.final, c.role]);
+      expect(summary).toEqual([
+        [4, false, "sft"],
+        [8, false, "sft"],
+        [12, true, "sft"],
+      ]);
+      for (const c of checkpoints) {
+        const bytes = await readCheckpointPart(h.tdb.db.prisma, c.id, "model");
+        expect(bytes).not.toBeNull();
+        expect(createHash("sha256").update(bytes!).digest("hex")).toBe(c.sha256);
+        expect(bytes!.length).toBe(c.bytes);
+        const trainer = await readCheckpointPart(h.tdb.db.prisma, c.id, "trainer");
+        expect(trainer === null).toBe(c.final);
+      }
+      const final = checkpoints.find((c) => c.final)!;
+      expect(final.config).toMatchObject({ vocabSize: 258, dModel: 64, nLayers: 2 });
+
+      const job = await h.queue("sft").getJob(stageId);
+      expect(await job?.getState()).toBe("completed");
+      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 12 });
+      // The worker released every tensor of the model and trainer.
+      expect(tf.memory().numTensors).toBe(tensorsBefore);
+    });
+  });
+
+  it("stops a cancelled stage at its next step, leaves it cancelled and writes no final checkpoint", async () => {
+    await withWorker(async () => {
+      const tensorsBefore = tf.memory().numTensors;
+      const { runId, stageId } = await h.submitRun({
+        sft: { max_steps: 500, checkpoint_every: 5 },
+      });
+      await vi.waitFor(
+        async () =>
+          expect((await getStage(h.tdb.db.prisma, stageId))?.step).toBeGreaterThanOrEqual(2),
+        { timeout: 30_000, interval: 20 },
+      );
+      await cancelRun(h.tdb.db.prisma, runId);
+      const stepAtCancel = (await getStage(h.tdb.db.prisma, stageId))!.step;
+
+      const job = await h.queue("sft").getJob(stageId);
+      await vi.waitFor(async () => expect(await job?.getState()).toBe("completed"), {
+        timeout: 10_000,
+        interval: 50,
+      });
+      const done = await h.queue("sft").getJob(stageId);
+      expect(done?.returnvalue.status).toBe("cancelled");
+      // At most the step in flight when the cancel landed, plus the one that was starting.
+      expect(done?.returnvalue.step).toBeLessThanOrEqual(stepAtCancel + 2);
+
+      const stage = (await getStage(h.tdb.db.prisma, stageId))!;
+      expect(stage.status).toBe("cancelled");
+      expect(stage.step).toBeLessThan(500);
+      const checkpoints = await listCheckpoints(h.tdb.db.prisma, runId);
+      expect(checkpoints.filter((c) => c.final)).toEqual([]);
+      expect(await eventMessages(runId)).toContain(
+        `sft cancelled at step ${done?.returnvalue.step}`,
+      );
+      expect(tf.memory().numTensors).toBe(tensorsBefore);
+    });
+  });
+
+  it("hands the stage of a killed worker process to another worker, which resumes from the last checkpoint", async () => {
+    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 40, checkpoint_every: 5 } });
+    const child = spawnWorkerProcess(h);
+    try {
+      await vi.waitFor(
+        async () => {
+          const ckpt = await latestCheckpoint(h.tdb.db.prisma, stageId);
+          expect(ckpt?.step).toBeGreaterThanOrEqual(5);
+        },
+        { timeout: 30_000, interval: 20 },
+      );
+      child.kill("SIGKILL");
+      await exited(child);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    const atKill = (await getStage(h.tdb.db.prisma, stageId))!;
+    expect(atKill.status).toBe("running");
+    const resumeStep = (await latestCheckpoint(h.tdb.db.prisma, stageId))!.step;
+    expect(resumeStep).toBeLessThan(40);
+
+    const progressSteps: number[] = [];
+    await withWorker(async (w) => {
+      for (const worker of w.workers) {
+        worker.on("progress", (_job, p) => progressSteps.push((p as { step: number }).step));
+      }
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage.step).toBe(40);
+      // Time and money of both attempts are on the stage.
+      expect(stage.deviceSeconds).toBeGreaterThan(atKill.deviceSeconds);
+    });
+
+    expect(await eventMessages(runId)).toContain(`sft resumed from step ${resumeStep}`);
+    // The new worker continued from the checkpoint instead of starting over.
+    expect(progressSteps[0]).toBe(resumeStep + 1);
+    expect(progressSteps.at(-1)).toBe(40);
+    const final = (await listCheckpoints(h.tdb.db.prisma, runId)).find((c) => c.final);
+    expect(final?.step).toBe(40);
+    // Steps the dead worker had reported are not reported twice.
+    const steps = (await listMetrics(h.tdb.db.prisma, runId, { name: "loss" })).map((m) => m.step);
+    expect(steps).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+  });
+
+  it("on SIGTERM checkpoints the stage where it is and puts it back in the queue for the next worker", async () => {
+    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 40, checkpoint_every: 25 } });
+    const child = spawnWorkerProcess(h);
+    let exit: { code: number | null; signal: string | null };
+    try {
+      await vi.waitFor(
+        async () =>
+          expect((await getStage(h.tdb.db.prisma, stageId))?.step).toBeGreaterThanOrEqual(3),
+        { timeout: 30_000, interval: 20 },
+      );
+      child.kill("SIGTERM");
+      exit = await exited(child);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    expect(exit).toEqual({ code: 0, signal: null });
+    // No periodic checkpoint was due (every 25), so this one was written by the shutdown.
+    const paused = (await latestCheckpoint(h.tdb.db.prisma, stageId))!;
+    expect(paused.step).toBeGreaterThanOrEqual(3);
+    expect(paused.step).toBeLessThan(25);
+    expect(await eventMessages(runId)).toContain(
+      `sft paused at step ${paused.step}: worker shutting down, the stage goes back to the queue`,
+    );
+    expect(
+      await h
+        .queue("sft")
+        .getJob(stageId)
+        .then((j) => j?.getState()),
+    ).toBe("waiting");
+
+    await withWorker(async () => {
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage.step).toBe(40);
+    });
+    expect(await eventMessages(runId)).toContain(`sft resumed from step ${paused.step}`);
+  });
+});
+
+describe("stage kinds the worker does not train yet", () => {
+  it("fails a reward stage job with a message saying the kind is not implemented", async () => {
+    await withWorker(async () => {
+      const { runId, stageId } = await h.submitRun({ kinds: ["reward"] });
+      const stage = await waitForStage(h, stageId, "failed");
+      const message =
+        'stage kind "reward" is not implemented by this worker yet (implemented: sft)';
+      expect(stage.error).toBe(message);
+      expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("failed");
+      expect(await eventMessages(runId)).toContain(`reward stage failed: ${message}`);
+
+      const job = await h.queue("reward").getJob(stageId);
+      await vi.waitFor(async () => expect(await job?.getState()).toBe("failed"));
+      const failed = await h.queue("reward").getJob(stageId);
+      expect(failed?.failedReason).toBe(message);
+      expect(failed?.attemptsMade).toBe(1);
+    });
+  });
+});
+
+describe("worker options", () => {
+  it("reads lock timing from the environment and names a bad variable", () => {
+    expect(
+      loadWorkerOptions({ CHATRL_WORKER_LOCK_MS: "2000", CHATRL_WORKER_MAX_STALLED: "5" }),
+    ).toEqual({ lockDurationMs: 2000, stalledIntervalMs: 30_000, maxStalledCount: 5 });
+    expect(() => loadWorkerOptions({ CHATRL_WORKER_STALLED_INTERVAL_MS: "soon" })).toThrow(
+      /CHATRL_WORKER_STALLED_INTERVAL_MS must be a number/,
+    );
+  });
+});
