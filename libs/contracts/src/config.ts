@@ -1,0 +1,111 @@
+import { z } from "zod";
+
+export type StageKind = "sft" | "reward" | "ppo";
+export const STAGE_KINDS: readonly StageKind[] = ["sft", "reward", "ppo"];
+
+export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
+
+export type ChatrlConfig = {
+  /** Postgres URL; unset means embedded PGlite under `${dataDir}/pglite`. */
+  databaseUrl?: string;
+  dataDir: string;
+  redisUrl: string;
+  /** BullMQ key prefix; tests use their own so they never see each other's jobs. */
+  queuePrefix: string;
+  apiPort: number;
+  inferencePort: number;
+  /** Port of the worker's /healthz and /readyz; unset means the worker serves no HTTP. */
+  workerHealthPort?: number;
+  host: string;
+  backend?: BackendName;
+  /** Bearer keys the services accept; empty means no authentication. */
+  apiKeys: string[];
+  /** The stage queues this process's worker serves. */
+  queues: StageKind[];
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Largest request body the api accepts (dataset uploads), in bytes. */
+  maxUploadBytes: number;
+};
+
+const commaList = (value: string | undefined) =>
+  (value ?? "")
+    .split(",")
+    .map((item) => item.trim())
+    .filter((item) => item.length > 0);
+
+const port = (fallback: number) => z.coerce.number().int().min(1).max(65535).default(fallback);
+
+// Keys are environment variable names so an error can name the variable the user must fix.
+const envSchema = z.object({
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL")
+    .optional(),
+  CHATRL_DATA_DIR: z.string().min(1).default("./data"),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL")
+    .default("redis://127.0.0.1:6379"),
+  CHATRL_QUEUE_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]+$/, "may only contain letters, digits, _ and -")
+    .default("chatrl"),
+  CHATRL_API_PORT: port(8080),
+  CHATRL_INFERENCE_PORT: port(8000),
+  CHATRL_WORKER_HEALTH_PORT: z.coerce.number().int().min(1).max(65535).optional(),
+  CHATRL_HOST: z.string().min(1).default("0.0.0.0"),
+  CHATRL_BACKEND: z.enum(["tensorflow-gpu", "tensorflow", "wasm", "cpu"]).optional(),
+  CHATRL_API_KEYS: z.string().optional(),
+  CHATRL_QUEUES: z
+    .string()
+    .default("sft,reward,ppo")
+    .transform(commaList)
+    .pipe(z.array(z.enum(["sft", "reward", "ppo"])).min(1, "must name at least one queue")),
+  CHATRL_LOG_LEVEL: z
+    .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
+    .default("info"),
+  CHATRL_MAX_UPLOAD_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .default(50 * 1024 * 1024),
+});
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * Reads and validates the configuration from environment variables, once, at start.
+ * Empty strings count as unset, so `FOO=` in a compose file falls back to the default.
+ */
+export function loadConfig(env: Record<string, string | undefined>): ChatrlConfig {
+  const present = Object.fromEntries(
+    Object.entries(env).filter(([key, value]) => key in envSchema.shape && value !== ""),
+  );
+  const parsed = envSchema.safeParse(present);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((issue) => `${issue.path.join(".")}: ${issue.message}`),
+    );
+  }
+  const e = parsed.data;
+  return {
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.CHATRL_DATA_DIR,
+    redisUrl: e.REDIS_URL,
+    queuePrefix: e.CHATRL_QUEUE_PREFIX,
+    apiPort: e.CHATRL_API_PORT,
+    inferencePort: e.CHATRL_INFERENCE_PORT,
+    workerHealthPort: e.CHATRL_WORKER_HEALTH_PORT,
+    host: e.CHATRL_HOST,
+    backend: e.CHATRL_BACKEND,
+    apiKeys: commaList(e.CHATRL_API_KEYS),
+    queues: [...new Set(e.CHATRL_QUEUES)],
+    logLevel: e.CHATRL_LOG_LEVEL,
+    maxUploadBytes: e.CHATRL_MAX_UPLOAD_BYTES,
+  };
+}
