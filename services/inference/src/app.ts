@@ -1,0 +1,34 @@
+// The inference service: OpenAI-compatible /v1/models and /v1/chat/completions over the
+// checkpoints in Postgres, plus health checks.
+import { type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
+import type { Database } from "@chatrl/db";
+import Fastify, { type FastifyInstance } from "fastify";
+import type { RegistryOptions } from "./model-registry.ts";
+import authPlugin from "./plugins/auth.ts";
+import dbPlugin from "./plugins/db.ts";
+import modelsPlugin from "./plugins/models.ts";
+import chatCompletionRoutes from "./routes/chat-completions.ts";
+import healthRoutes from "./routes/health.ts";
+import modelRoutes from "./routes/models.ts";
+
+export type InferenceDeps = {
+  db: Database;
+  /** Model cache and batching limits; defaults suit one small CPU machine. */
+  registry?: RegistryOptions;
+};
+
+export async function buildInferenceApp(
+  config: ChatrlConfig,
+  deps: InferenceDeps,
+): Promise<FastifyInstance> {
+  const app = Fastify({ logger: { level: config.logLevel } });
+  await app.register(errorsPlugin);
+  await app.register(openApiPlugin);
+  await app.register(authPlugin, { apiKeys: config.apiKeys });
+  await app.register(dbPlugin, { db: deps.db });
+  await app.register(modelsPlugin, { ...deps.registry, backend: config.backend });
+  await app.register(healthRoutes);
+  await app.register(modelRoutes);
+  await app.register(chatCompletionRoutes);
+  return app;
+}

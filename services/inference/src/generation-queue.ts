@@ -1,0 +1,100 @@
+// One queue per loaded model. Requests that arrive while a generation runs wait here and are
+// drained into the next shared generate call, so concurrent chats cost one batched forward pass
+// per token instead of one each. Requests are batched only with others that sample the same
+// way, because the engine's generate takes one set of sampling options per call.
+
+export type SamplingOptions = {
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  stop: string[];
+  seed?: number;
+};
+
+export type GenerationResult = {
+  text: string;
+  promptTokens: number;
+  completionTokens: number;
+  finishReason: "stop" | "length";
+};
+
+export type RunBatch = (
+  prompts: string[],
+  options: SamplingOptions,
+  onToken: (index: number, text: string) => void,
+) => Promise<GenerationResult[]>;
+
+type Job = {
+  prompt: string;
+  options: SamplingOptions;
+  key: string;
+  onText?: (text: string) => void;
+  resolve: (result: GenerationResult) => void;
+  reject: (error: unknown) => void;
+};
+
+function samplingKey(o: SamplingOptions): string {
+  return JSON.stringify([o.maxTokens, o.temperature, o.topP, o.stop, o.seed ?? null]);
+}
+
+export class GenerationQueue {
+  #pending: Job[] = [];
+  #draining = false;
+
+  constructor(
+    private readonly runBatch: RunBatch,
+    private readonly maxBatchSize: number,
+  ) {}
+
+  /** Generates for one prompt; `onText` receives the completion as it grows, piece by piece. */
+  submit(
+    prompt: string,
+    options: SamplingOptions,
+    onText?: (text: string) => void,
+  ): Promise<GenerationResult> {
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ prompt, options, key: samplingKey(options), onText, resolve, reject });
+      if (!this.#draining) {
+        this.#draining = true;
+        // Start on the next turn of the event loop so requests submitted together share a batch.
+        setImmediate(() => void this.#drain());
+      }
+    });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending.length > 0) {
+      const batch = this.#takeBatch();
+      try {
+        const results = await this.runBatch(
+          batch.map((job) => job.prompt),
+          batch[0].options,
+          (index, text) => {
+            try {
+              batch[index]?.onText?.(text);
+            } catch {
+              // A listener that fails (a closed stream) must not stop the others' generation.
+            }
+          },
+        );
+        for (const [i, job] of batch.entries()) job.resolve(results[i]);
+      } catch (error) {
+        for (const job of batch) job.reject(error);
+      }
+    }
+    this.#draining = false;
+  }
+
+  /** The oldest request and every waiting request that samples like it, up to the batch size. */
+  #takeBatch(): Job[] {
+    const key = this.#pending[0].key;
+    const batch: Job[] = [];
+    const rest: Job[] = [];
+    for (const job of this.#pending) {
+      if (job.key === key && batch.length < this.maxBatchSize) batch.push(job);
+      else rest.push(job);
+    }
+    this.#pending = rest;
+    return batch;
+  }
+}

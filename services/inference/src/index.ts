@@ -1,0 +1,10 @@
+export { buildInferenceApp, type InferenceDeps } from "./app.ts";
+export type { GenerationResult, SamplingOptions } from "./generation-queue.ts";
+export { findServedModel, listServedModels, type ServedModel } from "./model-catalog.ts";
+export { modelIdFor, parseModelId, type ServedRole } from "./model-ids.ts";
+export {
+  type ModelLease,
+  ModelRegistry,
+  type RegistryOptions,
+  type RegistryStats,
+} from "./model-registry.ts";

@@ -1,0 +1,31 @@
+// OpenAI's model list: every servable checkpoint under its public model name.
+import { ApiError, openApiRoute } from "@chatrl/contracts";
+import type { FastifyInstance } from "fastify";
+import { listServedModels } from "../model-catalog.ts";
+
+export default async function modelRoutes(app: FastifyInstance) {
+  app.route({
+    ...openApiRoute("GET", "/v1/models"),
+    handler: async () => {
+      const models = await listServedModels(app.db.prisma);
+      return {
+        object: "list",
+        data: models.map((model) => ({
+          id: model.id,
+          object: "model",
+          created: model.created,
+          owned_by: "chatrl",
+          ...(model.contextLength ? { max_model_len: model.contextLength } : {}),
+        })),
+      };
+    },
+  });
+}
+
+export function unknownModel(id: string): ApiError {
+  return new ApiError(404, `The model '${id}' does not exist`, {
+    type: "invalid_request_error",
+    param: "model",
+    code: "model_not_found",
+  });
+}

@@ -1,0 +1,97 @@
+import { describe, expect, it } from "vitest";
+import {
+  type GenerationResult,
+  GenerationQueue,
+  type RunBatch,
+  type SamplingOptions,
+} from "../src/generation-queue.ts";
+
+const options: SamplingOptions = { maxTokens: 4, temperature: 1, topP: 1, stop: [] };
+
+/** A stand-in for the engine's generate that answers each prompt upper-cased, after a delay. */
+function recordingRun(delayMs = 10) {
+  const calls: { prompts: string[]; options: SamplingOptions }[] = [];
+  const run: RunBatch = async (prompts, opts, onToken) => {
+    calls.push({ prompts, options: opts });
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    for (const [i, p] of prompts.entries()) onToken(i, p.toUpperCase());
+    return prompts.map(
+      (p): GenerationResult => ({
+        text: p.toUpperCase(),
+        promptTokens: p.length,
+        completionTokens: p.length,
+        finishReason: "length",
+      }),
+    );
+  };
+  return { calls, run };
+}
+
+describe("GenerationQueue", () => {
+  it("answers requests submitted together with one batched call, each with its own result", async () => {
+    const { calls, run } = recordingRun();
+    const queue = new GenerationQueue(run, 8);
+    const results = await Promise.all(["a", "b", "c"].map((p) => queue.submit(p, options)));
+    expect(results.map((r) => r.text)).toEqual(["A", "B", "C"]);
+    expect(calls.map((c) => c.prompts)).toEqual([["a", "b", "c"]]);
+  });
+
+  it("batches requests that arrive during a generation into the next call", async () => {
+    const { calls, run } = recordingRun(50);
+    const queue = new GenerationQueue(run, 8);
+    const first = queue.submit("first", options);
+    await new Promise((resolve) => setTimeout(resolve, 10)); // the first call is running now
+    const later = [queue.submit("x", options), queue.submit("y", options)];
+    await Promise.all([first, ...later]);
+    expect(calls.map((c) => c.prompts)).toEqual([["first"], ["x", "y"]]);
+  });
+
+  it("keeps requests that sample differently in separate calls and respects the batch size", async () => {
+    const { calls, run } = recordingRun();
+    const queue = new GenerationQueue(run, 2);
+    const seeded = { ...options, seed: 7 };
+    await Promise.all([
+      queue.submit("a", options),
+      queue.submit("b", seeded),
+      queue.submit("c", options),
+      queue.submit("d", options),
+    ]);
+    expect(calls.map((c) => c.prompts)).toEqual([["a", "c"], ["b"], ["d"]]);
+    expect(calls[1].options.seed).toBe(7);
+  });
+
+  it("routes streamed text to the request it belongs to", async () => {
+    const { run } = recordingRun();
+    const queue = new GenerationQueue(run, 8);
+    const seen: Record<string, string> = { a: "", b: "" };
+    await Promise.all([
+      queue.submit("a", options, (t) => {
+        seen.a += t;
+      }),
+      queue.submit("b", options, (t) => {
+        seen.b += t;
+      }),
+    ]);
+    expect(seen).toEqual({ a: "A", b: "B" });
+  });
+
+  it("fails every request of a failed call and keeps serving later ones", async () => {
+    let fail = true;
+    const queue = new GenerationQueue(async (prompts) => {
+      if (fail) throw new Error("out of memory");
+      return prompts.map((p) => ({
+        text: p,
+        promptTokens: 1,
+        completionTokens: 1,
+        finishReason: "stop",
+      }));
+    }, 8);
+    const failed = await Promise.allSettled([
+      queue.submit("a", options),
+      queue.submit("b", options),
+    ]);
+    expect(failed.map((r) => r.status)).toEqual(["rejected", "rejected"]);
+    fail = false;
+    await expect(queue.submit("c", options)).resolves.toMatchObject({ text: "c" });
+  });
+});
