@@ -1,6 +1,36 @@
+// @chatrl/db: the Prisma client, the migration runner and the repositories (docs/internal-apis.md).
 export type { Database, DatabaseConfig } from "./database.ts";
 export { ensureDatabaseExists, openDatabase } from "./database.ts";
 export { migrate } from "./migrate.ts";
 export { newId } from "./ids.ts";
 export type { IdPrefix } from "./ids.ts";
+export type { Db, Page, PageQuery, RunWithStages, StageRow } from "./rows.ts";
+export { createDataset, getDataset, listDatasets, loadDatasetRows } from "./datasets.ts";
+export type { NewRun } from "./runs.ts";
+export {
+  cancelRun,
+  createRun,
+  findRunByIdempotencyKey,
+  getRun,
+  listRuns,
+  markRunFailed,
+} from "./runs.ts";
+export type { StageOutcome, StageProgress } from "./stages.ts";
+export { finishStage, getStage, recordStageProgress, startStage } from "./stages.ts";
+export type { CheckpointPart, NewCheckpoint, ServableCheckpoint } from "./checkpoints.ts";
+export {
+  CHUNK_BYTES,
+  getCheckpoint,
+  latestCheckpoint,
+  listCheckpoints,
+  listServableCheckpoints,
+  readCheckpointPart,
+  saveCheckpoint,
+} from "./checkpoints.ts";
+export type { MetricRow } from "./metrics.ts";
+export { addMetrics, listMetrics } from "./metrics.ts";
+export type { RunEventRow } from "./events.ts";
+export { addEvent, listEvents } from "./events.ts";
+export type { CostGroup, CostRow } from "./dashboard.ts";
+export { costSummary } from "./dashboard.ts";
 export * from "./generated/prisma/client.ts";

@@ -1,0 +1,105 @@
+import type { Status } from "./generated/prisma/client.ts";
+import {
+  type Db,
+  type RunWithStages,
+  type StageRow,
+  stagesInOrder,
+  toRunWithStages,
+  toStageRow,
+} from "./rows.ts";
+
+export async function getStage(p: Db, id: string): Promise<StageRow | null> {
+  const stage = await p.stage.findUnique({ where: { id } });
+  return stage && toStageRow(stage);
+}
+
+/**
+ * Marks a queued stage running on `device` and its run running. A stage that is no longer
+ * queued or running (cancelled meanwhile) is returned unchanged, so the worker sees why to stop.
+ * Starting a running stage again (a resumed job) keeps its first startedAt.
+ */
+export async function startStage(p: Db, id: string, device: string): Promise<StageRow> {
+  return p.$transaction(async (tx) => {
+    const stage = await tx.stage.findUniqueOrThrow({ where: { id } });
+    if (stage.status !== "queued" && stage.status !== "running") return toStageRow(stage);
+    const now = new Date();
+    const started = await tx.stage.update({
+      where: { id },
+      data: { status: "running", device, startedAt: stage.startedAt ?? now },
+    });
+    await tx.run.updateMany({
+      where: { id: stage.runId, status: "queued" },
+      data: { status: "running", startedAt: now },
+    });
+    return toStageRow(started);
+  });
+}
+
+export type StageProgress = {
+  step: number;
+  progress: number;
+  wallSeconds: number;
+  deviceSeconds: number;
+  tokens: number;
+  costUsd: number;
+};
+
+/** Records the totals so far (not increments). */
+export async function recordStageProgress(
+  p: Db,
+  id: string,
+  progress: StageProgress,
+): Promise<StageRow> {
+  const stage = await p.stage.update({
+    where: { id },
+    data: { ...progress, tokens: BigInt(Math.round(progress.tokens)) },
+  });
+  return toStageRow(stage);
+}
+
+export type StageOutcome = { status: "succeeded" | "failed" | "cancelled"; error?: string };
+
+/**
+ * Finishes a stage and derives its run's status from all stages: failed if any failed, else
+ * cancelled if any was cancelled, else succeeded once all succeeded; otherwise it stays running.
+ */
+export async function finishStage(
+  p: Db,
+  id: string,
+  outcome: StageOutcome,
+): Promise<{ stage: StageRow; run: RunWithStages }> {
+  return p.$transaction(async (tx) => {
+    const { runId } = await tx.stage.findUniqueOrThrow({ where: { id }, select: { runId: true } });
+    // Stages of one run finish on different workers; the row lock makes each derivation see
+    // the others' committed results.
+    await tx.$queryRaw`SELECT id FROM "run" WHERE id = ${runId} FOR UPDATE`;
+    const now = new Date();
+    const stage = await tx.stage.update({
+      where: { id },
+      data: { status: outcome.status, error: outcome.error ?? null, finishedAt: now },
+    });
+    const stages = await tx.stage.findMany({ where: { runId }, ...stagesInOrder });
+    const failed = stages.find((s) => s.status === "failed");
+    const status: Status = failed
+      ? "failed"
+      : stages.some((s) => s.status === "cancelled")
+        ? "cancelled"
+        : stages.every((s) => s.status === "succeeded")
+          ? "succeeded"
+          : "running";
+    const finished = status !== "running";
+    const run = await tx.run.findUniqueOrThrow({ where: { id: runId } });
+    const updated = await tx.run.update({
+      where: { id: runId },
+      data: {
+        status,
+        error: failed
+          ? `${failed.kind} stage failed: ${failed.error ?? "unknown error"}`
+          : run.error,
+        finishedAt: finished ? (run.finishedAt ?? now) : null,
+      },
+      include: { stages: stagesInOrder },
+    });
+    return { stage: toStageRow(stage), run: toRunWithStages(updated) };
+  });
+}
