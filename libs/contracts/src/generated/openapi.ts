@@ -523,8 +523,9 @@ export interface components {
             name?: string;
         };
         /**
-         * @description The OpenAI fields chatrl implements. Unknown fields are refused (400 naming the field)
-         *     rather than silently ignored.
+         * @description The OpenAI fields chatrl implements. Other fields (OpenAI's tools, logprobs, vLLM's
+         *     extensions ...) are accepted and ignored, as vLLM does, so existing OpenAI clients work.
+         *     `n` must be 1. The prompt is the messages rendered with the chat template training used.
          */
         ChatCompletionRequest: {
             model: string;
