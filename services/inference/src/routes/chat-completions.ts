@@ -5,7 +5,6 @@ import { PassThrough } from "node:stream";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { openApiRoute } from "@chatrl/contracts";
 import { type ChatCompletionRequest, type PreparedChat, prepareChat } from "../chat-request.ts";
-import { CompletionStream } from "../completion-stream.ts";
 import type { GenerationResult } from "../generation-queue.ts";
 import { findServedModel } from "../model-catalog.ts";
 import type { ModelLease } from "../model-registry.ts";
@@ -93,11 +92,11 @@ function streamCompletion(
     chunk([{ index: 0, delta: d, logprobs: null, finish_reason: finishReason }]);
 
   send(delta({ role: "assistant", content: "" }));
-  const text = new CompletionStream(chat.options.stop, (content) => send(delta({ content })));
+  // The engine reports only final text (held back while it might begin a stop string or end
+  // in half a character), so the deltas add up to the non-streamed completion.
   lease
-    .generate(chat.prompt, chat.options, (piece) => text.push(piece))
+    .generate(chat.prompt, chat.options, (content) => send(delta({ content })))
     .then((result) => {
-      text.finish(result.text);
       send(delta({}, result.finishReason));
       if (opts.includeUsage) send(chunk([], usageOf(result)));
     })

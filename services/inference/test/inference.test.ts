@@ -1,0 +1,294 @@
+// The inference service against a real test database holding a real (untrained) tiny model.
+import { loadConfig } from "@chatrl/contracts";
+import { createRun, saveCheckpoint } from "@chatrl/db";
+import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
+import type { FastifyInstance } from "fastify";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { buildInferenceApp } from "../src/app.ts";
+
+const config = loadConfig({ CHATRL_LOG_LEVEL: "silent" });
+
+let testDb: TestDatabase;
+let app: FastifyInstance;
+const cleanup: (() => Promise<unknown>)[] = [];
+
+/** Saves a freshly initialized tiny model as a final checkpoint of a new run. */
+async function saveTinyModel(seed: number, role: "sft" | "actor" = "sft") {
+  const run = await createRun(testDb.db.prisma, {
+    name: `inference test ${seed}`,
+    spec: {},
+    stages: [{ kind: role === "sft" ? "sft" : "ppo", maxSteps: 1 }],
+  });
+  return saveCheckpointOf(run.id, run.stages[0].id, seed, role);
+}
+
+async function saveCheckpointOf(
+  runId: string,
+  stageId: string,
+  seed: number,
+  role: "sft" | "actor",
+) {
+  const model = new GPT(MODEL_PRESETS.tiny, seed);
+  const bytes = await saveModel(model);
+  model.dispose();
+  const checkpoint = await saveCheckpoint(testDb.db.prisma, {
+    runId,
+    stageId,
+    step: 1,
+    role,
+    final: true,
+    config: MODEL_PRESETS.tiny,
+    model: bytes,
+  });
+  return { runId, stageId, checkpointId: checkpoint.id };
+}
+
+async function newApp(overrides: Partial<typeof config> = {}, registry = {}) {
+  const instance = await buildInferenceApp(
+    { ...config, ...overrides },
+    { db: testDb.db, registry },
+  );
+  cleanup.push(() => instance.close());
+  return instance;
+}
+
+function chat(instance: FastifyInstance, body: Record<string, unknown>) {
+  return instance.inject({ method: "POST", url: "/v1/chat/completions", payload: body });
+}
+
+/** The JSON payloads of an SSE body, and whether it ended with [DONE]. */
+function parseEvents(body: string) {
+  const data = body
+    .split("\n\n")
+    .filter((block) => block.startsWith("data: "))
+    .map((block) => block.slice("data: ".length));
+  return {
+    done: data.at(-1) === "[DONE]",
+    chunks: data.filter((d) => d !== "[DONE]").map((d) => JSON.parse(d)),
+  };
+}
+
+let modelId: string;
+const hello = [{ role: "user", content: "Hello there!" }];
+
+beforeAll(async () => {
+  testDb = await createTestDatabase();
+  app = await newApp(); // initializes the tensor backend before models are built below
+  const saved = await saveTinyModel(1);
+  modelId = `run-${saved.runId}-sft`;
+});
+
+afterAll(async () => {
+  for (const close of cleanup.reverse()) await close();
+  await testDb?.drop();
+});
+
+describe("inference service", () => {
+  it("lists every final checkpoint as an OpenAI model", async () => {
+    const res = await app.inject({ method: "GET", url: "/v1/models" });
+    expect(res.statusCode).toBe(200);
+    const body = res.json();
+    expect(body.object).toBe("list");
+    expect(body.data).toContainEqual({
+      id: modelId,
+      object: "model",
+      created: expect.any(Number),
+      owned_by: "chatrl",
+      max_model_len: MODEL_PRESETS.tiny.contextLength,
+    });
+  });
+
+  it("answers a chat completion with text and usage counts that add up", async () => {
+    const res = await chat(app, { model: modelId, messages: hello, max_tokens: 12, seed: 3 });
+    expect(res.statusCode).toBe(200);
+    const body = res.json();
+    expect(body.id).toMatch(/^chatcmpl-/);
+    expect(body.object).toBe("chat.completion");
+    expect(body.model).toBe(modelId);
+    expect(body.choices).toHaveLength(1);
+    const [choice] = body.choices;
+    expect(choice.message.role).toBe("assistant");
+    expect(typeof choice.message.content).toBe("string");
+    expect(["stop", "length"]).toContain(choice.finish_reason);
+    const { prompt_tokens, completion_tokens, total_tokens } = body.usage;
+    // The byte tokenizer: one token per UTF-8 byte of "<|user|>\nHello there!\n<|assistant|>\n".
+    expect(prompt_tokens).toBe(Buffer.byteLength("<|user|>\nHello there!\n<|assistant|>\n"));
+    expect(completion_tokens).toBeGreaterThan(0);
+    expect(completion_tokens).toBeLessThanOrEqual(12);
+    expect(total_tokens).toBe(prompt_tokens + completion_tokens);
+    if (choice.finish_reason === "length") expect(completion_tokens).toBe(12);
+  });
+
+  it("gives the same text for the same seed", async () => {
+    const request = { model: modelId, messages: hello, max_tokens: 16, temperature: 1, seed: 42 };
+    const first = (await chat(app, request)).json();
+    const second = (await chat(app, request)).json();
+    expect(second.choices[0].message.content).toBe(first.choices[0].message.content);
+    expect(second.usage).toEqual(first.usage);
+  });
+
+  it("streams chunks whose deltas add up to the non-streamed text, then usage and [DONE]", async () => {
+    const request = { model: modelId, messages: hello, max_tokens: 16, seed: 5 };
+    const plain = (await chat(app, request)).json();
+    const res = await chat(app, {
+      ...request,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["content-type"]).toMatch(/^text\/event-stream/);
+    const { done, chunks } = parseEvents(res.body);
+    expect(done).toBe(true);
+    for (const chunk of chunks) {
+      expect(chunk.object).toBe("chat.completion.chunk");
+      expect(chunk.id).toBe(chunks[0].id);
+    }
+    expect(chunks[0].choices[0].delta.role).toBe("assistant");
+    const withChoices = chunks.filter((c) => c.choices.length > 0);
+    const text = withChoices.map((c) => c.choices[0].delta.content ?? "").join("");
+    expect(text).toBe(plain.choices[0].message.content);
+    expect(withChoices.at(-1).choices[0].finish_reason).toBe(plain.choices[0].finish_reason);
+    expect(withChoices.slice(0, -1).every((c) => c.choices[0].finish_reason === null)).toBe(true);
+    const usageChunk = chunks.at(-1);
+    expect(usageChunk.choices).toEqual([]);
+    expect(usageChunk.usage).toEqual(plain.usage);
+  });
+
+  it("streams without a usage chunk unless asked for one", async () => {
+    const res = await chat(app, { model: modelId, messages: hello, max_tokens: 4, stream: true });
+    const { done, chunks } = parseEvents(res.body);
+    expect(done).toBe(true);
+    expect(chunks.every((c) => c.choices.length === 1 && !("usage" in c))).toBe(true);
+  });
+
+  it("answers an unknown model with 404 in the error shape naming the model", async () => {
+    for (const model of ["run-run_000000000000000000000000-sft", "gpt-4o"]) {
+      const res = await chat(app, { model, messages: hello });
+      expect(res.statusCode).toBe(404);
+      expect(res.json()).toEqual({
+        error: {
+          message: `The model '${model}' does not exist`,
+          type: "invalid_request_error",
+          param: "model",
+          code: "model_not_found",
+        },
+      });
+    }
+  });
+
+  it("refuses bad input with a 400 naming the field", async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ model: modelId, messages: [] }, "messages"],
+      [{ model: modelId }, "messages"],
+      [{ model: modelId, messages: [{ role: "robot", content: "hi" }] }, "messages[0].role"],
+      [{ model: modelId, messages: hello, temperature: 3 }, "temperature"],
+      [{ model: modelId, messages: hello, n: 2 }, "n"],
+      [{ model: modelId, messages: hello, max_tokens: 0 }, "max_tokens"],
+      // 36 prompt tokens + 100 > the tiny model's 128-token context.
+      [{ model: modelId, messages: hello, max_tokens: 100 }, "max_tokens"],
+      [{ model: modelId, messages: [{ role: "user", content: "x".repeat(200) }] }, "messages"],
+    ];
+    for (const [body, param] of cases) {
+      const res = await chat(app, body);
+      expect(res.statusCode, JSON.stringify(body).slice(0, 80)).toBe(400);
+      const { error } = res.json();
+      expect(error.type).toBe("invalid_request_error");
+      expect(error.param).toBe(param);
+      expect(error.message.length).toBeGreaterThan(0);
+    }
+  });
+
+  it("ignores request fields it does not implement, as vLLM does", async () => {
+    const res = await chat(app, {
+      model: modelId,
+      messages: hello,
+      max_completion_tokens: 3,
+      frequency_penalty: 0.5,
+      logit_bias: {},
+      user: "someone",
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.json().usage.completion_tokens).toBeLessThanOrEqual(3);
+  });
+
+  it("does not leak tensors across requests", async () => {
+    const request = { model: modelId, messages: hello, max_tokens: 8 };
+    await chat(app, request); // the model is loaded by now; this warms any lazy state
+    const before = tf.memory().numTensors;
+    await chat(app, request);
+    await chat(app, { ...request, stream: true });
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it("answers concurrent requests, loading the model once and batching them into one generate call", async () => {
+    const fresh = await newApp();
+    const request = { model: modelId, messages: hello, max_tokens: 8, seed: 9 };
+    const [a, b] = await Promise.all([
+      chat(fresh, request),
+      chat(fresh, { ...request, messages: [{ role: "user", content: "And you?" }] }),
+    ]);
+    expect([a.statusCode, b.statusCode]).toEqual([200, 200]);
+    expect(a.json().usage.prompt_tokens).not.toBe(b.json().usage.prompt_tokens);
+    expect(fresh.modelRegistry.stats).toEqual({ loads: 1, generateCalls: 1, requests: 2 });
+    // Batching does not change an answer: row sampling streams are independent.
+    const alone = (await chat(fresh, request)).json();
+    expect(alone.choices[0].message.content).toBe(a.json().choices[0].message.content);
+  });
+
+  it("keeps at most the configured number of models loaded, disposing the evicted ones", async () => {
+    const other = await saveTinyModel(2);
+    const otherId = `run-${other.runId}-sft`;
+    const small = await newApp({}, { maxLoadedModels: 1 });
+    const request = { messages: hello, max_tokens: 2 };
+    await chat(small, { ...request, model: modelId });
+    const withOneModel = tf.memory().numTensors;
+    const res = await chat(small, { ...request, model: otherId });
+    expect(res.statusCode).toBe(200);
+    expect(small.modelRegistry.loadedCheckpoints()).toEqual([other.checkpointId]);
+    expect(tf.memory().numTensors).toBe(withOneModel);
+    await chat(small, { ...request, model: modelId });
+    expect(small.modelRegistry.stats.loads).toBe(3);
+  });
+
+  it("serves a run's newest final checkpoint when a new one lands", async () => {
+    const first = await saveTinyModel(3, "actor");
+    const actorId = `run-${first.runId}`;
+    const res = await chat(app, { model: actorId, messages: hello, max_tokens: 2 });
+    expect(res.statusCode).toBe(200);
+    expect(app.modelRegistry.loadedCheckpoints()[0]).toBe(first.checkpointId);
+    const second = await saveCheckpointOf(first.runId, first.stageId, 4, "actor");
+    await chat(app, { model: actorId, messages: hello, max_tokens: 2 });
+    expect(app.modelRegistry.loadedCheckpoints()[0]).toBe(second.checkpointId);
+    const models = (await app.inject({ method: "GET", url: "/v1/models" })).json();
+    expect(models.data.filter((m: { id: string }) => m.id === actorId)).toHaveLength(1);
+  });
+
+  it("reports health, and readiness when Postgres answers", async () => {
+    expect((await app.inject({ method: "GET", url: "/healthz" })).json()).toEqual({ status: "ok" });
+    const ready = await app.inject({ method: "GET", url: "/readyz" });
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toEqual({ status: "ready", postgres: "ok" });
+  });
+
+  it("requires a configured API key, except for health checks", async () => {
+    const secured = await newApp({ apiKeys: ["secret-key"] });
+    const url = "/v1/models";
+    const missing = await secured.inject({ method: "GET", url });
+    expect(missing.statusCode).toBe(401);
+    expect(missing.json().error.type).toBe("authentication_error");
+    const wrong = await secured.inject({
+      method: "GET",
+      url,
+      headers: { authorization: "Bearer nope" },
+    });
+    expect(wrong.statusCode).toBe(401);
+    const right = await secured.inject({
+      method: "GET",
+      url,
+      headers: { authorization: "Bearer secret-key" },
+    });
+    expect(right.statusCode).toBe(200);
+    expect((await secured.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+  });
+});
