@@ -1,0 +1,65 @@
+// The chat template: how a conversation becomes the text the model reads. Training prompts and
+// the inference service both go through renderChatPrompt, so the model is served exactly the
+// format it learned.
+import type { DatasetRow } from "./rows";
+
+export type ChatMessage = { role: "system" | "user" | "assistant"; content: string };
+
+const ROLES = new Set(["system", "user", "assistant"]);
+
+/** Where the model's answer begins; the template ends with it. */
+export const ASSISTANT_MARKER = "<|assistant|>\n";
+
+/**
+ * Stop strings for serving: the model starting a new turn means its answer is over
+ * (a trained model ends with the eos token; these catch the ones that do not).
+ */
+export const CHAT_STOP_STRINGS: readonly string[] = ["<|user|>", "<|system|>", "<|assistant|>"];
+
+/**
+ * Each message as "<|role|>\n{content}\n", then "<|assistant|>\n" for the answer to follow:
+ *
+ *   <|system|>\nBe brief.\n<|user|>\nHi!\n<|assistant|>\n
+ */
+export function renderChatPrompt(messages: readonly ChatMessage[]): string {
+  const turns = messages.map((message, i) => {
+    if (!ROLES.has(message.role)) {
+      throw new Error(
+        `message ${i}: role must be system, user or assistant, got ${String(message.role)}`,
+      );
+    }
+    if (typeof message.content !== "string")
+      throw new Error(`message ${i}: content must be a string`);
+    return `<|${message.role}|>\n${message.content}\n`;
+  });
+  return turns.join("") + ASSISTANT_MARKER;
+}
+
+/**
+ * A row of any of the three formats as a prompt (already rendered with the chat template) and
+ * the response to learn: supervised rows their response, preference rows their chosen answer,
+ * chat rows their last assistant message after the conversation before it.
+ */
+export function rowToSftExample(row: DatasetRow): { prompt: string; response: string } {
+  if ("messages" in row) {
+    const last = row.messages.at(-1);
+    if (last?.role !== "assistant") {
+      throw new Error("chat row must end with an assistant message (the answer to train on)");
+    }
+    return { prompt: renderChatPrompt(row.messages.slice(0, -1)), response: last.content };
+  }
+  if ("chosen" in row)
+    return {
+      prompt: renderChatPrompt([{ role: "user", content: row.prompt }]),
+      response: row.chosen,
+    };
+  if ("response" in row) {
+    return {
+      prompt: renderChatPrompt([{ role: "user", content: row.prompt }]),
+      response: row.response,
+    };
+  }
+  throw new Error(
+    "unknown row format: expected {prompt, response}, {prompt, chosen, rejected} or {messages}",
+  );
+}

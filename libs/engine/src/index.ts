@@ -1,0 +1,57 @@
+// @chatrl/engine: the RLHF engine on TensorFlow.js. No Redis, no Postgres, no HTTP.
+export { BACKEND_ORDER, type BackendInfo, type BackendName, initBackend, tf } from "./backend";
+export {
+  ASSISTANT_MARKER,
+  CHAT_STOP_STRINGS,
+  type ChatMessage,
+  renderChatPrompt,
+  rowToSftExample,
+} from "./chat";
+export {
+  loadModel,
+  loadWeights,
+  MODEL_CONFIG_KEY,
+  saveModel,
+  sha256Hex,
+  tensorsToStored,
+} from "./checkpoint";
+export {
+  BYTE_VOCAB_SIZE,
+  MODEL_PRESETS,
+  type ModelConfig,
+  type ModelPreset,
+  validateModelConfig,
+} from "./config";
+export {
+  type BlendSource,
+  blendDatasets,
+  buildSftBatch,
+  type SftBatch,
+  type SftExample,
+  splitForStage,
+  type TokenizedExample,
+  tokenizeSftExample,
+} from "./data";
+export { type GenerateOptions, type GenerateResult, generate, sampleToken } from "./generate";
+export { KVCache } from "./kv-cache";
+export { type ForwardOptions, GPT } from "./model";
+export {
+  ADAMW_DEFAULTS,
+  AdamW,
+  type AdamWConfig,
+  clipByGlobalNorm,
+  isDecayed,
+  type LrSchedule,
+  lrAt,
+} from "./optim";
+export { Rng, type RngState, seededPermutation } from "./rng";
+export type { ChatRow, DatasetRow, PreferenceRow, SupervisedRow } from "./rows";
+export {
+  decodeSafetensors,
+  encodeSafetensors,
+  type Safetensors,
+  type StoredTensor,
+  type TensorDtype,
+} from "./safetensors";
+export { type SftConfig, SFTTrainer, type SftStepResult } from "./sft";
+export { ByteTokenizer, type Tokenizer } from "./tokenizer";
