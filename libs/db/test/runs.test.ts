@@ -1,0 +1,305 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import {
+  cancelRun,
+  costSummary,
+  createRun,
+  findRunByIdempotencyKey,
+  finishStage,
+  getRun,
+  getStage,
+  listRuns,
+  markRunFailed,
+  recordStageProgress,
+  startStage,
+} from "../src/index.ts";
+
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+});
+afterAll(async () => t?.drop());
+
+const fullPipeline = [
+  { kind: "ppo", maxSteps: 30 },
+  { kind: "sft", maxSteps: 10 },
+  { kind: "reward", maxSteps: 20 },
+] as const;
+
+function newRun(name: string, idempotencyKey?: string) {
+  return createRun(t.db.prisma, {
+    name,
+    spec: { name, seed: 42 },
+    idempotencyKey,
+    stages: fullPipeline.map((s) => ({ ...s })),
+  });
+}
+
+describe("runs", () => {
+  it("creates a queued run with queued stages in pipeline order", async () => {
+    const run = await newRun("first");
+    expect(run.id).toMatch(/^run_[0-9a-f]{24}$/);
+    expect(run).toMatchObject({
+      name: "first",
+      status: "queued",
+      spec: { name: "first", seed: 42 },
+    });
+    expect(run.stages.map((s) => [s.kind, s.status, s.maxSteps, s.tokens])).toEqual([
+      ["sft", "queued", 10, 0],
+      ["reward", "queued", 20, 0],
+      ["ppo", "queued", 30, 0],
+    ]);
+    expect(run.stages.every((s) => /^stage_[0-9a-f]{24}$/.test(s.id))).toBe(true);
+    expect(await getRun(t.db.prisma, run.id)).toEqual(run);
+    expect(await getRun(t.db.prisma, "run_000000000000000000000000")).toBeNull();
+  });
+
+  it("finds a run by its idempotency key and never stores a second one under the same key", async () => {
+    const run = await newRun("idem", "key-1");
+    expect((await findRunByIdempotencyKey(t.db.prisma, "key-1"))?.id).toBe(run.id);
+    expect(await findRunByIdempotencyKey(t.db.prisma, "key-unknown")).toBeNull();
+    const again = await newRun("idem retry", "key-1");
+    expect(again.id).toBe(run.id);
+    expect(await t.db.prisma.run.count({ where: { idempotencyKey: "key-1" } })).toBe(1);
+  });
+
+  it("lists runs newest first, a page at a time, without gaps or repeats", async () => {
+    for (const name of ["a", "b", "c"]) {
+      await newRun(`page-${name}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const first = await listRuns(t.db.prisma, { limit: 2 });
+    expect(first.data.map((r) => r.name)).toEqual(["page-c", "page-b"]);
+    expect(first.hasMore).toBe(true);
+    expect(first.data[0].stages).toHaveLength(3);
+    const second = await listRuns(t.db.prisma, { after: first.data[1].id, limit: 2 });
+    expect(second.data.map((r) => r.name)).toEqual(["page-a", "idem"]);
+    const total = await t.db.prisma.run.count();
+    const all = await listRuns(t.db.prisma, { limit: total });
+    expect(all.hasMore).toBe(false);
+    expect(all.data).toHaveLength(total);
+  });
+});
+
+describe("stages and run status", () => {
+  it("starting a stage marks it and its run running", async () => {
+    const run = await newRun("start");
+    const sft = run.stages[0];
+    const started = await startStage(t.db.prisma, sft.id, "cpu:2");
+    expect(started).toMatchObject({ status: "running", device: "cpu:2" });
+    expect(started.startedAt).toBeInstanceOf(Date);
+    const after = await getRun(t.db.prisma, run.id);
+    expect(after?.status).toBe("running");
+    expect(after?.startedAt).toBeInstanceOf(Date);
+    // A resumed job keeps the first start time.
+    const again = await startStage(t.db.prisma, sft.id, "cpu:2");
+    expect(again.startedAt).toEqual(started.startedAt);
+  });
+
+  it("records progress numbers, tokens as a number", async () => {
+    const run = await newRun("progress");
+    const sft = run.stages[0];
+    await startStage(t.db.prisma, sft.id, "cpu");
+    const stage = await recordStageProgress(t.db.prisma, sft.id, {
+      step: 5,
+      progress: 0.5,
+      wallSeconds: 12.5,
+      deviceSeconds: 10,
+      tokens: 40_960,
+      costUsd: 0.002,
+    });
+    expect(stage).toMatchObject({
+      step: 5,
+      progress: 0.5,
+      wallSeconds: 12.5,
+      deviceSeconds: 10,
+      tokens: 40_960,
+      costUsd: 0.002,
+    });
+    expect(await getStage(t.db.prisma, sft.id)).toEqual(stage);
+  });
+
+  it("a run succeeds when all its stages have succeeded, and not before", async () => {
+    const run = await newRun("success");
+    const [sft, reward, ppo] = run.stages;
+    for (const s of [sft, reward]) await startStage(t.db.prisma, s.id, "cpu");
+    let result = await finishStage(t.db.prisma, sft.id, { status: "succeeded" });
+    expect(result.stage).toMatchObject({ status: "succeeded", error: null });
+    expect(result.stage.finishedAt).toBeInstanceOf(Date);
+    expect(result.run).toMatchObject({ status: "running", finishedAt: null });
+    result = await finishStage(t.db.prisma, reward.id, { status: "succeeded" });
+    expect(result.run.status).toBe("running");
+    await startStage(t.db.prisma, ppo.id, "cpu");
+    result = await finishStage(t.db.prisma, ppo.id, { status: "succeeded" });
+    expect(result.run.status).toBe("succeeded");
+    expect(result.run.finishedAt).toBeInstanceOf(Date);
+    expect(result.run.stages.map((s) => s.status)).toEqual(["succeeded", "succeeded", "succeeded"]);
+  });
+
+  it("a run fails when any stage fails, with the stage's error", async () => {
+    const run = await newRun("failure");
+    const [sft, reward] = run.stages;
+    await startStage(t.db.prisma, sft.id, "cpu");
+    await startStage(t.db.prisma, reward.id, "cpu");
+    await finishStage(t.db.prisma, sft.id, { status: "succeeded" });
+    const { run: failed } = await finishStage(t.db.prisma, reward.id, {
+      status: "failed",
+      error: "loss is NaN",
+    });
+    expect(failed.status).toBe("failed");
+    expect(failed.error).toBe("reward stage failed: loss is NaN");
+    expect(failed.finishedAt).toBeInstanceOf(Date);
+  });
+
+  it("finishing two stages of one run at the same time derives the run status once, correctly", async () => {
+    const run = await createRun(t.db.prisma, {
+      name: "race",
+      spec: {},
+      stages: [
+        { kind: "sft", maxSteps: 1 },
+        { kind: "reward", maxSteps: 1 },
+      ],
+    });
+    for (const s of run.stages) await startStage(t.db.prisma, s.id, "cpu");
+    await Promise.all(
+      run.stages.map((s) => finishStage(t.db.prisma, s.id, { status: "succeeded" })),
+    );
+    expect((await getRun(t.db.prisma, run.id))?.status).toBe("succeeded");
+  });
+
+  it("cancelling a run cancels its unfinished stages, and a cancelled stage does not start", async () => {
+    const run = await newRun("cancel");
+    const [sft, reward, ppo] = run.stages;
+    await startStage(t.db.prisma, sft.id, "cpu");
+    await finishStage(t.db.prisma, sft.id, { status: "succeeded" });
+    await startStage(t.db.prisma, reward.id, "cpu");
+    const cancelled = await cancelRun(t.db.prisma, run.id);
+    expect(cancelled?.status).toBe("cancelled");
+    expect(cancelled?.finishedAt).toBeInstanceOf(Date);
+    expect(cancelled?.stages.map((s) => s.status)).toEqual(["succeeded", "cancelled", "cancelled"]);
+    expect((await startStage(t.db.prisma, ppo.id, "cpu")).status).toBe("cancelled");
+    // The worker noticing the cancel reports it; the run stays cancelled.
+    const { run: after } = await finishStage(t.db.prisma, reward.id, { status: "cancelled" });
+    expect(after.status).toBe("cancelled");
+    // Cancelling a finished run changes nothing.
+    const again = await cancelRun(t.db.prisma, run.id);
+    expect(again?.finishedAt).toEqual(cancelled?.finishedAt);
+    expect(await cancelRun(t.db.prisma, "run_000000000000000000000000")).toBeNull();
+  });
+
+  it("cancelling a finished run leaves it as it was", async () => {
+    const run = await createRun(t.db.prisma, {
+      name: "done",
+      spec: {},
+      stages: [{ kind: "sft", maxSteps: 1 }],
+    });
+    await startStage(t.db.prisma, run.stages[0].id, "cpu");
+    await finishStage(t.db.prisma, run.stages[0].id, { status: "succeeded" });
+    const after = await cancelRun(t.db.prisma, run.id);
+    expect(after?.status).toBe("succeeded");
+    expect(after?.stages[0].status).toBe("succeeded");
+  });
+
+  it("marks a run that could not be queued as failed, with its stages", async () => {
+    const run = await newRun("unqueued");
+    const failed = await markRunFailed(t.db.prisma, run.id, "Redis unreachable");
+    expect(failed).toMatchObject({ status: "failed", error: "Redis unreachable" });
+    expect(failed.finishedAt).toBeInstanceOf(Date);
+    expect(failed.stages.map((s) => s.status)).toEqual(["failed", "failed", "failed"]);
+  });
+});
+
+describe("cost summary", () => {
+  it("sums time, tokens and cost by run, by stage kind and by day", async () => {
+    // A database of its own: the sums must be exact.
+    const own = await createTestDatabase();
+    try {
+      const p = own.db.prisma;
+      const mk = (name: string) =>
+        createRun(p, { name, spec: {}, stages: fullPipeline.map((s) => ({ ...s })) });
+      const r1 = await mk("r1");
+      const r2 = await mk("r2");
+      const spend = async (stageId: string, n: number, startedAt: string) => {
+        await startStage(p, stageId, "cpu");
+        await p.stage.update({ where: { id: stageId }, data: { startedAt: new Date(startedAt) } });
+        await recordStageProgress(p, stageId, {
+          step: n,
+          progress: 1,
+          wallSeconds: 10 * n,
+          deviceSeconds: 8 * n,
+          tokens: 1000 * n,
+          costUsd: 0.5 * n,
+        });
+      };
+      await spend(r1.stages[0].id, 1, "2026-03-01T10:00:00Z"); // r1 sft
+      await spend(r1.stages[1].id, 2, "2026-03-01T23:30:00Z"); // r1 reward
+      await spend(r2.stages[0].id, 4, "2026-03-02T00:15:00Z"); // r2 sft
+      // r1 ppo, r2 reward and r2 ppo never started: they count nowhere.
+
+      const byRun = await costSummary(p, "run");
+      expect(byRun).toEqual([
+        {
+          key: r2.id,
+          runs: 1,
+          stages: 1,
+          wallSeconds: 40,
+          deviceSeconds: 32,
+          tokens: 4000,
+          costUsd: 2,
+        },
+        {
+          key: r1.id,
+          runs: 1,
+          stages: 2,
+          wallSeconds: 30,
+          deviceSeconds: 24,
+          tokens: 3000,
+          costUsd: 1.5,
+        },
+      ]);
+      expect(await costSummary(p, "stage")).toEqual([
+        {
+          key: "sft",
+          runs: 2,
+          stages: 2,
+          wallSeconds: 50,
+          deviceSeconds: 40,
+          tokens: 5000,
+          costUsd: 2.5,
+        },
+        {
+          key: "reward",
+          runs: 1,
+          stages: 1,
+          wallSeconds: 20,
+          deviceSeconds: 16,
+          tokens: 2000,
+          costUsd: 1,
+        },
+      ]);
+      expect(await costSummary(p, "day")).toEqual([
+        {
+          key: "2026-03-01",
+          runs: 1,
+          stages: 2,
+          wallSeconds: 30,
+          deviceSeconds: 24,
+          tokens: 3000,
+          costUsd: 1.5,
+        },
+        {
+          key: "2026-03-02",
+          runs: 1,
+          stages: 1,
+          wallSeconds: 40,
+          deviceSeconds: 32,
+          tokens: 4000,
+          costUsd: 2,
+        },
+      ]);
+      await expect(costSummary(p, "model" as "run")).rejects.toThrow(/groupBy/);
+    } finally {
+      await own.drop();
+    }
+  });
+});
