@@ -1,0 +1,105 @@
+// `chatrl chat`: talk to a served model. Interactive by default (history kept across turns,
+// replies streamed as they are generated); `--message` sends one turn and prints the reply.
+import { createInterface } from "node:readline";
+import type { Command } from "commander";
+import type { ChatCompletionRequest, ChatrlClient } from "../client.ts";
+import { describeError } from "../errors.ts";
+import type { CliContext } from "./context.ts";
+import { toInt, toNumber } from "./parse.ts";
+
+type Message = ChatCompletionRequest["messages"][number];
+
+type ChatOptions = {
+  model: string;
+  message?: string;
+  system?: string;
+  maxTokens?: number;
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+};
+
+/** Streams one reply to `write`, returning its full text. */
+async function streamReply(
+  client: ChatrlClient,
+  opts: ChatOptions,
+  messages: Message[],
+  write: (text: string) => void,
+): Promise<string> {
+  let reply = "";
+  const chunks = client.streamChatCompletion({
+    model: opts.model,
+    messages,
+    ...(opts.maxTokens !== undefined ? { max_tokens: opts.maxTokens } : {}),
+    ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}),
+    ...(opts.topP !== undefined ? { top_p: opts.topP } : {}),
+    ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+  });
+  for await (const chunk of chunks) {
+    const content = chunk.choices[0]?.delta.content;
+    if (content) {
+      reply += content;
+      write(content);
+    }
+  }
+  return reply;
+}
+
+async function interactive(ctx: CliContext, client: ChatrlClient, opts: ChatOptions) {
+  const { io } = ctx;
+  const start: Message[] = opts.system ? [{ role: "system", content: opts.system }] : [];
+  let history = [...start];
+  const rl = createInterface({ input: io.stdin, output: io.stdout, terminal: !!io.stdout.isTTY });
+  ctx.print(`chatting with ${opts.model} (/reset clears the history, /exit or Ctrl-D quits)`);
+  rl.setPrompt("you> ");
+  rl.prompt();
+  try {
+    for await (const line of rl) {
+      const text = line.trim();
+      if (text === "/exit" || text === "/quit") break;
+      if (text === "/reset") {
+        history = [...start];
+        ctx.print("(history cleared)");
+      } else if (text) {
+        const turn: Message[] = [...history, { role: "user", content: text }];
+        io.stdout.write("assistant> ");
+        try {
+          const reply = await streamReply(client, opts, turn, (t) => io.stdout.write(t));
+          history = [...turn, { role: "assistant", content: reply }];
+          io.stdout.write("\n");
+        } catch (error) {
+          // The turn is dropped from the history so the conversation can go on.
+          io.stdout.write("\n");
+          io.stderr.write(`error: ${describeError(error)}\n`);
+        }
+      }
+      rl.prompt();
+    }
+  } finally {
+    rl.close();
+  }
+}
+
+export function registerChatCommand(program: Command, context: () => CliContext) {
+  program
+    .command("chat")
+    .description("chat with a served model (see GET /v1/models on the inference service)")
+    .requiredOption("--model <id>", "model id, e.g. run-<run id>-sft")
+    .option("--message <text>", "send one message, print the reply and exit")
+    .option("--system <text>", "system message to start the conversation with")
+    .option("--max-tokens <n>", "most tokens per reply", toInt)
+    .option("--temperature <t>", "sampling temperature (0 = greedy)", toNumber)
+    .option("--top-p <p>", "nucleus sampling mass", toNumber)
+    .option("--seed <n>", "sampling seed, for repeatable replies", toInt)
+    .action(async (opts: ChatOptions) => {
+      const ctx = context();
+      const client = ctx.inference();
+      if (opts.message === undefined) return interactive(ctx, client, opts);
+      const messages: Message[] = [
+        ...(opts.system ? [{ role: "system" as const, content: opts.system }] : []),
+        { role: "user", content: opts.message },
+      ];
+      await streamReply(client, opts, messages, (t) => ctx.io.stdout.write(t));
+      ctx.io.stdout.write("\n");
+    });
+}

@@ -1,0 +1,3 @@
+export * from "./client.ts";
+export { ChatrlApiError, ChatrlConnectionError, describeError } from "./errors.ts";
+export { runCli, type CliIo } from "./cli/program.ts";
