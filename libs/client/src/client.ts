@@ -92,8 +92,11 @@ export function createChatrlClient(options: ChatrlClientOptions) {
       call(raw.GET("/v1/dashboard/costs", { params: { query: { group_by: groupBy } } })),
 
     listModels: () => call(raw.GET("/v1/models")),
+    // The 200 answer is JSON here (stream: false); the contract also lists the event stream.
     createChatCompletion: (request: ChatCompletionRequest) =>
-      call(raw.POST("/v1/chat/completions", { body: { ...request, stream: false } })),
+      call(
+        raw.POST("/v1/chat/completions", { body: { ...request, stream: false } }),
+      ) as Promise<ChatCompletion>,
 
     /** Streams a chat completion: yields each `chat.completion.chunk` as it arrives. */
     async *streamChatCompletion(
