@@ -95,6 +95,15 @@ export function describeValidationError(
   }
 }
 
+// Fastify's own client errors, under codes a client can read without knowing Fastify.
+const FASTIFY_CODES: Record<string, string> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: "body_too_large",
+  FST_ERR_CTP_INVALID_JSON_BODY: "invalid_json",
+  FST_ERR_CTP_EMPTY_JSON_BODY: "invalid_json",
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: "unsupported_media_type",
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: "invalid_content_length",
+};
+
 function send(reply: FastifyReply, status: number, body: ErrorBody) {
   return reply.code(status).type("application/json; charset=utf-8").send(body);
 }
@@ -140,7 +149,7 @@ export const errorsPlugin = fp(
           message: error.message,
           type: defaultType(status),
           param: null,
-          code: error.code ? error.code.toLowerCase() : null,
+          code: error.code ? (FASTIFY_CODES[error.code] ?? error.code.toLowerCase()) : null,
         },
       });
     });

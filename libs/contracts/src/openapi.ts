@@ -164,3 +164,12 @@ export function openApiRoute(method: HTTPMethods, path: string): OpenApiRoute {
     },
   };
 }
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /** The openapi.yaml operation the route serves. */
+    operationId?: string;
+    /** The operation declares `security: []`: no credentials needed. */
+    public?: boolean;
+  }
+}

@@ -160,7 +160,23 @@ export async function enqueueRun(
 export async function removeRunJobs(
   queues: Record<StageKind, Queue>,
   run: RunToEnqueue,
+  opts: { timeoutMs?: number } = {},
 ): Promise<string[]> {
+  const timeoutMs = opts.timeoutMs ?? 5000;
+  try {
+    await withTimeout(
+      Promise.all(run.stages.map((stage) => queues[stage.kind].waitUntilReady())),
+      timeoutMs,
+      `Redis not ready within ${timeoutMs} ms`,
+    );
+  } catch (error) {
+    throw new QueueUnavailableError(
+      `Cannot remove jobs of run ${run.id}: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
+  }
   const removed: string[] = [];
   // Parent first: removing ppo removes its children with it when they are not active.
   const order: StageKind[] = ["ppo", "reward", "sft"];

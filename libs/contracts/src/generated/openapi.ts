@@ -148,7 +148,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The run's log, oldest first. */
+        /** The run's log, newest first. */
         get: operations["listRunEvents"];
         put?: never;
         post?: never;
@@ -308,7 +308,11 @@ export interface components {
         Status: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         /** @enum {string} */
         StageKind: "sft" | "reward" | "ppo";
-        /** @description A preset to train from scratch, or a checkpoint to start from. */
+        /**
+         * @description Exactly one of: a preset to train from scratch, or a checkpoint to start from (the api
+         *     answers 400 for both or neither; not expressed here so that an unknown key is reported
+         *     as such rather than as a count of keys).
+         */
         ModelSource: {
             /** @enum {string} */
             preset?: "tiny" | "small";
@@ -858,8 +862,8 @@ export interface operations {
     listRunEvents: {
         parameters: {
             query?: {
-                /** @description Cursor, the id of the last item of the previous page. */
-                after?: components["parameters"]["After"];
+                /** @description Cursor, the id of the last event of the previous page. */
+                after?: string;
                 limit?: number;
             };
             header?: never;
@@ -919,7 +923,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The run's checkpoints, newest first. */
+            /** @description The run's checkpoints, oldest first (all of them; has_more is false). */
             200: {
                 headers: {
                     [name: string]: unknown;

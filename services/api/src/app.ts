@@ -1,0 +1,54 @@
+import { type ChatrlConfig, errorsPlugin, openApiPlugin, type StageKind } from "@chatrl/contracts";
+import type { Database } from "@chatrl/db";
+import type { FlowProducer, Queue } from "bullmq";
+import Fastify, { type FastifyInstance } from "fastify";
+import { authPlugin } from "./plugins/auth.ts";
+import { dbPlugin } from "./plugins/db.ts";
+import { queuePlugin } from "./plugins/queue.ts";
+import checkpointRoutes from "./routes/checkpoints.ts";
+import dashboardRoutes from "./routes/dashboard.ts";
+import datasetRoutes from "./routes/datasets.ts";
+import healthRoutes from "./routes/health.ts";
+import runRoutes from "./routes/runs.ts";
+
+export type ApiDeps = {
+  db: Database;
+  flow: FlowProducer;
+  /** The stage queues under the same prefix as `flow`, for removing jobs of cancelled runs. */
+  queues: Record<StageKind, Queue>;
+  /** How long a request waits for Redis before answering 503 (default 5000 ms). */
+  queueTimeoutMs?: number;
+};
+
+/** JSON bodies (run specs) are small; only dataset uploads get config.maxUploadBytes. */
+const JSON_BODY_LIMIT = 1024 * 1024;
+
+/**
+ * The api service, assembled from plugins and one route file per resource. The caller owns
+ * the deps (opens them before, closes them after `app.close()`).
+ */
+export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
+    bodyLimit: JSON_BODY_LIMIT,
+  });
+  // Bodies are JSON or, for dataset uploads, JSONL; anything else is a 415, not a string body.
+  app.removeContentTypeParser("text/plain");
+  await app.register(errorsPlugin);
+  await app.register(openApiPlugin);
+  await app.register(dbPlugin, { db: deps.db });
+  await app.register(queuePlugin, {
+    flow: deps.flow,
+    queues: deps.queues,
+    timeoutMs: deps.queueTimeoutMs ?? 5000,
+  });
+  await app.register(authPlugin, { apiKeys: config.apiKeys });
+
+  await app.register(healthRoutes, { redisUrl: config.redisUrl });
+  await app.register(datasetRoutes, { maxUploadBytes: config.maxUploadBytes });
+  await app.register(runRoutes);
+  await app.register(checkpointRoutes);
+  await app.register(dashboardRoutes);
+  await app.ready();
+  return app;
+}

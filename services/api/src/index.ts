@@ -1,0 +1,2 @@
+export { type ApiDeps, buildApp } from "./app.ts";
+export { startApiServer } from "./server.ts";

@@ -1,0 +1,14 @@
+// The api service's entry point: configuration from the environment, graceful shutdown on
+// SIGINT/SIGTERM (a second signal, or 10 s, forces the exit).
+import { loadConfig } from "@chatrl/contracts";
+import closeWithGrace from "close-with-grace";
+import { startApiServer } from "./server.ts";
+
+const config = loadConfig(process.env);
+const server = await startApiServer(config);
+
+closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  if (err) server.app.log.error({ err }, "shutting down after an error");
+  else server.app.log.info({ signal }, "shutting down");
+  await server.close();
+});

@@ -1,0 +1,45 @@
+import type { ChatrlConfig } from "@chatrl/contracts";
+import { openDatabase } from "@chatrl/db";
+import {
+  closeStageQueues,
+  createFlowProducer,
+  createStageQueues,
+  redisConnection,
+} from "@chatrl/queue";
+import type { FastifyInstance } from "fastify";
+import { buildApp } from "./app.ts";
+
+/**
+ * Opens Postgres and Redis, builds the app and listens on config.host:config.apiPort.
+ * `close()` stops accepting requests, waits for those in flight, then closes the connections.
+ */
+export async function startApiServer(
+  config: ChatrlConfig,
+): Promise<{ app: FastifyInstance; close(): Promise<void> }> {
+  const db = await openDatabase(config);
+  const connection = redisConnection(config.redisUrl);
+  connection.on("error", () => {}); // reported by the queue plugin and by /readyz
+  const flow = createFlowProducer(connection, config.queuePrefix);
+  const queues = createStageQueues(connection, config.queuePrefix);
+  const closeDeps = async () => {
+    await flow.close();
+    await closeStageQueues(queues);
+    connection.disconnect();
+    await db.close();
+  };
+  let app: FastifyInstance;
+  try {
+    app = await buildApp(config, { db, flow, queues });
+    await app.listen({ host: config.host, port: config.apiPort });
+  } catch (error) {
+    await closeDeps();
+    throw error;
+  }
+  return {
+    app,
+    async close() {
+      await app.close();
+      await closeDeps();
+    },
+  };
+}

@@ -1,0 +1,83 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestApi, type TestApi } from "./helpers.ts";
+
+let api: TestApi;
+
+beforeAll(async () => {
+  api = await startTestApi({ CHATRL_API_KEYS: "key-alpha,key-beta" });
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+describe("with API keys configured", () => {
+  it("refuses requests without a key or with a wrong one, in the error shape", async () => {
+    for (const headers of [
+      {},
+      { authorization: "Bearer nope" },
+      { authorization: "Basic a2V5LWFscGhh" },
+    ]) {
+      const response = await api.app.inject({ url: "/v1/runs", headers });
+      expect(response.statusCode).toBe(401);
+      expect(response.headers["www-authenticate"]).toMatch(/^Bearer/);
+      expect(response.json()).toEqual({
+        error: {
+          message: "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+          type: "authentication_error",
+          param: null,
+          code: "invalid_api_key",
+        },
+      });
+    }
+  });
+
+  it("accepts every configured key", async () => {
+    for (const key of ["key-alpha", "key-beta"]) {
+      const response = await api.app.inject({
+        url: "/v1/runs",
+        headers: { authorization: `Bearer ${key}` },
+      });
+      expect(response.statusCode).toBe(200);
+    }
+  });
+
+  it("keeps the health routes public", async () => {
+    expect((await api.app.inject({ url: "/healthz" })).statusCode).toBe(200);
+    expect((await api.app.inject({ url: "/readyz" })).json()).toEqual({
+      status: "ready",
+      postgres: "ok",
+      redis: "ok",
+    });
+  });
+});
+
+describe("errors", () => {
+  const auth = { authorization: "Bearer key-alpha" };
+
+  it("answers unknown routes with 404 in the error shape", async () => {
+    const response = await api.app.inject({ url: "/v1/nothing-here", headers: auth });
+    expect(response.statusCode).toBe(404);
+    expect(response.json().error).toMatchObject({ type: "not_found_error", code: "unknown_route" });
+  });
+
+  it("answers a body that is not JSON with 415 or 400, never a stack trace", async () => {
+    const text = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      headers: { ...auth, "content-type": "text/plain" },
+      payload: "train please",
+    });
+    expect(text.statusCode).toBe(415);
+    expect(text.json().error.code).toBe("unsupported_media_type");
+
+    const broken = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      headers: { ...auth, "content-type": "application/json" },
+      payload: '{"name": ',
+    });
+    expect(broken.statusCode).toBe(400);
+    expect(broken.json().error.code).toBe("invalid_json");
+    expect(broken.body).not.toMatch(/node_modules|\.js:\d+/);
+  });
+});

@@ -1,0 +1,103 @@
+// Builds the api on a fresh test database and a private Redis key prefix, as main.ts would.
+import { createServer } from "node:net";
+import { loadConfig } from "@chatrl/contracts";
+import {
+  closeStageQueues,
+  createFlowProducer,
+  createStageQueues,
+  redisConnection,
+} from "@chatrl/queue";
+import type { FastifyInstance } from "fastify";
+import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
+import { buildApp } from "../src/app.ts";
+
+export type TestApi = {
+  app: FastifyInstance;
+  database: TestDatabase;
+  redis: TestRedis;
+  queues: ReturnType<typeof createStageQueues>;
+  close(): Promise<void>;
+};
+
+export async function startTestApi(
+  env: Record<string, string> = {},
+  opts: { redisUrl?: string; queueTimeoutMs?: number } = {},
+): Promise<TestApi> {
+  const database = await createTestDatabase();
+  const redis = await createTestRedis();
+  const redisUrl = opts.redisUrl ?? redis.url;
+  const config = loadConfig({
+    DATABASE_URL: database.url,
+    REDIS_URL: redisUrl,
+    CHATRL_QUEUE_PREFIX: redis.prefix,
+    CHATRL_LOG_LEVEL: "silent",
+    ...env,
+  });
+  const connection = redisConnection(redisUrl);
+  connection.on("error", () => {});
+  const flow = createFlowProducer(connection, redis.prefix);
+  const queues = createStageQueues(connection, redis.prefix);
+  const app = await buildApp(config, {
+    db: database.db,
+    flow,
+    queues,
+    queueTimeoutMs: opts.queueTimeoutMs ?? 5000,
+  });
+  return {
+    app,
+    database,
+    redis,
+    queues,
+    async close() {
+      await app.close();
+      await flow.close();
+      await closeStageQueues(queues);
+      connection.disconnect();
+      await redis.cleanup();
+      await database.drop();
+    },
+  };
+}
+
+/** A localhost port nothing listens on (taken from the OS, then released). */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export const SFT_JSONL = [
+  '{"prompt":"What is 2 plus 2?","response":"4."}',
+  '{"prompt":"Capital of Norway?","response":"Oslo."}',
+].join("\n");
+
+export async function uploadDataset(app: FastifyInstance, body = SFT_JSONL, name = "basics") {
+  const response = await app.inject({
+    method: "POST",
+    url: `/v1/datasets?name=${encodeURIComponent(name)}`,
+    headers: { "content-type": "application/x-ndjson" },
+    payload: body,
+  });
+  return response;
+}
+
+export async function createDatasetId(app: FastifyInstance): Promise<string> {
+  const response = await uploadDataset(app);
+  if (response.statusCode !== 201) throw new Error(`upload failed: ${response.body}`);
+  return response.json().id;
+}
+
+export function runBody(datasetId: string, extra: Record<string, unknown> = {}) {
+  return {
+    name: "tiny-sft",
+    model: { preset: "tiny" },
+    datasets: [{ id: datasetId, weight: 1 }],
+    data_split: [10, 0, 0],
+    stages: { sft: { max_steps: 20, batch_size: 4, learning_rate: 0.003 } },
+    compute: { device: "cpu", price_per_hour: 0.5 },
+    ...extra,
+  };
+}

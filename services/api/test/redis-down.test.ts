@@ -1,0 +1,55 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { closedPort, createDatasetId, runBody, startTestApi, type TestApi } from "./helpers.ts";
+
+// The api on a real database but with Redis pointed at a port nothing listens on.
+let api: TestApi;
+
+beforeAll(async () => {
+  const port = await closedPort();
+  api = await startTestApi({}, { redisUrl: `redis://127.0.0.1:${port}`, queueTimeoutMs: 500 });
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+describe("when Redis is unreachable", () => {
+  it("is alive but not ready, saying what is down", async () => {
+    expect((await api.app.inject({ url: "/healthz" })).statusCode).toBe(200);
+    const response = await api.app.inject({ url: "/readyz" });
+    expect(response.statusCode).toBe(503);
+    const { error } = response.json();
+    expect(error).toMatchObject({ type: "service_unavailable", code: "not_ready" });
+    expect(error.message).toMatch(/redis: Redis at redis:\/\/127\.0\.0\.1:\d+ is unreachable/);
+    expect(error.message).not.toMatch(/postgres/);
+  });
+
+  it("answers 503 to a run submission and records the run as failed", async () => {
+    const datasetId = await createDatasetId(api.app);
+    const response = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: runBody(datasetId),
+    });
+    expect(response.statusCode).toBe(503);
+    expect(response.json().error).toMatchObject({ code: "queue_unavailable" });
+    const runs = await api.database.db.prisma.run.findMany({ include: { stages: true } });
+    expect(runs).toHaveLength(1);
+    expect(runs[0].status).toBe("failed");
+    expect(runs[0].error).toMatch(/Redis/);
+    expect(runs[0].stages.map((s) => s.status)).toEqual(["failed"]);
+  });
+
+  it("still cancels a run in Postgres", async () => {
+    const run = await api.database.db.prisma.run.create({
+      data: {
+        id: `run_${"c".repeat(24)}`,
+        name: "queued before the outage",
+        spec: {},
+        stages: { create: [{ id: `stage_${"c".repeat(24)}`, kind: "sft", maxSteps: 5 }] },
+      },
+    });
+    const response = await api.app.inject({ method: "POST", url: `/v1/runs/${run.id}/cancel` });
+    expect(response.statusCode).toBe(200);
+    expect(response.json().status).toBe("cancelled");
+  });
+});
