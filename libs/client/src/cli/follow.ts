@@ -98,8 +98,7 @@ function reportEnd(ctx: CliContext, run: Run): number {
     );
     return 0;
   }
-  const failedStage = run.stages.find((s) => s.error);
-  const reason = run.error ?? failedStage?.error ?? "no error recorded";
-  ctx.io.stderr.write(`error: run ${run.id} ${run.status}: ${reason}\n`);
+  const reason = run.error ?? run.stages.find((s) => s.error)?.error;
+  ctx.io.stderr.write(`error: run ${run.id} ${run.status}${reason ? `: ${reason}` : ""}\n`);
   return run.status === "cancelled" ? 3 : 2;
 }
