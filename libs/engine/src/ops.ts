@@ -1,16 +1,25 @@
 // The hot operations of the transformer, behind small named functions so that speed work
 // (fast transposes, custom gradients, kernels a backend lacks) stays out of the model code.
 // Each returns a tensor its caller owns; call them inside tf.tidy.
+//
+// On the wasm and cpu backends with the native addon built (scripts/build-native.sh), linear,
+// causalAttention and layerNorm run as fused OpenBLAS/C++ kernels with hand-written gradients
+// (./kernels); everywhere else, and with setFastKernelsEnabled(false), they are the plain tfjs
+// compositions below, which the tests hold the fused ones to.
 import * as tf from "@tensorflow/tfjs";
+import { FUSED, fusedKernelsActive } from "./kernels/index.ts";
 
 /** y = x @ w + b.  x: [..., in], w: [in, out] (GPT-2 Conv1D layout), b: [out] -> [..., out] */
 export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor {
   const inDim = w.shape[0];
   const outDim = w.shape[1];
   const lead = x.shape.slice(0, -1);
-  const y2 = tf.matMul(x.reshape([-1, inDim]) as tf.Tensor2D, w);
-  const y = b ? tf.add(y2, b) : y2;
-  return y.reshape([...lead, outDim]);
+  const x2 = x.reshape([-1, inDim]) as tf.Tensor2D;
+  const fused = fusedKernelsActive() && x.dtype === "float32";
+  let y2: tf.Tensor;
+  if (fused) y2 = b ? fusedLinearBias(x2, w, b) : fusedLinearNoBias(x2, w);
+  else y2 = b ? tf.add(tf.matMul(x2, w), b) : tf.matMul(x2, w);
+  return y2.reshape([...lead, outDim]);
 }
 
 /** Rows of `table` picked by integer `ids`. table: [V, C], ids: [...] int32 -> [..., C] */
@@ -26,6 +35,7 @@ export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
  * (Tk > Tq) sees the whole prefix.
  */
 export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor4D {
+  if (fusedKernelsActive()) return fusedAttention(q, k, v) as tf.Tensor4D;
   const [, , tq, hs] = q.shape;
   const tk = k.shape[2];
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)); // [B, nh, Tq, Tk]
@@ -34,10 +44,93 @@ export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D):
   return tf.matMul(att, v) as tf.Tensor4D;
 }
 
+/**
+ * Layer normalization over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta.
+ * x: [..., C], gamma, beta: [C] -> [..., C]
+ */
+export function layerNorm(
+  x: tf.Tensor,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+  eps: number,
+): tf.Tensor {
+  if (fusedKernelsActive() && x.dtype === "float32") return fusedLayerNorm(x, gamma, beta, eps);
+  const { mean, variance } = tf.moments(x, -1, true);
+  const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+  return tf.add(tf.mul(normalized, gamma), beta);
+}
+
 function causalMask(tq: number, tk: number): tf.Tensor2D {
   const offset = tk - tq;
   const rows = tf.range(0, tq, 1, "int32").reshape([tq, 1]);
   const cols = tf.range(0, tk, 1, "int32").reshape([1, tk]);
   const allowed = tf.lessEqual(cols, tf.add(rows, offset));
   return tf.where(allowed, tf.zeros([tq, tk]), tf.fill([tq, tk], -1e9)) as tf.Tensor2D;
+}
+
+// ---- fused paths: one native kernel forward, one backward (kernels/fused.ts) ----
+
+function run(kernel: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}) {
+  return tf.engine().runKernel(kernel, inputs, attrs) as tf.Tensor | tf.Tensor[];
+}
+
+type Saver = (tensors: tf.Tensor[]) => void;
+
+// The gradient of x @ w is two more products (sgemm takes the transposes for free); the bias
+// gradient is a column sum, which tfjs would compute as transpose + reduce.
+const fusedLinearBias = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+  const [x, w, b, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, Saver];
+  save([x, w]);
+  return {
+    value: run(FUSED.linear, { x, w, bias: b }) as tf.Tensor,
+    gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => [
+      tf.matMul(dy, ws, false, true),
+      tf.matMul(xs, dy, true, false),
+      run(FUSED.columnSum, { x: dy }) as tf.Tensor,
+    ],
+  };
+});
+
+const fusedLinearNoBias = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+  const [x, w, save] = args as [tf.Tensor2D, tf.Tensor2D, Saver];
+  save([x, w]);
+  return {
+    value: run(FUSED.linear, { x, w }) as tf.Tensor,
+    gradFunc: (dy: tf.Tensor, [xs, ws]: tf.Tensor[]) => [
+      tf.matMul(dy, ws, false, true),
+      tf.matMul(xs, dy, true, false),
+    ],
+  };
+});
+
+// Scores, causal mask, softmax and the product with v in one kernel per head; the softmax
+// probabilities are kept for the backward pass instead of being recomputed from five ops.
+const fusedAttention = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+  const [q, k, v, save] = args as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D, Saver];
+  const attrs = { scale: 1 / Math.sqrt(q.shape[3]) };
+  const [out, probs] = run(FUSED.attention, { q, k, v }, attrs) as tf.Tensor[];
+  save([q, k, v, probs]);
+  return {
+    value: out,
+    gradFunc: (dy: tf.Tensor, [qs, ks, vs, ps]: tf.Tensor[]) =>
+      run(FUSED.attentionGrad, { q: qs, k: ks, v: vs, probs: ps, dy }, attrs) as tf.Tensor[],
+  };
+});
+
+function fusedLayerNorm(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number) {
+  const f = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+    const [xi, g, b, save] = args as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, Saver];
+    const [y, mean, rstd] = run(
+      FUSED.layerNorm,
+      { x: xi, gamma: g, beta: b },
+      { eps },
+    ) as tf.Tensor[];
+    save([xi, g, mean, rstd]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, [xs, gs, ms, rs]: tf.Tensor[]) =>
+        run(FUSED.layerNormGrad, { x: xs, gamma: gs, mean: ms, rstd: rs, dy }) as tf.Tensor[],
+    };
+  });
+  return f(x, gamma, beta);
 }

@@ -1,0 +1,406 @@
+// Native kernels for chatrl's TensorFlow.js engine: matrix products through OpenBLAS.
+// Every function works in place on Float32Array views that the caller allocated (tensor data of
+// the cpu backend, or views into the wasm backend's heap), so no tensor is copied.
+//
+// OpenBLAS is opened with dlopen rather than linked: a DYNAMIC_ARCH OpenBLAS picks its kernels
+// by CPU model when it loads, and a build older than the CPU (Debian 12's 0.3.21 on a Sapphire
+// Rapids Xeon) falls back to its SSE3 "Prescott" kernels, 5x slower than its AVX-512 ones. When
+// the user has not chosen a core type with OPENBLAS_CORETYPE, we choose one from the CPU's
+// features before the library initialises.
+#include <dlfcn.h>
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// CBLAS enum values (cblas.h), so that no BLAS header is needed to build.
+constexpr int kRowMajor = 101;
+constexpr int kNoTrans = 111;
+constexpr int kTrans = 112;
+
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
+                         int, float, float*, int);
+using SetThreadsFn = void (*)(int);
+using GetIntFn = int (*)();
+using GetStringFn = char* (*)();
+
+struct Blas {
+  SgemmFn sgemm = nullptr;
+  SetThreadsFn setThreads = nullptr;
+  GetIntFn getThreads = nullptr;
+  GetStringFn config = nullptr;
+  GetStringFn coreName = nullptr;
+  std::string chosenCore;  // what we set OPENBLAS_CORETYPE to, "" when we left it alone
+};
+
+Blas blas;
+
+// The widest OpenBLAS core type whose kernels this CPU can run.
+const char* CoreTypeForThisCpu() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    return "SkylakeX";
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return nullptr;
+}
+
+std::string LoadBlas() {
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    if (const char* core = CoreTypeForThisCpu()) {
+      setenv("OPENBLAS_CORETYPE", core, 0);
+      blas.chosenCore = core;
+    }
+  }
+  void* lib = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return std::string("cannot open libopenblas.so.0: ") + dlerror();
+  blas.sgemm = reinterpret_cast<SgemmFn>(dlsym(lib, "cblas_sgemm"));
+  blas.setThreads = reinterpret_cast<SetThreadsFn>(dlsym(lib, "openblas_set_num_threads"));
+  blas.getThreads = reinterpret_cast<GetIntFn>(dlsym(lib, "openblas_get_num_threads"));
+  blas.config = reinterpret_cast<GetStringFn>(dlsym(lib, "openblas_get_config"));
+  blas.coreName = reinterpret_cast<GetStringFn>(dlsym(lib, "openblas_get_corename"));
+  if (!blas.sgemm || !blas.setThreads || !blas.getThreads || !blas.config || !blas.coreName) {
+    return "libopenblas.so.0 lacks cblas_sgemm or the openblas_* thread functions";
+  }
+  return "";
+}
+
+float* FloatData(const Napi::Value& v, size_t need, const char* name, Napi::Env env) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Napi::TypeError::New(env, std::string(name) + " must be a Float32Array")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  auto arr = v.As<Napi::Float32Array>();
+  if (arr.ElementLength() < need) {
+    Napi::RangeError::New(env, std::string(name) + " is smaller than its shape says")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return arr.Data();
+}
+
+
+int64_t Int(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
+
+bool CheckArgs(const Napi::CallbackInfo& info, size_t n, const char* fn) {
+  if (info.Length() == n) return true;
+  Napi::TypeError::New(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments")
+      .ThrowAsJavaScriptException();
+  return false;
+}
+
+void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, const float* a, int lda,
+          const float* b, int ldb, float beta, float* c, int ldc) {
+  blas.sgemm(kRowMajor, transA ? kTrans : kNoTrans, transB ? kTrans : kNoTrans, m, n, k, alpha, a,
+             lda, b, ldb, beta, c, ldc);
+}
+
+// Threads for the loops we parallelise ourselves (attention over batch x heads).
+int workerThreads = 1;
+
+// Runs body(i) for i in [0, count) on up to workerThreads threads. OpenBLAS is held to one
+// thread meanwhile, so the two levels of parallelism do not fight over the cores.
+template <typename Body>
+void ParallelFor(int64_t count, Body body) {
+  const int workers = static_cast<int>(std::min<int64_t>(workerThreads, count));
+  if (workers <= 1) {
+    for (int64_t i = 0; i < count; ++i) body(i, 0);
+    return;
+  }
+  const int blasThreads = blas.getThreads();
+  blas.setThreads(1);
+  std::vector<std::thread> pool;
+  for (int w = 1; w < workers; ++w) {
+    pool.emplace_back([=, &body] {
+      for (int64_t i = w; i < count; i += workers) body(i, w);
+    });
+  }
+  for (int64_t i = 0; i < count; i += workers) body(i, 0);
+  for (auto& t : pool) t.join();
+  blas.setThreads(blasThreads);
+}
+
+// batchMatMul(a, b, out, batchA, batchB, m, n, k, transA, transB)
+// Row-major: out[i] = op(a[i]) @ op(b[i]), where op transposes when its flag is set, a[i] is
+// [m, k] (or [k, m] transposed), b[i] is [k, n] (or [n, k]), out[i] is [m, n]. A batch of 1
+// broadcasts over the other operand's batch.
+Napi::Value BatchMatMul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 10, "batchMatMul")) return env.Undefined();
+  const int64_t batchA = Int(info, 3), batchB = Int(info, 4);
+  const int m = Int(info, 5), n = Int(info, 6), k = Int(info, 7);
+  const bool transA = info[8].As<Napi::Boolean>().Value();
+  const bool transB = info[9].As<Napi::Boolean>().Value();
+  const int64_t batch = std::max(batchA, batchB);
+  if ((batchA != batch && batchA != 1) || (batchB != batch && batchB != 1) || m < 0 || n < 0 ||
+      k < 0) {
+    Napi::RangeError::New(env, "batchMatMul: batch sizes do not broadcast")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const float* a = FloatData(info[0], batchA * m * k, "a", env);
+  const float* b = a ? FloatData(info[1], batchB * k * n, "b", env) : nullptr;
+  float* out = b ? FloatData(info[2], batch * m * n, "out", env) : nullptr;
+  if (out == nullptr || m == 0 || n == 0) return env.Undefined();
+  const int64_t strideA = batchA == 1 ? 0 : static_cast<int64_t>(m) * k;
+  const int64_t strideB = batchB == 1 ? 0 : static_cast<int64_t>(k) * n;
+  const int64_t strideC = static_cast<int64_t>(m) * n;
+  for (int64_t i = 0; i < batch; ++i) {
+    Gemm(transA, transB, m, n, k, 1.0f, a + i * strideA, transA ? m : k, b + i * strideB,
+         transB ? k : n, 0.0f, out + i * strideC, n);
+  }
+  return env.Undefined();
+}
+
+// linear(x, w, bias | null, out, rows, in, outDim): out = x @ w + bias, x: [rows, in],
+// w: [in, outDim]. The bias is written first and sgemm adds the product to it (beta = 1).
+Napi::Value Linear(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 7, "linear")) return env.Undefined();
+  const int64_t rows = Int(info, 4), in = Int(info, 5), outDim = Int(info, 6);
+  const float* x = FloatData(info[0], rows * in, "x", env);
+  const float* w = x ? FloatData(info[1], in * outDim, "w", env) : nullptr;
+  if (w == nullptr) return env.Undefined();
+  const bool hasBias = !info[2].IsNull() && !info[2].IsUndefined();
+  const float* bias = hasBias ? FloatData(info[2], outDim, "bias", env) : nullptr;
+  if (hasBias && bias == nullptr) return env.Undefined();
+  float* out = FloatData(info[3], rows * outDim, "out", env);
+  if (out == nullptr || rows == 0 || outDim == 0) return env.Undefined();
+  if (hasBias) {
+    for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + outDim, out + r * outDim);
+  }
+  if (in == 0) {
+    if (!hasBias) std::fill(out, out + rows * outDim, 0.0f);
+    return env.Undefined();
+  }
+  Gemm(false, false, rows, outDim, in, 1.0f, x, in, w, outDim, hasBias ? 1.0f : 0.0f, out, outDim);
+  return env.Undefined();
+}
+
+// columnSum(x, out, rows, cols): out[j] = sum_i x[i, j] (the gradient of a broadcast bias).
+Napi::Value ColumnSum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 4, "columnSum")) return env.Undefined();
+  const int64_t rows = Int(info, 2), cols = Int(info, 3);
+  const float* x = FloatData(info[0], rows * cols, "x", env);
+  float* out = x ? FloatData(info[1], cols, "out", env) : nullptr;
+  if (out == nullptr) return env.Undefined();
+  std::fill(out, out + cols, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * cols;
+    for (int64_t j = 0; j < cols; ++j) out[j] += row[j];
+  }
+  return env.Undefined();
+}
+
+// Causal softmax of one [tq, tk] block of scores in place: query i sees keys 0..(tk - tq + i).
+void CausalSoftmaxRows(float* p, int tq, int tk) {
+  const int offset = tk - tq;
+  for (int i = 0; i < tq; ++i) {
+    float* row = p + static_cast<int64_t>(i) * tk;
+    const int seen = std::min(tk, std::max(0, offset + i + 1));
+    float mx = -INFINITY;
+    for (int j = 0; j < seen; ++j) mx = std::max(mx, row[j]);
+    float sum = 0.0f;
+    for (int j = 0; j < seen; ++j) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = seen > 0 ? 1.0f / sum : 0.0f;
+    for (int j = 0; j < seen; ++j) row[j] *= inv;
+    std::fill(row + seen, row + tk, 0.0f);
+  }
+}
+
+// attentionForward(q, k, v, out, probs, bh, tq, tk, hs, scale)
+// Per head: probs = causalSoftmax(scale * q @ k^T) [tq, tk]; out = probs @ v [tq, hs].
+Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 10, "attentionForward")) return env.Undefined();
+  const int64_t bh = Int(info, 5);
+  const int tq = Int(info, 6), tk = Int(info, 7), hs = Int(info, 8);
+  const float scale = info[9].As<Napi::Number>().FloatValue();
+  const float* q = FloatData(info[0], bh * tq * hs, "q", env);
+  const float* k = q ? FloatData(info[1], bh * tk * hs, "k", env) : nullptr;
+  const float* v = k ? FloatData(info[2], bh * tk * hs, "v", env) : nullptr;
+  float* out = v ? FloatData(info[3], bh * tq * hs, "out", env) : nullptr;
+  float* probs = out ? FloatData(info[4], bh * tq * tk, "probs", env) : nullptr;
+  if (probs == nullptr || tq == 0 || tk == 0 || hs == 0) return env.Undefined();
+  ParallelFor(bh, [&](int64_t i, int) {
+    float* p = probs + i * tq * tk;
+    Gemm(false, true, tq, tk, hs, scale, q + i * tq * hs, hs, k + i * tk * hs, hs, 0.0f, p, tk);
+    CausalSoftmaxRows(p, tq, tk);
+    Gemm(false, false, tq, hs, tk, 1.0f, p, tk, v + i * tk * hs, hs, 0.0f, out + i * tq * hs, hs);
+  });
+  return env.Undefined();
+}
+
+// attentionBackward(q, k, v, probs, dOut, dq, dk, dv, bh, tq, tk, hs, scale)
+// dv = P^T dO; dP = dO v^T; dS = P * (dP - rowsum(dP * P)); dq = scale dS k; dk = scale dS^T q.
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 13, "attentionBackward")) return env.Undefined();
+  const int64_t bh = Int(info, 8);
+  const int tq = Int(info, 9), tk = Int(info, 10), hs = Int(info, 11);
+  const float scale = info[12].As<Napi::Number>().FloatValue();
+  const int64_t qn = bh * tq * hs, kn = bh * tk * hs;
+  const float* q = FloatData(info[0], qn, "q", env);
+  const float* k = q ? FloatData(info[1], kn, "k", env) : nullptr;
+  const float* v = k ? FloatData(info[2], kn, "v", env) : nullptr;
+  const float* probs = v ? FloatData(info[3], bh * tq * tk, "probs", env) : nullptr;
+  const float* dOut = probs ? FloatData(info[4], qn, "dOut", env) : nullptr;
+  float* dq = dOut ? FloatData(info[5], qn, "dq", env) : nullptr;
+  float* dk = dq ? FloatData(info[6], kn, "dk", env) : nullptr;
+  float* dv = dk ? FloatData(info[7], kn, "dv", env) : nullptr;
+  if (dv == nullptr) return env.Undefined();
+  if (tq == 0 || tk == 0 || hs == 0) {
+    std::fill(dq, dq + qn, 0.0f);
+    std::fill(dk, dk + kn, 0.0f);
+    std::fill(dv, dv + kn, 0.0f);
+    return env.Undefined();
+  }
+  std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
+                                          std::vector<float>(static_cast<size_t>(tq) * tk));
+  ParallelFor(bh, [&](int64_t i, int worker) {
+    const float* p = probs + i * tq * tk;
+    const float* dO = dOut + i * tq * hs;
+    float* ds = scratch[worker].data();
+    Gemm(true, false, tk, hs, tq, 1.0f, p, tk, dO, hs, 0.0f, dv + i * tk * hs, hs);
+    Gemm(false, true, tq, tk, hs, 1.0f, dO, hs, v + i * tk * hs, hs, 0.0f, ds, tk);
+    for (int r = 0; r < tq; ++r) {
+      const float* pr = p + static_cast<int64_t>(r) * tk;
+      float* dr = ds + static_cast<int64_t>(r) * tk;
+      float dot = 0.0f;
+      for (int j = 0; j < tk; ++j) dot += pr[j] * dr[j];
+      for (int j = 0; j < tk; ++j) dr[j] = pr[j] * (dr[j] - dot);
+    }
+    Gemm(false, false, tq, hs, tk, scale, ds, tk, k + i * tk * hs, hs, 0.0f, dq + i * tq * hs, hs);
+    Gemm(true, false, tk, hs, tq, scale, ds, tk, q + i * tq * hs, hs, 0.0f, dk + i * tk * hs, hs);
+  });
+  return env.Undefined();
+}
+
+// layerNormForward(x, gamma, beta, out, mean, rstd, rows, cols, eps)
+Napi::Value LayerNormForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 9, "layerNormForward")) return env.Undefined();
+  const int64_t rows = Int(info, 6), cols = Int(info, 7);
+  const float eps = info[8].As<Napi::Number>().FloatValue();
+  const float* x = FloatData(info[0], rows * cols, "x", env);
+  const float* gamma = x ? FloatData(info[1], cols, "gamma", env) : nullptr;
+  const float* beta = gamma ? FloatData(info[2], cols, "beta", env) : nullptr;
+  float* out = beta ? FloatData(info[3], rows * cols, "out", env) : nullptr;
+  float* mean = out ? FloatData(info[4], rows, "mean", env) : nullptr;
+  float* rstd = mean ? FloatData(info[5], rows, "rstd", env) : nullptr;
+  if (rstd == nullptr || cols == 0) return env.Undefined();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* yr = out + r * cols;
+    float s = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) s += xr[j];
+    const float mu = s / cols;
+    float ss = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) ss += (xr[j] - mu) * (xr[j] - mu);
+    const float rs = 1.0f / std::sqrt(ss / cols + eps);
+    for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+  return env.Undefined();
+}
+
+// layerNormBackward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta, rows, cols)
+// xhat = (x - mean) rstd; dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy gamma.
+Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 10, "layerNormBackward")) return env.Undefined();
+  const int64_t rows = Int(info, 8), cols = Int(info, 9);
+  const float* x = FloatData(info[0], rows * cols, "x", env);
+  const float* gamma = x ? FloatData(info[1], cols, "gamma", env) : nullptr;
+  const float* mean = gamma ? FloatData(info[2], rows, "mean", env) : nullptr;
+  const float* rstd = mean ? FloatData(info[3], rows, "rstd", env) : nullptr;
+  const float* dy = rstd ? FloatData(info[4], rows * cols, "dy", env) : nullptr;
+  float* dx = dy ? FloatData(info[5], rows * cols, "dx", env) : nullptr;
+  float* dgamma = dx ? FloatData(info[6], cols, "dgamma", env) : nullptr;
+  float* dbeta = dgamma ? FloatData(info[7], cols, "dbeta", env) : nullptr;
+  if (dbeta == nullptr) return env.Undefined();
+  std::fill(dgamma, dgamma + cols, 0.0f);
+  std::fill(dbeta, dbeta + cols, 0.0f);
+  if (cols == 0) return env.Undefined();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    const float* dyr = dy + r * cols;
+    float* dxr = dx + r * cols;
+    const float mu = mean[r], rs = rstd[r];
+    float sumG = 0.0f, sumGX = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float xhat = (xr[j] - mu) * rs;
+      const float g = dyr[j] * gamma[j];
+      sumG += g;
+      sumGX += g * xhat;
+      dgamma[j] += dyr[j] * xhat;
+      dbeta[j] += dyr[j];
+    }
+    const float meanG = sumG / cols, meanGX = sumGX / cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float xhat = (xr[j] - mu) * rs;
+      dxr[j] = rs * (dyr[j] * gamma[j] - meanG - xhat * meanGX);
+    }
+  }
+  return env.Undefined();
+}
+
+// setThreads(n): threads for OpenBLAS products and for our own parallel loops.
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  const int n = std::max(1, static_cast<int>(Int(info, 0)));
+  blas.setThreads(n);
+  workerThreads = n;
+  return info.Env().Undefined();
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), workerThreads);
+}
+
+// { config, core, chosenCore }: what OpenBLAS runs, for benchmarks and error reports.
+Napi::Value BlasInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("config", std::string(blas.config()));
+  o.Set("core", std::string(blas.coreName()));
+  o.Set("chosenCore", blas.chosenCore);
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  std::string error = LoadBlas();
+  if (!error.empty()) {
+    Napi::Error::New(env, error).ThrowAsJavaScriptException();
+    return exports;
+  }
+  workerThreads = blas.getThreads();
+  exports.Set("batchMatMul", Napi::Function::New(env, BatchMatMul));
+  exports.Set("linear", Napi::Function::New(env, Linear));
+  exports.Set("columnSum", Napi::Function::New(env, ColumnSum));
+  exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
+  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
+  exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
+  exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("blasInfo", Napi::Function::New(env, BlasInfo));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(chatrl_kernels, Init)

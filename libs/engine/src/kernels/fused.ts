@@ -1,0 +1,152 @@
+// Fused kernels behind ops.ts (linear, causal attention, layer norm), registered under chatrl's
+// own kernel names on the wasm and cpu backends and run through tf.engine().runKernel, so they
+// show up in tf.profile and their outputs are tracked like any other tensor. Each forward kernel
+// has a matching gradient kernel; ops.ts wires the two together with tf.customGrad.
+import * as tf from "@tensorflow/tfjs";
+import type { NativeKernels } from "./native.ts";
+import { dataAccess } from "./views.ts";
+
+export const FUSED = {
+  linear: "ChatrlLinear",
+  columnSum: "ChatrlColumnSum",
+  attention: "ChatrlCausalAttention",
+  attentionGrad: "ChatrlCausalAttentionGrad",
+  layerNorm: "ChatrlLayerNorm",
+  layerNormGrad: "ChatrlLayerNormGrad",
+} as const;
+
+type Inputs = Record<string, tf.TensorInfo>;
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+export function registerFusedKernels(native: NativeKernels, backendName: string): string[] {
+  const kernel = (
+    name: string,
+    run: (
+      inputs: Inputs,
+      attrs: Record<string, unknown>,
+      io: ReturnType<typeof dataAccess>,
+    ) => tf.TensorInfo | tf.TensorInfo[],
+  ) => {
+    tf.registerKernel({
+      kernelName: name,
+      backendName,
+      kernelFunc: ({ inputs, attrs, backend }) =>
+        run(inputs as Inputs, attrs as Record<string, unknown>, dataAccess(backendName, backend)),
+    });
+  };
+  const f32 = (io: ReturnType<typeof dataAccess>, t: tf.TensorInfo) => io.view(t) as Float32Array;
+
+  // x: [rows, in], w: [in, out], bias?: [out] -> [rows, out]
+  kernel(FUSED.linear, ({ x, w, bias }, _attrs, io) => {
+    const [rows, inDim] = x.shape;
+    const outDim = w.shape[1];
+    const out = io.alloc([rows, outDim], "float32");
+    native.linear(
+      f32(io, x),
+      f32(io, w),
+      bias ? f32(io, bias) : null,
+      f32(io, out),
+      rows,
+      inDim,
+      outDim,
+    );
+    return out;
+  });
+
+  // x: [rows, cols] -> [cols]
+  kernel(FUSED.columnSum, ({ x }, _attrs, io) => {
+    const cols = x.shape[x.shape.length - 1];
+    const out = io.alloc([cols], "float32");
+    native.columnSum(f32(io, x), f32(io, out), size(x.shape) / cols, cols);
+    return out;
+  });
+
+  // q: [B, nh, Tq, hs], k, v: [B, nh, Tk, hs] -> out [B, nh, Tq, hs], probs [B, nh, Tq, Tk]
+  kernel(FUSED.attention, ({ q, k, v }, attrs, io) => {
+    const [b, nh, tq, hs] = q.shape;
+    const tk = k.shape[2];
+    const out = io.alloc([b, nh, tq, hs], "float32");
+    const probs = io.alloc([b, nh, tq, tk], "float32");
+    native.attentionForward(
+      f32(io, q),
+      f32(io, k),
+      f32(io, v),
+      f32(io, out),
+      f32(io, probs),
+      b * nh,
+      tq,
+      tk,
+      hs,
+      attrs.scale as number,
+    );
+    return [out, probs];
+  });
+
+  kernel(FUSED.attentionGrad, ({ q, k, v, probs, dy }, attrs, io) => {
+    const [b, nh, tq, hs] = q.shape;
+    const tk = k.shape[2];
+    const dq = io.alloc(q.shape, "float32");
+    const dk = io.alloc(k.shape, "float32");
+    const dv = io.alloc(v.shape, "float32");
+    native.attentionBackward(
+      f32(io, q),
+      f32(io, k),
+      f32(io, v),
+      f32(io, probs),
+      f32(io, dy),
+      f32(io, dq),
+      f32(io, dk),
+      f32(io, dv),
+      b * nh,
+      tq,
+      tk,
+      hs,
+      attrs.scale as number,
+    );
+    return [dq, dk, dv];
+  });
+
+  // x: [rows, C], gamma, beta: [C] -> y [rows, C], mean [rows], rstd [rows]
+  kernel(FUSED.layerNorm, ({ x, gamma, beta }, attrs, io) => {
+    const cols = x.shape[x.shape.length - 1];
+    const rows = size(x.shape) / cols;
+    const y = io.alloc(x.shape, "float32");
+    const mean = io.alloc([rows], "float32");
+    const rstd = io.alloc([rows], "float32");
+    native.layerNormForward(
+      f32(io, x),
+      f32(io, gamma),
+      f32(io, beta),
+      f32(io, y),
+      f32(io, mean),
+      f32(io, rstd),
+      rows,
+      cols,
+      attrs.eps as number,
+    );
+    return [y, mean, rstd];
+  });
+
+  kernel(FUSED.layerNormGrad, ({ x, gamma, mean, rstd, dy }, _attrs, io) => {
+    const cols = x.shape[x.shape.length - 1];
+    const rows = size(x.shape) / cols;
+    const dx = io.alloc(x.shape, "float32");
+    const dgamma = io.alloc([cols], "float32");
+    const dbeta = io.alloc([cols], "float32");
+    native.layerNormBackward(
+      f32(io, x),
+      f32(io, gamma),
+      f32(io, mean),
+      f32(io, rstd),
+      f32(io, dy),
+      f32(io, dx),
+      f32(io, dgamma),
+      f32(io, dbeta),
+      rows,
+      cols,
+    );
+    return [dx, dgamma, dbeta];
+  });
+
+  return Object.values(FUSED);
+}

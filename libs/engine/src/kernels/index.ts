@@ -1,0 +1,113 @@
+// Kernel overrides for the JavaScript-hosted backends (wasm, cpu). They register once per
+// backend, and never on tfjs-node(-gpu), whose TensorFlow kernels are already native.
+import * as tf from "@tensorflow/tfjs";
+import { registerFusedKernels } from "./fused.ts";
+import { sharedIdentity } from "./identity.ts";
+import { nativeBatchMatMul } from "./matmul.ts";
+import { loadNativeKernels, nativeLoadError } from "./native.ts";
+import { unsortedSegmentSum } from "./segment-sum.ts";
+
+export { FUSED } from "./fused.ts";
+export type { BlasInfo, NativeKernels } from "./native.ts";
+export { loadNativeKernels, nativeLoadError } from "./native.ts";
+
+/** The backends whose kernels we override. */
+const HOSTED_BACKENDS = new Set(["wasm", "cpu"]);
+
+export interface KernelStatus {
+  backend: string;
+  /** Kernels replaced or added on this backend, e.g. ["BatchMatMul", "UnsortedSegmentSum"]. */
+  kernels: string[];
+  /** Whether the native addon (OpenBLAS) serves this backend's products and fused ops. */
+  native: boolean;
+  /** Why the native addon is not in use, when it is not. */
+  nativeError: string | null;
+}
+
+const installed = new Map<string, KernelStatus>();
+let enabled = true;
+
+function replaceKernel(
+  name: string,
+  backendName: string,
+  make: (old: tf.KernelFunc) => tf.KernelFunc,
+) {
+  const old = tf.getKernel(name, backendName);
+  if (old === undefined) throw new Error(`backend ${backendName} has no ${name} kernel to replace`);
+  tf.unregisterKernel(name, backendName);
+  tf.registerKernel({
+    kernelName: name,
+    backendName,
+    kernelFunc: make(old.kernelFunc),
+    // The old kernel's setup (e.g. wasm cwrap of its C function) still feeds its fallback path.
+    setupFunc: old.setupFunc,
+    disposeFunc: old.disposeFunc,
+  });
+}
+
+/**
+ * Registers the fast kernels on `backendName` (default: the active backend) once; a no-op that
+ * reports `kernels: []` on any backend other than wasm and cpu. Call after tf.setBackend().
+ */
+export function installFastKernels(backendName: string = tf.getBackend()): KernelStatus {
+  const done = installed.get(backendName);
+  if (done) return done;
+  const status: KernelStatus = {
+    backend: backendName,
+    kernels: [],
+    native: false,
+    nativeError: null,
+  };
+  if (HOSTED_BACKENDS.has(backendName)) {
+    const native = loadNativeKernels();
+    if (native) {
+      replaceKernel("BatchMatMul", backendName, (old) =>
+        nativeBatchMatMul(native, backendName, old, () => enabled),
+      );
+      status.kernels.push("BatchMatMul", ...registerFusedKernels(native, backendName));
+      status.native = true;
+    } else {
+      status.nativeError = nativeLoadError();
+    }
+    if (backendName === "wasm") {
+      replaceKernel("Identity", backendName, sharedIdentity);
+      status.kernels.push("Identity");
+    }
+    if (tf.getKernel("UnsortedSegmentSum", backendName) === undefined) {
+      tf.registerKernel({
+        kernelName: "UnsortedSegmentSum",
+        backendName,
+        kernelFunc: unsortedSegmentSum(backendName),
+      });
+      status.kernels.push("UnsortedSegmentSum");
+    }
+  }
+  installed.set(backendName, status);
+  return status;
+}
+
+/**
+ * Whether ops.ts should take its fused native path on the active backend (installing the
+ * kernels on first use, for callers that set the backend without initBackend).
+ */
+export function fusedKernelsActive(): boolean {
+  return enabled && installFastKernels(tf.getBackend()).native;
+}
+
+/**
+ * Turns the native products and fused ops off (false) or back on: the plain tfjs path, for
+ * comparing the two on the same weights. Kernels that a backend lacks stay registered.
+ */
+export function setFastKernelsEnabled(on: boolean): void {
+  enabled = on;
+}
+
+/** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */
+export function setNativeThreads(n: number): void {
+  loadNativeKernels()?.setThreads(n);
+}
+
+/** Threads the native kernels use, or 0 without the native addon. */
+export function nativeThreads(): number {
+  return loadNativeKernels()?.getThreads() ?? 0;
+}

@@ -1,0 +1,124 @@
+// The optional native addon (libs/engine/native, built by scripts/build-native.sh): OpenBLAS
+// matrix products on Float32Array views. Absent or unloadable, the engine runs pure tfjs.
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+
+export interface BlasInfo {
+  /** openblas_get_config(), e.g. "OpenBLAS 0.3.21 ... SkylakeX MAX_THREADS=64". */
+  config: string;
+  /** The OpenBLAS core whose kernels run. */
+  core: string;
+  /** The core type the addon chose from CPU features; "" when OPENBLAS_CORETYPE was set. */
+  chosenCore: string;
+}
+
+export interface NativeKernels {
+  /**
+   * Row-major out[i] = op(a[i]) @ op(b[i]); a[i]: [m, k] ([k, m] when transA), b[i]: [k, n]
+   * ([n, k] when transB), out[i]: [m, n]. A batch of 1 broadcasts.
+   */
+  batchMatMul(
+    a: Float32Array,
+    b: Float32Array,
+    out: Float32Array,
+    batchA: number,
+    batchB: number,
+    m: number,
+    n: number,
+    k: number,
+    transA: boolean,
+    transB: boolean,
+  ): void;
+  /** out = x @ w + bias; x: [rows, inDim], w: [inDim, outDim]. */
+  linear(
+    x: Float32Array,
+    w: Float32Array,
+    bias: Float32Array | null,
+    out: Float32Array,
+    rows: number,
+    inDim: number,
+    outDim: number,
+  ): void;
+  /** out[j] = sum over rows of x[i, j]. */
+  columnSum(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
+  /** Per head: probs = causalSoftmax(scale q k^T), out = probs v. */
+  attentionForward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    probs: Float32Array,
+    heads: number,
+    tq: number,
+    tk: number,
+    hs: number,
+    scale: number,
+  ): void;
+  attentionBackward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    probs: Float32Array,
+    dOut: Float32Array,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    heads: number,
+    tq: number,
+    tk: number,
+    hs: number,
+    scale: number,
+  ): void;
+  layerNormForward(
+    x: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array,
+    out: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  layerNormBackward(
+    x: Float32Array,
+    gamma: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    dy: Float32Array,
+    dx: Float32Array,
+    dgamma: Float32Array,
+    dbeta: Float32Array,
+    rows: number,
+    cols: number,
+  ): void;
+  /** Threads for OpenBLAS and for the addon's own parallel loops (attention heads). */
+  setThreads(n: number): void;
+  getThreads(): number;
+  blasInfo(): BlasInfo;
+}
+
+const ADDON_PATH = fileURLToPath(
+  new URL("../../native/build/Release/chatrl_kernels.node", import.meta.url),
+);
+
+let cached: { kernels: NativeKernels | null; error: string | null } | undefined;
+
+/** The native kernels, or null when the addon is not built or cannot load (see nativeLoadError). */
+export function loadNativeKernels(): NativeKernels | null {
+  if (cached === undefined) {
+    try {
+      const kernels = createRequire(import.meta.url)(ADDON_PATH) as NativeKernels;
+      cached = { kernels, error: null };
+    } catch (err) {
+      cached = { kernels: null, error: err instanceof Error ? err.message : String(err) };
+    }
+  }
+  return cached.kernels;
+}
+
+/** Why loadNativeKernels() returned null, for logs and benchmarks. */
+export function nativeLoadError(): string | null {
+  loadNativeKernels();
+  return cached?.error ?? null;
+}
