@@ -131,7 +131,8 @@ export class SFTTrainer {
     const logits = this.model.forward(inputs, { training: true, rng: this.rng }); // [B, T, V]
     const logProbs = tf.logSoftmax(logits.reshape([batchSize * length, vocab])); // [B*T, V]
     // One-hot picks the target's log-probability; gather's gradient needs a scatter some backends lack.
-    const targets = tf.oneHot(tf.tensor1d(batch.targets, "int32"), vocab, 1, 0, "float32"); // [B*T, V]
+    // (int32 then cast: the wasm backend's OneHot writes integer bits into float32 outputs.)
+    const targets = tf.cast(tf.oneHot(tf.tensor1d(batch.targets, "int32"), vocab), "float32"); // [B*T, V]
     const nll = tf.neg(tf.sum(tf.mul(logProbs, targets), -1)); // [B*T]
     const mask = tf.tensor1d(batch.lossMask, "float32");
     const trained = Math.max(

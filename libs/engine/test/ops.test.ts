@@ -158,7 +158,7 @@ describe("fused ops on the wasm backend", () => {
         const inputs = make();
         const analytic = analyticGrads(op, inputs);
         const numeric = numericGrads(op, inputs, 1e-2);
-        analytic.forEach((g, i) => expectClose(g, numeric[i], 5e-3));
+        for (const [i, g] of analytic.entries()) expectClose(g, numeric[i], 5e-3);
         tf.dispose(inputs);
       });
 
@@ -166,7 +166,7 @@ describe("fused ops on the wasm backend", () => {
         const inputs = make();
         const fused = analyticGrads(op, inputs);
         const reference = plain(() => analyticGrads(op, inputs));
-        fused.forEach((g, i) => expectClose(g, reference[i], 1e-5));
+        for (const [i, g] of fused.entries()) expectClose(g, reference[i], 1e-5);
         tf.dispose(inputs);
       });
     });

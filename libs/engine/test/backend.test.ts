@@ -1,0 +1,36 @@
+import { describe, expect, it } from "vitest";
+import { BACKEND_ORDER, initBackend, tf } from "../src/index";
+
+describe("initBackend", () => {
+  it("activates the first backend that loads and reports its threads", async () => {
+    const info = await initBackend();
+    expect(BACKEND_ORDER).toContain(info.name);
+    expect(info.threads).toBeGreaterThanOrEqual(1);
+    expect(await initBackend()).toEqual(info); // idempotent
+  });
+
+  it("switches to a preferred backend that loads", async () => {
+    const info = await initBackend("cpu");
+    expect(info.name).toBe("cpu");
+    expect(info.threads).toBe(1);
+    expect(tf.getBackend()).toBe("cpu");
+    expect((await initBackend("wasm")).name).toBe("wasm");
+    expect(tf.getBackend()).toBe("wasm");
+  });
+
+  it("fails clearly when a preferred backend cannot load, and on unknown names", async () => {
+    let tfjsNode = true;
+    try {
+      await import(/* @vite-ignore */ ["@tensorflow", "tfjs-node"].join("/"));
+    } catch {
+      tfjsNode = false;
+    }
+    if (!tfjsNode) {
+      await expect(initBackend("tensorflow")).rejects.toThrow(
+        /tensorflow: cannot import @tensorflow\/tfjs-node/,
+      );
+    }
+    // @ts-expect-error: not a backend name
+    await expect(initBackend("tpu")).rejects.toThrow(/unknown backend "tpu"/);
+  });
+});
