@@ -1,18 +1,21 @@
-// Starts the inference service from the environment: `tsx services/inference/src/main.ts`.
-import { loadConfig } from "@chatrl/contracts";
-import { openDatabase } from "@chatrl/db";
+// The inference service's entry point: configuration from the environment, graceful shutdown
+// on SIGINT/SIGTERM (a second signal, or 10 s, forces the exit).
+import { ConfigError, loadConfig } from "@chatrl/contracts";
 import closeWithGrace from "close-with-grace";
-import { buildInferenceApp } from "./app.ts";
+import { startInferenceServer } from "./server.ts";
 
-const config = loadConfig(process.env);
-const db = await openDatabase(config);
-const app = await buildInferenceApp(config, { db });
+let config: ReturnType<typeof loadConfig>;
+try {
+  config = loadConfig(process.env);
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(error.message);
+  process.exit(1);
+}
+const server = await startInferenceServer(config);
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
-  if (err) app.log.error({ err }, "shutting down after an error");
-  else app.log.info({ signal }, "shutting down");
-  await app.close();
-  await db.close();
+  if (err) server.app.log.error({ err }, "shutting down after an error");
+  else server.app.log.info({ signal }, "shutting down");
+  await server.close();
 });
-
-await app.listen({ port: config.inferencePort, host: config.host });
