@@ -9,6 +9,7 @@ import {
   MODEL_PRESETS,
   rowToSftExample,
   type SftConfig,
+  type SftExample,
   splitForStage,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
@@ -16,8 +17,6 @@ import type { Prisma } from "./types.ts";
 
 /** data_split index of the SFT stage (DeepSpeed-Chat's step 1). */
 const SFT_SPLIT_INDEX = 0;
-
-export type SftExample = { prompt: string; response: string };
 
 /**
  * The stage's examples: each dataset split by data_split (SFT takes part 0), then the parts
