@@ -81,3 +81,23 @@ describe("errors", () => {
     expect(broken.body).not.toMatch(/node_modules|\.js:\d+/);
   });
 });
+
+describe("openapi.yaml", () => {
+  it("has a route in the api for every operation outside the inference section", async () => {
+    const { openApiDocument } = await import("@chatrl/contracts");
+    const operations = Object.entries(openApiDocument.paths).flatMap(([url, methods]) =>
+      Object.entries(methods)
+        .filter(([, op]) => !(op as { tags?: string[] }).tags?.includes("inference"))
+        .map(([method]) => ({
+          method: method.toUpperCase(),
+          url: url.replace(/\{(\w+)\}/g, ":$1"),
+        })),
+    );
+    expect(operations.length).toBe(14);
+    for (const route of operations) {
+      expect(api.app.hasRoute(route as { method: "GET"; url: string }), JSON.stringify(route)).toBe(
+        true,
+      );
+    }
+  });
+});

@@ -106,6 +106,18 @@ describe("POST /v1/runs", () => {
     });
   });
 
+  it("creates one run and one job when the same Idempotency-Key arrives twice at once", async () => {
+    const headers = { "idempotency-key": "concurrent-1" };
+    const body = runBody(datasetId, { name: "concurrent" });
+    const runsBefore = await api.database.db.prisma.run.count();
+    const jobsBefore = await queuedJobIds();
+    const [a, b] = await Promise.all([postRun(body, headers), postRun(body, headers)]);
+    expect([a.statusCode, b.statusCode].sort()).toEqual(expect.arrayContaining([201]));
+    expect(a.json().id).toBe(b.json().id);
+    expect(await api.database.db.prisma.run.count()).toBe(runsBefore + 1);
+    expect(await queuedJobIds()).toEqual([...jobsBefore, a.json().stages[0].id].sort());
+  });
+
   it("refuses unknown fields anywhere, naming the field", async () => {
     await expectRefused(
       { ...runBody(datasetId), colour: "blue" },
@@ -142,7 +154,13 @@ describe("POST /v1/runs", () => {
       "datasets",
       /'datasets' must NOT have fewer than 1 items/,
     );
-    await expectRefused(runBody(datasetId, { model: {} }), 400, "model", /'model'/);
+    await expectRefused(runBody(datasetId, { model: {} }), 400, "model", /exactly one of/);
+    await expectRefused(
+      runBody(datasetId, { model: { preset: "tiny", checkpoint_id: `ckpt_${"a".repeat(24)}` } }),
+      400,
+      "model",
+      /exactly one of 'preset' or 'checkpoint_id'/,
+    );
     await expectRefused(
       runBody(datasetId, { model: { preset: "gpt-5" } }),
       400,
@@ -267,6 +285,9 @@ describe("reading runs", () => {
     const defaults = (await api.app.inject({ url: "/v1/runs" })).json();
     expect(defaults.data.length).toBe(Math.min(20, all.data.length));
     expect((await api.app.inject({ url: "/v1/runs?limit=0" })).statusCode).toBe(400);
+    const unknownCursor = await api.app.inject({ url: `/v1/runs?after=run_${"9".repeat(24)}` });
+    expect(unknownCursor.statusCode).toBe(200);
+    expect(unknownCursor.json()).toEqual({ object: "list", data: [], has_more: false });
     expect((await api.app.inject({ url: "/v1/runs?limit=101" })).statusCode).toBe(400);
   });
 

@@ -900,7 +900,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Metric points, by stage then step. */
+            /** @description Metric points in the order the worker wrote them. */
             200: {
                 headers: {
                     [name: string]: unknown;
