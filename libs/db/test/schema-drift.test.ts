@@ -1,0 +1,61 @@
+// prisma/schema.prisma and prisma/migrations must describe the same database. Prisma's schema
+// engine (wasm build) replays the committed migrations on a throwaway shadow database and diffs
+// the result against the schema, as `prisma migrate diff --from-migrations` would.
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { describe, expect, inject, it } from "vitest";
+import { readMigrations } from "../src/migrate.ts";
+import { DEFAULT_SCHEMA_PATH, diffToSchema } from "../src/schema-engine.ts";
+
+const databaseUrl = () => inject("adminDatabaseUrl");
+
+async function databaseNames(): Promise<string[]> {
+  const client = new pg.Client({ connectionString: databaseUrl() });
+  await client.connect();
+  try {
+    return (await client.query("SELECT datname FROM pg_database")).rows.map((r) => r.datname);
+  } finally {
+    await client.end();
+  }
+}
+
+describe("schema and migrations", () => {
+  it("the committed migrations produce exactly the schema in prisma/schema.prisma", async () => {
+    const before = (await databaseNames()).filter((n) => n.startsWith("chatrl_shadow_"));
+    const drift = await diffToSchema({ from: "migrations", databaseUrl: databaseUrl() });
+    expect(
+      drift,
+      "schema.prisma changed without a migration: run libs/db/src/new-migration-cli.ts",
+    ).toBe("");
+    // The shadow database is gone again.
+    const after = (await databaseNames()).filter((n) => n.startsWith("chatrl_shadow_"));
+    expect(after.filter((n) => !before.includes(n))).toEqual([]);
+  });
+
+  it("the first migration is what Prisma generates from an empty database", async () => {
+    const [init] = await readMigrations();
+    expect(await diffToSchema({ from: "empty", databaseUrl: databaseUrl() })).toBe(init.script);
+  });
+
+  it("notices a field added to the schema without a migration", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "chatrl-drift-"));
+    try {
+      const schema = await readFile(DEFAULT_SCHEMA_PATH, "utf8");
+      const changed = schema.replace(/(model ApiKey \{\n)/, "$1  note      String?\n");
+      expect(changed).not.toBe(schema);
+      const schemaPath = path.join(dir, "schema.prisma");
+      await writeFile(schemaPath, changed);
+      const drift = await diffToSchema({
+        from: "migrations",
+        databaseUrl: databaseUrl(),
+        schemaPath,
+      });
+      expect(drift).toContain('ALTER TABLE "api_key" ADD COLUMN     "note" TEXT;');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
