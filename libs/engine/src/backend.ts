@@ -3,6 +3,7 @@
 // The native packages are optional dependencies: they are only imported when present.
 import { availableParallelism } from "node:os";
 import * as tf from "@tensorflow/tfjs";
+import { installFastKernels, nativeThreads } from "./kernels/index.ts";
 
 export { tf };
 
@@ -15,7 +16,12 @@ export const BACKEND_ORDER: readonly BackendName[] = [
   "cpu",
 ];
 
-export type BackendInfo = { name: BackendName; threads: number };
+export type BackendInfo = {
+  name: BackendName;
+  threads: number;
+  /** Kernels ./kernels replaced or added on this backend (wasm and cpu only), e.g. the gather gradient wasm lacks. */
+  kernels: string[];
+};
 
 type Candidate = {
   /** What must be importable for this backend. */
@@ -51,7 +57,8 @@ export async function initBackend(prefer?: BackendName): Promise<BackendInfo> {
   for (const name of order) {
     const reason = await tryActivate(name);
     if (reason === undefined) {
-      current = { name, threads: threadsOf(name) };
+      const { kernels } = installFastKernels(CANDIDATES[name].tfName);
+      current = { name, threads: threadsOf(name), kernels };
       return current;
     }
     failures.push(`${name}: ${reason}`);
@@ -91,12 +98,15 @@ function hasGpu(): boolean {
 
 function threadsOf(name: BackendName): number {
   switch (name) {
-    case "wasm": {
+    case "wasm":
+    case "cpu": {
+      // With the native addon, the heavy kernels run on its thread pool; otherwise wasm has its
+      // own (one thread in Node) and the plain JS backend runs on the main thread.
+      const native = nativeThreads();
+      if (native > 0) return native;
       const getThreadsCount = loaded.get("wasm")?.getThreadsCount as (() => number) | undefined;
-      return getThreadsCount?.() ?? 1;
+      return name === "wasm" ? (getThreadsCount?.() ?? 1) : 1;
     }
-    case "cpu":
-      return 1; // the plain JS backend runs on the main thread
     default:
       return availableParallelism(); // TensorFlow's intra-op pool uses every core
   }

@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
-import { causalAttention, embedding, linear } from "./ops";
+import { causalAttention, embedding, layerNorm, linear } from "./ops";
 import { paddedCausalAttention } from "./padded-attention";
 import { Rng } from "./rng";
 
@@ -57,9 +57,7 @@ class Norm {
       const meanSquare = tf.mean(tf.square(x), -1, true);
       return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), this.weight);
     }
-    const { mean, variance } = tf.moments(x, -1, true);
-    const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
-    return tf.add(tf.mul(normalized, this.weight), this.bias as tf.Variable);
+    return layerNorm(x, this.weight as tf.Tensor1D, this.bias as tf.Tensor1D, eps);
   }
 }
 

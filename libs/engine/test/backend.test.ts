@@ -12,7 +12,7 @@ describe("initBackend", () => {
   it("switches to a preferred backend that loads", async () => {
     const info = await initBackend("cpu");
     expect(info.name).toBe("cpu");
-    expect(info.threads).toBe(1);
+    expect(info.threads).toBeGreaterThanOrEqual(1);
     expect(tf.getBackend()).toBe("cpu");
     expect((await initBackend("wasm")).name).toBe("wasm");
     expect(tf.getBackend()).toBe("wasm");
