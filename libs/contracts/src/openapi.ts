@@ -1,5 +1,7 @@
 // openapi/openapi.yaml as the services' validation source: its components become Ajv and Fastify
 // shared schemas, and each route takes its parameters, body and responses from its operation.
+// (Not fastify-openapi-glue: it wires operationIds to one handler object, where chatrl keeps one
+// route file per resource; this keeps the routes Fastify-native and the spec the only schema.)
 import { readFileSync } from "node:fs";
 import { Ajv, type Options as AjvOptions, type ValidateFunction } from "ajv";
 import type { FastifyInstance, FastifySchema, HTTPMethods } from "fastify";

@@ -37,6 +37,11 @@ describe("when Redis is unreachable", () => {
     expect(runs[0].status).toBe("failed");
     expect(runs[0].error).toMatch(/Redis/);
     expect(runs[0].stages.map((s) => s.status)).toEqual(["failed"]);
+    const events = (await api.app.inject({ url: `/v1/runs/${runs[0].id}/events` })).json();
+    expect(events.data[0]).toMatchObject({
+      level: "error",
+      message: expect.stringMatching(/Could not queue/),
+    });
   });
 
   it("still cancels a run in Postgres", async () => {

@@ -1,3 +1,4 @@
+import { addEvent } from "@chatrl/db";
 import { STAGE_QUEUES } from "@chatrl/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDatasetId, runBody, startTestApi, type TestApi } from "./helpers.ts";
@@ -304,7 +305,7 @@ describe("reading runs", () => {
     }
   });
 
-  it("lists a run's events, newest first", async () => {
+  it("lists a run's events, newest first, a page at a time", async () => {
     const run = (await postRun(runBody(datasetId))).json();
     const events = (await api.app.inject({ url: `/v1/runs/${run.id}/events` })).json();
     expect(events.object).toBe("list");
@@ -313,6 +314,23 @@ describe("reading runs", () => {
       level: "info",
       message: "Queued stages: sft",
     });
+    for (const message of ["step 1", "step 2", "step 3"]) {
+      await addEvent(api.database.db.prisma, run.id, "info", message);
+    }
+    const first = (await api.app.inject({ url: `/v1/runs/${run.id}/events?limit=2` })).json();
+    expect(first.data.map((e: { message: string }) => e.message)).toEqual(["step 3", "step 2"]);
+    expect(first.has_more).toBe(true);
+    const next = (
+      await api.app.inject({ url: `/v1/runs/${run.id}/events?limit=2&after=${first.data[1].id}` })
+    ).json();
+    expect(next.data.map((e: { message: string }) => e.message)).toEqual([
+      "step 1",
+      "Queued stages: sft",
+    ]);
+    expect(next.has_more).toBe(false);
+    const badCursor = await api.app.inject({ url: `/v1/runs/${run.id}/events?after=abc` });
+    expect(badCursor.statusCode).toBe(400);
+    expect(badCursor.json().error.param).toBe("after");
   });
 
   it("lists metrics, filtered by stage and name", async () => {

@@ -94,7 +94,8 @@ export interface paths {
          *     stage ids. Unknown fields anywhere are refused (400). Reward and PPO stages are
          *     described but not available yet (422). With an `Idempotency-Key`, a retried submission
          *     returns the first run (200) and queues nothing; the same key with a different body is
-         *     a 409.
+         *     a 409. When Redis is unreachable the run is recorded as failed and the answer is 503; a
+         *     retry with the same key returns that failed run, so retry with a new key.
          */
         post: operations["createRun"];
         delete?: never;

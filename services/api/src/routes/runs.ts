@@ -145,6 +145,7 @@ export default async function runRoutes(app: FastifyInstance) {
         if (!(error instanceof QueueUnavailableError)) throw error;
         request.log.error({ err: error, runId: run.id }, "run could not be queued");
         await markRunFailed(prisma, run.id, "The job queue (Redis) was unavailable");
+        await addEvent(prisma, run.id, "error", `Could not queue the run: ${error.message}`);
         throw new ApiError(503, `The run could not be queued: ${error.message}`, {
           code: "queue_unavailable",
         });
