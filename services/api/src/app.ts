@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { type ChatrlConfig, errorsPlugin, openApiPlugin, type StageKind } from "@chatrl/contracts";
 import type { Database } from "@chatrl/db";
 import type { FlowProducer, Queue } from "bullmq";
@@ -31,6 +32,12 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   const app = Fastify({
     logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
     bodyLimit: JSON_BODY_LIMIT,
+    // OpenAI clients log x-request-id; a caller's own id is kept so logs can be joined.
+    requestIdHeader: "x-request-id",
+    genReqId: () => `req_${randomBytes(12).toString("hex")}`,
+  });
+  app.addHook("onRequest", async (request, reply) => {
+    reply.header("x-request-id", request.id);
   });
   // Bodies are JSON or, for dataset uploads, JSONL; anything else is a 415, not a string body.
   app.removeContentTypeParser("text/plain");

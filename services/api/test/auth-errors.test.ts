@@ -41,6 +41,16 @@ describe("with API keys configured", () => {
     }
   });
 
+  it("tags every answer with an x-request-id, keeping the caller's", async () => {
+    const refused = await api.app.inject({ url: "/v1/runs" });
+    expect(refused.headers["x-request-id"]).toMatch(/^req_[0-9a-f]{24}$/);
+    const given = await api.app.inject({
+      url: "/healthz",
+      headers: { "x-request-id": "trace-42" },
+    });
+    expect(given.headers["x-request-id"]).toBe("trace-42");
+  });
+
   it("keeps the health routes public", async () => {
     expect((await api.app.inject({ url: "/healthz" })).statusCode).toBe(200);
     expect((await api.app.inject({ url: "/readyz" })).json()).toEqual({

@@ -58,6 +58,18 @@ describe("POST /v1/datasets", () => {
     ]);
   });
 
+  it("accepts application/jsonl and a charset parameter", async () => {
+    for (const contentType of ["application/jsonl", "application/x-ndjson; charset=utf-8"]) {
+      const response = await api.app.inject({
+        method: "POST",
+        url: "/v1/datasets?name=typed",
+        headers: { "content-type": contentType },
+        payload: SFT_JSONL,
+      });
+      expect(response.statusCode, contentType).toBe(201);
+    }
+  });
+
   it("stores a preference upload", async () => {
     const body = [
       '{"prompt":"Capital of France?","chosen":"Paris.","rejected":"No idea."}',
