@@ -17,6 +17,7 @@ export type TestApi = {
   database: TestDatabase;
   redis: TestRedis;
   queues: ReturnType<typeof createStageQueues>;
+  flow: ReturnType<typeof createFlowProducer>;
   close(): Promise<void>;
 };
 
@@ -49,6 +50,7 @@ export async function startTestApi(
     database,
     redis,
     queues,
+    flow,
     async close() {
       await app.close();
       await flow.close();

@@ -58,3 +58,33 @@ describe("when Redis is unreachable", () => {
     expect(response.json().status).toBe("cancelled");
   });
 });
+
+describe("when Postgres is unreachable", () => {
+  it("is not ready, saying Postgres is down", async () => {
+    const { openDatabase } = await import("@chatrl/db");
+    const { buildApp } = await import("../src/app.ts");
+    const { loadConfig } = await import("@chatrl/contracts");
+    const { tmpdir } = await import("node:os");
+    const databaseUrl = `postgresql://postgres@127.0.0.1:${await closedPort()}/nowhere`;
+    const db = await openDatabase({ databaseUrl, dataDir: tmpdir() });
+    const config = loadConfig({
+      DATABASE_URL: databaseUrl,
+      REDIS_URL: api.redis.url,
+      CHATRL_QUEUE_PREFIX: api.redis.prefix,
+      CHATRL_LOG_LEVEL: "silent",
+    });
+    const app = await buildApp(config, { db, flow: api.flow, queues: api.queues });
+    try {
+      const response = await app.inject({ url: "/readyz" });
+      expect(response.statusCode).toBe(503);
+      expect(response.json().error.message).toMatch(/^Not ready: postgres: /);
+      expect(response.json().error.message).not.toMatch(/redis/);
+      const runs = await app.inject({ url: "/v1/runs" });
+      expect(runs.statusCode).toBe(500);
+      expect(runs.json().error.message).toBe("Internal server error");
+    } finally {
+      await app.close();
+      await db.close();
+    }
+  });
+});

@@ -2,8 +2,22 @@ import { ApiError, openApiRoute } from "@chatrl/contracts";
 import { checkRedis } from "@chatrl/queue";
 import type { FastifyInstance } from "fastify";
 
+const CHECK_TIMEOUT_MS = 2000;
+
 async function checkPostgres(app: FastifyInstance): Promise<void> {
-  await app.db.prisma.$queryRaw`SELECT 1`;
+  // A Postgres that drops packets would leave the query hanging: a probe must answer in time.
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)),
+      CHECK_TIMEOUT_MS,
+    );
+  });
+  try {
+    await Promise.race([app.db.prisma.$queryRaw`SELECT 1`, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 export default async function healthRoutes(app: FastifyInstance, opts: { redisUrl: string }) {
@@ -17,7 +31,7 @@ export default async function healthRoutes(app: FastifyInstance, opts: { redisUr
     handler: async () => {
       const [postgres, redis] = await Promise.allSettled([
         checkPostgres(app),
-        checkRedis(opts.redisUrl, 2000),
+        checkRedis(opts.redisUrl, CHECK_TIMEOUT_MS),
       ]);
       const problems = [
         postgres.status === "rejected" ? `postgres: ${firstLine(postgres.reason)}` : null,
