@@ -17,14 +17,15 @@ export function paddedCausalAttention(
   if (padLeft.length !== batch)
     throw new Error(`padLeft has ${padLeft.length} entries for a batch of ${batch}`);
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)); // [B, nh, Tq, Tk]
-  const rows = tf.range(0, tq, 1, "int32").reshape([1, 1, tq, 1]);
-  const cols = tf.range(0, tk, 1, "int32").reshape([1, 1, 1, tk]);
-  const firstReal = tf.tensor1d(Array.from(padLeft), "int32").reshape([batch, 1, 1, 1]);
-  const allowed = tf.logicalAnd(
-    tf.lessEqual(cols, tf.add(rows, tk - tq)),
-    tf.greaterEqual(cols, firstReal),
-  ); // [B, 1, Tq, Tk]
-  const bias = tf.mul(tf.sub(1, tf.cast(allowed, "float32")), -1e9); // 0 where allowed, -1e9 where not
-  const att = tf.softmax(tf.add(scores, bias));
+  // The mask is built in JS: one upload instead of a handful of small ops per layer and token.
+  const bias = new Float32Array(batch * tq * tk); // 0 where allowed, -1e9 where not
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < tq; i++) {
+      const row = (b * tq + i) * tk;
+      const lastAllowed = tk - tq + i;
+      for (let j = 0; j < tk; j++) if (j < padLeft[b] || j > lastAllowed) bias[row + j] = -1e9;
+    }
+  }
+  const att = tf.softmax(tf.add(scores, tf.tensor4d(bias, [batch, 1, tq, tk])));
   return tf.matMul(att, v) as tf.Tensor4D;
 }
