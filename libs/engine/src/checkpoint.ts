@@ -39,7 +39,12 @@ export async function loadModel(bytes: Uint8Array): Promise<GPT> {
   const configJson = metadata[MODEL_CONFIG_KEY];
   if (!configJson)
     throw new Error(`checkpoint has no model config (metadata "${MODEL_CONFIG_KEY}")`);
-  const config = JSON.parse(configJson) as ModelConfig;
+  let config: ModelConfig;
+  try {
+    config = JSON.parse(configJson) as ModelConfig;
+  } catch {
+    throw new Error(`checkpoint model config (metadata "${MODEL_CONFIG_KEY}") is not valid JSON`);
+  }
   const model = new GPT(config, 0);
   try {
     loadWeights(model, tensors);

@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
-import { causalAttention, embedding, layerNorm, linear } from "./ops";
+import { causalAttention, embedding, layerNorm, linear, mergeHeads, splitHeads } from "./ops";
 import { paddedCausalAttention } from "./padded-attention";
 import { Rng } from "./rng";
 
@@ -91,18 +91,15 @@ class CausalSelfAttention {
     const [batch, time, channels] = x.shape;
     const nh = this.config.nHeads;
     const hs = channels / nh;
-    const qkv = linear(x, this.cAttnW, this.cAttnB); // [B, T, 3C]
-    const [q, k, v] = tf.split(qkv, 3, -1); // 3 x [B, T, C]
-    const toHeads = (t: tf.Tensor) =>
-      t.reshape([batch, time, nh, hs]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, T, C] -> [B, nh, T, hs]
-    const qh = toHeads(q);
-    let kh = toHeads(k);
-    let vh = toHeads(v);
+    const qkv = linear(x, this.cAttnW, this.cAttnB) as tf.Tensor3D; // [B, T, 3C]
+    const [qh, k, v] = splitHeads(qkv, nh, 3); // [B, T, 3C] -> 3 x [B, nh, T, hs]
+    let kh = k;
+    let vh = v;
     if (ctx.cache) [kh, vh] = ctx.cache.append(this.layer, kh, vh); // [B, nh, past + T, hs]
     const y = ctx.padLeft
       ? paddedCausalAttention(qh, kh, vh, ctx.padLeft)
       : causalAttention(qh, kh, vh); // [B, nh, T, hs]
-    const merged = y.transpose([0, 2, 1, 3]).reshape([batch, time, channels]); // [B, nh, T, hs] -> [B, T, C]
+    const merged = mergeHeads(y); // [B, nh, T, hs] -> [B, T, C]
     return dropout(
       linear(merged, this.cProjW, this.cProjB),
       this.config.dropout,
@@ -266,6 +263,16 @@ export class GPT {
     let total = 0;
     for (const w of this.weights.values()) total += w.size;
     return total;
+  }
+
+  /**
+   * Training FLOPs (forward + backward) per token at sequence length seqLen, as nanoGPT's
+   * estimate_mfu counts them (PaLM appendix B): 6 per weight plus 12 * L * C * T for attention.
+   * Divide achieved FLOP/s by the backend's measured matmul rate for the utilization.
+   */
+  trainingFlopsPerToken(seqLen: number = this.config.contextLength): number {
+    const { nLayers, dModel } = this.config;
+    return 6 * this.parameterCount() + 12 * nLayers * dModel * seqLen;
   }
 
   /** Every weight under its Hugging Face GPT-2 name. The variables stay owned by the model. */

@@ -133,6 +133,8 @@ describe("model checkpoints", () => {
     };
     await expect(loadModel(encodeSafetensors(tensors, wider))).rejects.toThrow(/shape/);
     await expect(loadModel(encodeSafetensors(tensors, {}))).rejects.toThrow(/no model config/);
+    const garbled = { ...metadata, [MODEL_CONFIG_KEY]: "{" };
+    await expect(loadModel(encodeSafetensors(tensors, garbled))).rejects.toThrow(/not valid JSON/);
     const before = tf.memory().numTensors;
     await expect(loadModel(encodeSafetensors(tensors, metadata))).rejects.toThrow();
     expect(tf.memory().numTensors).toBe(before); // the half-built model was released

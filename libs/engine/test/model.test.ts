@@ -10,12 +10,14 @@ const maxAbsDiff = (a: tf.Tensor, b: tf.Tensor) =>
   tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 
 describe("GPT", () => {
-  it("counts GPT-2's parameters for the tiny preset", () => {
+  it("counts GPT-2's parameters and training FLOPs per token for the tiny preset", () => {
     const model = new GPT(MODEL_PRESETS.tiny, 1);
     const { vocabSize: v, contextLength: t, dModel: c, nLayers: l } = MODEL_PRESETS.tiny;
     const perLayer =
       2 * c + (c * 3 * c + 3 * c) + (c * c + c) + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c);
     expect(model.parameterCount()).toBe(v * c + t * c + l * perLayer + 2 * c);
+    // nanoGPT's estimate_mfu: 6N + 12 * L * H * Q * T with H * Q = C.
+    expect(model.trainingFlopsPerToken(100)).toBe(6 * model.parameterCount() + 12 * l * c * 100);
     model.dispose();
   });
 
