@@ -6,6 +6,7 @@ import { DelayedError, UnrecoverableError } from "bullmq";
 import { handBackJob } from "./hand-back.ts";
 import { runSftStage } from "./sft-stage.ts";
 import type { StageContext, StageJob, StageResult } from "./types.ts";
+import type { StageJobData } from "@chatrl/queue";
 
 /** Stage kinds this worker can train. reward and ppo arrive in later milestones. */
 export const IMPLEMENTED_KINDS = ["sft"] as const;
@@ -55,6 +56,25 @@ export async function runStage(
     await recordFailure(ctx, runId, stageId, kind, message);
     throw err instanceof UnrecoverableError ? err : new UnrecoverableError(message);
   }
+}
+
+/** BullMQ's reason for a job that lost its worker more often than maxStalledCount allows. */
+export const STALLED_OUT = "job stalled more than allowable limit";
+
+/**
+ * A job BullMQ failed because its workers kept dying: no processor runs for it any more, so
+ * the stage would stay running forever unless it is failed here.
+ */
+export async function failAbandonedStage(ctx: StageContext, data: StageJobData): Promise<void> {
+  const stage = await getStage(ctx.prisma, data.stageId);
+  if (!stage || (stage.status !== "queued" && stage.status !== "running")) return;
+  await recordFailure(
+    ctx,
+    data.runId,
+    data.stageId,
+    data.kind,
+    `its worker stopped responding more often than allowed (${STALLED_OUT})`,
+  );
 }
 
 async function recordFailure(

@@ -8,7 +8,7 @@ import { Worker } from "bullmq";
 import type IORedis from "ioredis";
 import { type Logger, pino } from "pino";
 import { DEFAULT_WORKER_OPTIONS, type WorkerOptions } from "./options.ts";
-import { runStage } from "./stage-runner.ts";
+import { failAbandonedStage, runStage, STALLED_OUT } from "./stage-runner.ts";
 import { ABORT_LOCK_LOST, ABORT_SHUTDOWN, type StageContext, type StageResult } from "./types.ts";
 
 export type WorkerDeps = {
@@ -63,9 +63,15 @@ export async function startWorker(
     worker.on("completed", (job, result) =>
       logger.info({ jobId: job.id, queue: kind, result }, "stage done"),
     );
-    worker.on("failed", (job, err) =>
-      logger.warn({ jobId: job?.id, queue: kind, reason: err.message }, "stage failed"),
-    );
+    worker.on("failed", (job, err) => {
+      logger.warn({ jobId: job?.id, queue: kind, reason: err.message }, "stage failed");
+      // Emitted by whichever worker's stalled-job checker gave up on the job.
+      if (job && err.message === STALLED_OUT) {
+        failAbandonedStage(ctx, job.data).catch((e) =>
+          logger.error({ err: e, jobId: job.id }, "could not fail an abandoned stage"),
+        );
+      }
+    });
     return worker;
   });
   await Promise.all(workers.map((w) => w.waitUntilReady()));

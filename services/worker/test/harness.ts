@@ -84,13 +84,13 @@ export async function createHarness(): Promise<Harness> {
         data_split: [8, 1, 1],
         stages: {
           sft: {
-            max_steps: 8,
+            max_steps: 6,
             batch_size: 2,
-            learning_rate: 3e-3,
+            learning_rate: 1e-2,
             max_seq_len: 32,
             epochs: 100,
-            checkpoint_every: 4,
-            warmup_steps: 2,
+            checkpoint_every: 3,
+            warmup_steps: 1,
             weight_decay: 0.0,
             grad_clip: 1.0,
             ...opts.sft,

@@ -10,6 +10,8 @@ import {
   readCheckpointPart,
 } from "@chatrl/db";
 import { tf } from "@chatrl/engine";
+import { STAGE_QUEUES } from "@chatrl/queue";
+import { Worker } from "bullmq";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { loadWorkerOptions } from "../src/options.ts";
@@ -77,7 +79,7 @@ describe("sft stage jobs", () => {
       const { runId, stageId } = await h.submitRun({ pricePerHour: 3.6 });
       const stage = await waitForStage(h, stageId, "succeeded");
 
-      expect(stage.step).toBe(8);
+      expect(stage.step).toBe(6);
       expect(stage.progress).toBe(1);
       expect(stage.deviceSeconds).toBeGreaterThan(0);
       expect(stage.wallSeconds).toBeGreaterThanOrEqual(stage.deviceSeconds);
@@ -85,15 +87,15 @@ describe("sft stage jobs", () => {
       expect(stage.costUsd).toBeCloseTo((3.6 * stage.deviceSeconds) / 3600, 10);
       expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("succeeded");
 
-      // checkpoint_every 4 -> a metric point every step, loss falling over 8 steps.
+      // checkpoint_every 3 -> a metric point every step, loss falling over 6 steps.
       const losses = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name: "loss" });
-      expect(losses.map((m) => m.step)).toEqual(Array.from({ length: 8 }, (_, i) => i + 1));
+      expect(losses.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6]);
       const first = losses[0].value;
       const lastThree = losses.slice(-3).reduce((a, m) => a + m.value, 0) / 3;
       expect(lastThree).toBeLessThan(first * 0.8);
       for (const name of ["lr", "grad_norm", "tokens_per_s"]) {
         const rows = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name });
-        expect(rows.length, name).toBe(8);
+        expect(rows.length, name).toBe(6);
       }
       const tokensPerS = await listMetrics(h.tdb.db.prisma, runId, { name: "tokens_per_s" });
       expect(tokensPerS.every((m) => m.value > 0)).toBe(true);
@@ -103,8 +105,8 @@ describe("sft stage jobs", () => {
         .sort((a, b) => a.step - b.step)
         .map((c) => [c.step, c.final, c.role]);
       expect(summary).toEqual([
-        [4, false, "sft"],
-        [8, true, "sft"],
+        [3, false, "sft"],
+        [6, true, "sft"],
       ]);
       for (const c of checkpoints) {
         const bytes = await readCheckpointPart(h.tdb.db.prisma, c.id, "model");
@@ -119,7 +121,7 @@ describe("sft stage jobs", () => {
 
       const job = await h.queue("sft").getJob(stageId);
       expect(await job?.getState()).toBe("completed");
-      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 8 });
+      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 6 });
       // The worker released every tensor of the model and trainer.
       expect(tf.memory().numTensors).toBe(tensorsBefore);
     });
@@ -232,6 +234,36 @@ describe("sft stage jobs", () => {
       expect(stage.step).toBe(6);
     });
     expect(await eventMessages(runId)).toContain(`sft resumed from step ${paused.step}`);
+  });
+});
+
+describe("jobs whose workers keep dying", () => {
+  it("fails the stage once BullMQ gives up on a job that stalled more often than allowed", async () => {
+    const { runId, stageId } = await h.submitRun();
+    // A worker that takes the job and then dies without a word: its lock is never renewed.
+    const doomed = new Worker(STAGE_QUEUES.sft, null, {
+      connection: h.connection,
+      prefix: h.redis.prefix,
+      lockDuration: 500,
+    });
+    const taken = await doomed.getNextJob("doomed-token");
+    expect(taken?.id).toBe(stageId);
+    await doomed.close();
+
+    const w = await startWorker(
+      h.config,
+      { db: h.tdb.db, connection: h.connection, logger: quiet },
+      { ...FAST_TIMING, maxStalledCount: 0 },
+    );
+    try {
+      const stage = await waitForStage(h, stageId, "failed");
+      expect(stage.error).toBe(
+        "its worker stopped responding more often than allowed (job stalled more than allowable limit)",
+      );
+      expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("failed");
+    } finally {
+      await w.close();
+    }
   });
 });
 
