@@ -88,9 +88,7 @@ class CausalSelfAttention {
   }
 
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
-    const [batch, time, channels] = x.shape;
     const nh = this.config.nHeads;
-    const hs = channels / nh;
     const qkv = linear(x, this.cAttnW, this.cAttnB) as tf.Tensor3D; // [B, T, 3C]
     const [qh, k, v] = splitHeads(qkv, nh, 3); // [B, T, 3C] -> 3 x [B, nh, T, hs]
     let kh = k;

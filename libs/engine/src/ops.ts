@@ -7,7 +7,7 @@
 // (./kernels); everywhere else, and with setFastKernelsEnabled(false), they are the plain tfjs
 // compositions below, which the tests hold the fused ones to.
 import * as tf from "@tensorflow/tfjs";
-import { FUSED, fusedKernelsActive } from "./kernels/index.ts";
+import { FUSED, fusedKernelsActive, partName } from "./kernels/index.ts";
 
 /** y = x @ w + b.  x: [..., in], w: [in, out] (GPT-2 Conv1D layout), b: [out] -> [..., out] */
 export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor {
@@ -58,6 +58,30 @@ export function layerNorm(
   const { mean, variance } = tf.moments(x, -1, true);
   const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
   return tf.add(tf.mul(normalized, gamma), beta);
+}
+
+/**
+ * Splits a projection into attention heads: [B, T, parts * C] -> parts x [B, nh, T, hs], with
+ * C = nh * hs (parts = 3 for GPT-2's fused q, k, v projection).
+ */
+export function splitHeads(x: tf.Tensor3D, heads: number, parts = 1): tf.Tensor4D[] {
+  if (fusedKernelsActive() && x.dtype === "float32") {
+    return [run(FUSED.splitHeads, { x }, { heads, parts })].flat() as tf.Tensor4D[];
+  }
+  const [batch, time, width] = x.shape;
+  const hs = width / parts / heads;
+  return tf
+    .split(x, parts, -1)
+    .map((p) => p.reshape([batch, time, heads, hs]).transpose([0, 2, 1, 3]) as tf.Tensor4D);
+}
+
+/** The inverse of splitHeads for one part: [B, nh, T, hs] -> [B, T, nh * hs]. */
+export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
+  const [batch, heads, time, hs] = x.shape;
+  if (fusedKernelsActive() && x.dtype === "float32") {
+    return run(FUSED.mergeHeads, { [partName(0)]: x }, { heads, parts: 1 }) as tf.Tensor3D;
+  }
+  return x.transpose([0, 2, 1, 3]).reshape([batch, time, heads * hs]) as tf.Tensor3D;
 }
 
 function causalMask(tq: number, tk: number): tf.Tensor2D {

@@ -2,7 +2,14 @@
 // differences and against the plain tfjs compositions they replace, on the wasm backend.
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { installFastKernels, setFastKernelsEnabled } from "../src/kernels/index.ts";
-import { causalAttention, embedding, layerNorm, linear } from "../src/ops.ts";
+import {
+  causalAttention,
+  embedding,
+  layerNorm,
+  linear,
+  mergeHeads,
+  splitHeads,
+} from "../src/ops.ts";
 import { initBackend, tf } from "../src/index";
 
 beforeAll(async () => {
@@ -124,6 +131,17 @@ const CASES: { name: string; op: Op; shapes: number[][] }[] = [
       [1, 2, 5, 3],
       [1, 2, 5, 3],
     ],
+  },
+  {
+    name: "splitting q, k, v into heads",
+    // the three parts side by side along the last axis, so one tensor carries all of them
+    op: (x) => tf.concat(splitHeads(x as tf.Tensor3D, 2, 3), 3),
+    shapes: [[2, 3, 12]],
+  },
+  {
+    name: "merging heads",
+    op: (x) => mergeHeads(x as tf.Tensor4D),
+    shapes: [[2, 2, 3, 4]],
   },
   {
     name: "layer norm",

@@ -98,26 +98,50 @@ bool CheckArgs(const Napi::CallbackInfo& info, size_t n, const char* fn) {
   return false;
 }
 
+// Threads the caller allows: for OpenBLAS's own products and for our parallel loops.
+int workerThreads = 1;
+
+// Below this many multiply-adds a product runs on one thread: waking a second thread costs more
+// than it saves, and far more when the other core is busy (decoding one token at a time makes
+// hundreds of such small products per second).
+constexpr int64_t kParallelMinWork = int64_t{1} << 23;
+
+// Sets OpenBLAS's thread count for one product when it differs from what is set.
+int blasThreadsNow = -1;
+void UseBlasThreads(int n) {
+  if (n != blasThreadsNow) {
+    blas.setThreads(n);
+    blasThreadsNow = n;
+  }
+}
+
 void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, const float* a, int lda,
           const float* b, int ldb, float beta, float* c, int ldc) {
   blas.sgemm(kRowMajor, transA ? kTrans : kNoTrans, transB ? kTrans : kNoTrans, m, n, k, alpha, a,
              lda, b, ldb, beta, c, ldc);
 }
 
-// Threads for the loops we parallelise ourselves (attention over batch x heads).
-int workerThreads = 1;
+// A product on as many threads as its size is worth.
+void SizedGemm(bool transA, bool transB, int m, int n, int k, float alpha, const float* a,
+               int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  const int64_t work = static_cast<int64_t>(m) * n * k;
+  UseBlasThreads(work >= kParallelMinWork ? workerThreads : 1);
+  Gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 // Runs body(i) for i in [0, count) on up to workerThreads threads. OpenBLAS is held to one
 // thread meanwhile, so the two levels of parallelism do not fight over the cores.
+// `work` is the multiply-adds of all iterations together; small loops stay on this thread.
 template <typename Body>
-void ParallelFor(int64_t count, Body body) {
-  const int workers = static_cast<int>(std::min<int64_t>(workerThreads, count));
+void ParallelFor(int64_t count, int64_t work, Body body) {
+  UseBlasThreads(1);
+  const int workers = work < kParallelMinWork
+                          ? 1
+                          : static_cast<int>(std::min<int64_t>(workerThreads, count));
   if (workers <= 1) {
     for (int64_t i = 0; i < count; ++i) body(i, 0);
     return;
   }
-  const int blasThreads = blas.getThreads();
-  blas.setThreads(1);
   std::vector<std::thread> pool;
   for (int w = 1; w < workers; ++w) {
     pool.emplace_back([=, &body] {
@@ -126,7 +150,6 @@ void ParallelFor(int64_t count, Body body) {
   }
   for (int64_t i = 0; i < count; i += workers) body(i, 0);
   for (auto& t : pool) t.join();
-  blas.setThreads(blasThreads);
 }
 
 // batchMatMul(a, b, out, batchA, batchB, m, n, k, transA, transB)
@@ -154,10 +177,14 @@ Napi::Value BatchMatMul(const Napi::CallbackInfo& info) {
   const int64_t strideA = batchA == 1 ? 0 : static_cast<int64_t>(m) * k;
   const int64_t strideB = batchB == 1 ? 0 : static_cast<int64_t>(k) * n;
   const int64_t strideC = static_cast<int64_t>(m) * n;
-  for (int64_t i = 0; i < batch; ++i) {
+  if (batch == 1) {
+    SizedGemm(transA, transB, m, n, k, 1.0f, a, transA ? m : k, b, transB ? k : n, 0.0f, out, n);
+    return env.Undefined();
+  }
+  ParallelFor(batch, batch * m * n * k, [&](int64_t i, int) {
     Gemm(transA, transB, m, n, k, 1.0f, a + i * strideA, transA ? m : k, b + i * strideB,
          transB ? k : n, 0.0f, out + i * strideC, n);
-  }
+  });
   return env.Undefined();
 }
 
@@ -182,7 +209,8 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
     if (!hasBias) std::fill(out, out + rows * outDim, 0.0f);
     return env.Undefined();
   }
-  Gemm(false, false, rows, outDim, in, 1.0f, x, in, w, outDim, hasBias ? 1.0f : 0.0f, out, outDim);
+  SizedGemm(false, false, rows, outDim, in, 1.0f, x, in, w, outDim, hasBias ? 1.0f : 0.0f, out,
+            outDim);
   return env.Undefined();
 }
 
@@ -235,7 +263,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   float* out = v ? FloatData(info[3], bh * tq * hs, "out", env) : nullptr;
   float* probs = out ? FloatData(info[4], bh * tq * tk, "probs", env) : nullptr;
   if (probs == nullptr || tq == 0 || tk == 0 || hs == 0) return env.Undefined();
-  ParallelFor(bh, [&](int64_t i, int) {
+  ParallelFor(bh, bh * tq * tk * hs * 2, [&](int64_t i, int) {
     float* p = probs + i * tq * tk;
     Gemm(false, true, tq, tk, hs, scale, q + i * tq * hs, hs, k + i * tk * hs, hs, 0.0f, p, tk);
     CausalSoftmaxRows(p, tq, tk);
@@ -270,7 +298,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   }
   std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
                                           std::vector<float>(static_cast<size_t>(tq) * tk));
-  ParallelFor(bh, [&](int64_t i, int worker) {
+  ParallelFor(bh, bh * tq * tk * hs * 4, [&](int64_t i, int worker) {
     const float* p = probs + i * tq * tk;
     const float* dO = dOut + i * tq * hs;
     float* ds = scratch[worker].data();
@@ -359,11 +387,43 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Moves attention heads between the sequence layout [B, T, parts, nh, hs] (what a fused
+// projection produces) and the head layout [B, nh, T, hs] (what attention reads), for one part.
+// toHeads(src, dst, b, t, parts, part, nh, hs): src sequence layout -> dst head layout.
+// fromHeads(src, dst, ...): the reverse; dst's other parts are left as they are.
+template <bool kToHeads>
+Napi::Value MoveHeads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 8, kToHeads ? "toHeads" : "fromHeads")) return env.Undefined();
+  const int64_t b = Int(info, 2), t = Int(info, 3), parts = Int(info, 4), part = Int(info, 5),
+                nh = Int(info, 6), hs = Int(info, 7);
+  if (part < 0 || part >= parts) {
+    Napi::RangeError::New(env, "part must be within 0..parts-1").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const int64_t seqSize = b * t * parts * nh * hs, headSize = b * nh * t * hs;
+  float* src = FloatData(info[0], kToHeads ? seqSize : headSize, "src", env);
+  float* dst = src ? FloatData(info[1], kToHeads ? headSize : seqSize, "dst", env) : nullptr;
+  if (dst == nullptr) return env.Undefined();
+  for (int64_t bi = 0; bi < b; ++bi) {
+    for (int64_t ti = 0; ti < t; ++ti) {
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t seq = (((bi * t + ti) * parts + part) * nh + h) * hs;
+        const int64_t head = ((bi * nh + h) * t + ti) * hs;
+        if (kToHeads) {
+          std::copy(src + seq, src + seq + hs, dst + head);
+        } else {
+          std::copy(src + head, src + head + hs, dst + seq);
+        }
+      }
+    }
+  }
+  return env.Undefined();
+}
+
 // setThreads(n): threads for OpenBLAS products and for our own parallel loops.
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
-  const int n = std::max(1, static_cast<int>(Int(info, 0)));
-  blas.setThreads(n);
-  workerThreads = n;
+  workerThreads = std::max(1, static_cast<int>(Int(info, 0)));
   return info.Env().Undefined();
 }
 
@@ -395,6 +455,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
   exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
+  exports.Set("toHeads", Napi::Function::New(env, MoveHeads<true>));
+  exports.Set("fromHeads", Napi::Function::New(env, MoveHeads<false>));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("blasInfo", Napi::Function::New(env, BlasInfo));

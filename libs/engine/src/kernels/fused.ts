@@ -13,7 +13,46 @@ export const FUSED = {
   attentionGrad: "ChatrlCausalAttentionGrad",
   layerNorm: "ChatrlLayerNorm",
   layerNormGrad: "ChatrlLayerNormGrad",
+  splitHeads: "ChatrlSplitHeads",
+  mergeHeads: "ChatrlMergeHeads",
 } as const;
+
+/** Input names of ChatrlMergeHeads: one per part. */
+export const partName = (i: number) => `x${i}`;
+
+let gradientsRegistered = false;
+
+// Splitting heads and merging them are each other's gradient. Registered once for all backends
+// (kernel names are global); the kernels themselves exist only where registerFusedKernels ran.
+function registerHeadGradients() {
+  if (gradientsRegistered) return;
+  gradientsRegistered = true;
+  tf.registerGradient({
+    kernelName: FUSED.splitHeads,
+    gradFunc: (dys, _saved, attrs) => {
+      const parts = Array.isArray(dys) ? dys : [dys];
+      const inputs = Object.fromEntries(parts.map((d, i) => [partName(i), d]));
+      return {
+        x: () =>
+          tf.engine().runKernel(FUSED.mergeHeads, inputs, attrs as tf.NamedAttrMap) as tf.Tensor,
+      };
+    },
+  });
+  tf.registerGradient({
+    kernelName: FUSED.mergeHeads,
+    gradFunc: (dy, _saved, attrs) => {
+      const a = attrs as { heads: number; parts: number };
+      let split: tf.Tensor[] | undefined;
+      const part = (i: number) => () => {
+        split ??= [
+          tf.engine().runKernel(FUSED.splitHeads, { x: dy as tf.Tensor }, a) as tf.Tensor,
+        ].flat();
+        return split[i];
+      };
+      return Object.fromEntries(Array.from({ length: a.parts }, (_, i) => [partName(i), part(i)]));
+    },
+  });
+}
 
 type Inputs = Record<string, tf.TensorInfo>;
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -148,5 +187,31 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
     return [dx, dgamma, dbeta];
   });
 
+  // x: [B, T, parts * nh * hs] -> parts x [B, nh, T, hs]
+  kernel(FUSED.splitHeads, ({ x }, attrs, io) => {
+    const { heads, parts } = attrs as { heads: number; parts: number };
+    const [b, t, width] = x.shape;
+    const hs = width / parts / heads;
+    const outs = Array.from({ length: parts }, () => io.alloc([b, heads, t, hs], "float32"));
+    const src = f32(io, x);
+    outs.forEach((out, part) => {
+      native.toHeads(src, f32(io, out), b, t, parts, part, heads, hs);
+    });
+    return outs;
+  });
+
+  // parts x [B, nh, T, hs] -> [B, T, parts * nh * hs]
+  kernel(FUSED.mergeHeads, (inputs, attrs, io) => {
+    const { parts } = attrs as { heads: number; parts: number };
+    const [b, nh, t, hs] = inputs[partName(0)].shape;
+    const out = io.alloc([b, t, parts * nh * hs], "float32");
+    const dst = f32(io, out);
+    for (let part = 0; part < parts; part++) {
+      native.fromHeads(f32(io, inputs[partName(part)]), dst, b, t, parts, part, nh, hs);
+    }
+    return out;
+  });
+
+  registerHeadGradients();
   return Object.values(FUSED);
 }

@@ -7,7 +7,7 @@ import { nativeBatchMatMul } from "./matmul.ts";
 import { loadNativeKernels, nativeLoadError } from "./native.ts";
 import { unsortedSegmentSum } from "./segment-sum.ts";
 
-export { FUSED } from "./fused.ts";
+export { FUSED, partName } from "./fused.ts";
 export type { BlasInfo, NativeKernels } from "./native.ts";
 export { loadNativeKernels, nativeLoadError } from "./native.ts";
 

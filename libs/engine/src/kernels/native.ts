@@ -92,6 +92,28 @@ export interface NativeKernels {
     rows: number,
     cols: number,
   ): void;
+  /** One part of src [b, t, parts, nh, hs] -> dst [b, nh, t, hs]. */
+  toHeads(
+    src: Float32Array,
+    dst: Float32Array,
+    b: number,
+    t: number,
+    parts: number,
+    part: number,
+    nh: number,
+    hs: number,
+  ): void;
+  /** src [b, nh, t, hs] -> one part of dst [b, t, parts, nh, hs]. */
+  fromHeads(
+    src: Float32Array,
+    dst: Float32Array,
+    b: number,
+    t: number,
+    parts: number,
+    part: number,
+    nh: number,
+    hs: number,
+  ): void;
   /** Threads for OpenBLAS and for the addon's own parallel loops (attention heads). */
   setThreads(n: number): void;
   getThreads(): number;
