@@ -50,8 +50,16 @@ export async function initBackend(prefer?: BackendName): Promise<BackendInfo> {
   if (prefer !== undefined && !(prefer in CANDIDATES)) {
     throw new Error(`unknown backend "${prefer}"; expected one of ${BACKEND_ORDER.join(", ")}`);
   }
-  if (current && (prefer === undefined || prefer === current.name)) return current;
+  // Callers in one process (api, worker, inference plugins) may ask at the same time: one at a time.
+  const result = queue.then(() => activate(prefer));
+  queue = result.catch(() => undefined);
+  return result;
+}
 
+let queue: Promise<unknown> = Promise.resolve();
+
+async function activate(prefer?: BackendName): Promise<BackendInfo> {
+  if (current && (prefer === undefined || prefer === current.name)) return current;
   const order = prefer ? [prefer] : BACKEND_ORDER;
   const failures: string[] = [];
   for (const name of order) {

@@ -16,6 +16,10 @@ describe("initBackend", () => {
     expect(tf.getBackend()).toBe("cpu");
     expect((await initBackend("wasm")).name).toBe("wasm");
     expect(tf.getBackend()).toBe("wasm");
+    // Requests made at the same time are served in order: the last one asked for is active.
+    const [first, second] = await Promise.all([initBackend("cpu"), initBackend("wasm")]);
+    expect([first.name, second.name]).toEqual(["cpu", "wasm"]);
+    expect(tf.getBackend()).toBe("wasm");
   });
 
   it("fails clearly when a preferred backend cannot load, and on unknown names", async () => {
