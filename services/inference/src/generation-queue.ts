@@ -1,7 +1,9 @@
 // One queue per loaded model. Requests that arrive while a generation runs wait here and are
 // drained into the next shared generate call, so concurrent chats cost one batched forward pass
 // per token instead of one each. Requests are batched only with others that sample the same
-// way, because the engine's generate takes one set of sampling options per call.
+// way, because the engine's generate takes one set of sampling options per call. A request
+// with a seed always runs alone: the engine draws each row from a stream named by the seed and
+// the row's place in the batch, so only as row 0 of its own call does a seed reproduce a reply.
 
 export type SamplingOptions = {
   maxTokens: number;
@@ -27,14 +29,16 @@ export type RunBatch = (
 type Job = {
   prompt: string;
   options: SamplingOptions;
-  key: string;
+  /** Requests with equal keys may share a call; null: this request runs alone. */
+  key: string | null;
   onText?: (text: string) => void;
   resolve: (result: GenerationResult) => void;
   reject: (error: unknown) => void;
 };
 
-function samplingKey(o: SamplingOptions): string {
-  return JSON.stringify([o.maxTokens, o.temperature, o.topP, o.stop, o.seed ?? null]);
+function samplingKey(o: SamplingOptions): string | null {
+  if (o.seed !== undefined) return null;
+  return JSON.stringify([o.maxTokens, o.temperature, o.topP, o.stop]);
 }
 
 export class GenerationQueue {
@@ -43,7 +47,7 @@ export class GenerationQueue {
 
   constructor(
     private readonly runBatch: RunBatch,
-    private readonly maxBatchSize: number,
+    private readonly limits: { maxBatchSize: number; batchWindowMs: number },
   ) {}
 
   /** Generates for one prompt; `onText` receives the completion as it grows, piece by piece. */
@@ -56,8 +60,11 @@ export class GenerationQueue {
       this.#pending.push({ prompt, options, key: samplingKey(options), onText, resolve, reject });
       if (!this.#draining) {
         this.#draining = true;
-        // Start on the next turn of the event loop so requests submitted together share a batch.
-        setImmediate(() => void this.#drain());
+        // An idle model waits the batch window (at least until the next turn of the event loop)
+        // so that requests arriving together share the first call, as Triton's queue delay does.
+        const drain = () => void this.#drain();
+        if (this.limits.batchWindowMs > 0) setTimeout(drain, this.limits.batchWindowMs);
+        else setImmediate(drain);
       }
     });
   }
@@ -87,11 +94,12 @@ export class GenerationQueue {
 
   /** The oldest request and every waiting request that samples like it, up to the batch size. */
   #takeBatch(): Job[] {
-    const key = this.#pending[0].key;
-    const batch: Job[] = [];
+    const [first, ...others] = this.#pending;
+    const batch: Job[] = [first];
     const rest: Job[] = [];
-    for (const job of this.#pending) {
-      if (job.key === key && batch.length < this.maxBatchSize) batch.push(job);
+    for (const job of others) {
+      const joins = first.key !== null && job.key === first.key;
+      if (joins && batch.length < this.limits.maxBatchSize) batch.push(job);
       else rest.push(job);
     }
     this.#pending = rest;

@@ -15,6 +15,12 @@ export type RegistryOptions = {
   maxLoadedModels?: number;
   /** Most requests generated together in one call (default 8). */
   maxBatchSize?: number;
+  /**
+   * How long an idle model waits for more requests before starting a call (default 0: only
+   * until the next turn of the event loop). Requests arriving while a call runs always wait for
+   * the next one, whatever this is.
+   */
+  batchWindowMs?: number;
 };
 
 export type RegistryStats = {
@@ -67,13 +73,16 @@ class LoadedModel {
 export class ModelRegistry {
   readonly stats: RegistryStats = { loads: 0, generateCalls: 0, requests: 0 };
   readonly #db: Database;
-  readonly #maxBatchSize: number;
+  readonly #batchLimits: { maxBatchSize: number; batchWindowMs: number };
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
 
   constructor(db: Database, options: RegistryOptions = {}) {
     this.#db = db;
-    this.#maxBatchSize = options.maxBatchSize ?? 8;
+    this.#batchLimits = {
+      maxBatchSize: options.maxBatchSize ?? 8,
+      batchWindowMs: options.batchWindowMs ?? 0,
+    };
     this.#loaded = new LRUCache<string, LoadedModel>({
       max: options.maxLoadedModels ?? 2,
       dispose: (entry) => entry.retire(),
@@ -140,7 +149,7 @@ export class ModelRegistry {
       this.stats.generateCalls++;
       this.stats.requests += prompts.length;
       return generate(model, tokenizer, prompts, { ...options, onToken });
-    }, this.#maxBatchSize);
+    }, this.#batchLimits);
     const entry = new LoadedModel(checkpointId, model, tokenizer, queue);
     this.stats.loads++;
     this.#loaded.set(checkpointId, entry);

@@ -30,15 +30,24 @@ function recordingRun(delayMs = 10) {
 describe("GenerationQueue", () => {
   it("answers requests submitted together with one batched call, each with its own result", async () => {
     const { calls, run } = recordingRun();
-    const queue = new GenerationQueue(run, 8);
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 0 });
     const results = await Promise.all(["a", "b", "c"].map((p) => queue.submit(p, options)));
     expect(results.map((r) => r.text)).toEqual(["A", "B", "C"]);
     expect(calls.map((c) => c.prompts)).toEqual([["a", "b", "c"]]);
   });
 
+  it("waits the batch window for more requests when idle", async () => {
+    const { calls, run } = recordingRun();
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 40 });
+    const first = queue.submit("a", options);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    await Promise.all([first, queue.submit("b", options)]);
+    expect(calls.map((c) => c.prompts)).toEqual([["a", "b"]]);
+  });
+
   it("batches requests that arrive during a generation into the next call", async () => {
     const { calls, run } = recordingRun(50);
-    const queue = new GenerationQueue(run, 8);
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 0 });
     const first = queue.submit("first", options);
     await new Promise((resolve) => setTimeout(resolve, 10)); // the first call is running now
     const later = [queue.submit("x", options), queue.submit("y", options)];
@@ -48,7 +57,7 @@ describe("GenerationQueue", () => {
 
   it("keeps requests that sample differently in separate calls and respects the batch size", async () => {
     const { calls, run } = recordingRun();
-    const queue = new GenerationQueue(run, 2);
+    const queue = new GenerationQueue(run, { maxBatchSize: 2, batchWindowMs: 0 });
     const seeded = { ...options, seed: 7 };
     await Promise.all([
       queue.submit("a", options),
@@ -60,9 +69,17 @@ describe("GenerationQueue", () => {
     expect(calls[1].options.seed).toBe(7);
   });
 
+  it("runs each seeded request in a call of its own, so its seed reproduces its reply", async () => {
+    const { calls, run } = recordingRun();
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 0 });
+    const seeded = { ...options, seed: 7 };
+    await Promise.all([queue.submit("a", seeded), queue.submit("b", seeded)]);
+    expect(calls.map((c) => c.prompts)).toEqual([["a"], ["b"]]);
+  });
+
   it("routes streamed text to the request it belongs to", async () => {
     const { run } = recordingRun();
-    const queue = new GenerationQueue(run, 8);
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 0 });
     const seen: Record<string, string> = { a: "", b: "" };
     await Promise.all([
       queue.submit("a", options, (t) => {
@@ -77,15 +94,18 @@ describe("GenerationQueue", () => {
 
   it("fails every request of a failed call and keeps serving later ones", async () => {
     let fail = true;
-    const queue = new GenerationQueue(async (prompts) => {
-      if (fail) throw new Error("out of memory");
-      return prompts.map((p) => ({
-        text: p,
-        promptTokens: 1,
-        completionTokens: 1,
-        finishReason: "stop",
-      }));
-    }, 8);
+    const queue = new GenerationQueue(
+      async (prompts) => {
+        if (fail) throw new Error("out of memory");
+        return prompts.map((p) => ({
+          text: p,
+          promptTokens: 1,
+          completionTokens: 1,
+          finishReason: "stop",
+        }));
+      },
+      { maxBatchSize: 8, batchWindowMs: 0 },
+    );
     const failed = await Promise.allSettled([
       queue.submit("a", options),
       queue.submit("b", options),

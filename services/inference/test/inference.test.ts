@@ -6,6 +6,7 @@ import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import { buildInferenceApp } from "../src/app.ts";
+import { ModelRegistry } from "../src/model-registry.ts";
 
 const config = loadConfig({ CHATRL_LOG_LEVEL: "silent" });
 
@@ -70,6 +71,7 @@ function parseEvents(body: string) {
 }
 
 let modelId: string;
+let checkpointId: string;
 const hello = [{ role: "user", content: "Hello there!" }];
 
 beforeAll(async () => {
@@ -77,6 +79,7 @@ beforeAll(async () => {
   app = await newApp(); // initializes the tensor backend before models are built below
   const saved = await saveTinyModel(1);
   modelId = `run-${saved.runId}-sft`;
+  checkpointId = saved.checkpointId;
 });
 
 afterAll(async () => {
@@ -222,18 +225,37 @@ describe("inference service", () => {
   });
 
   it("answers concurrent requests, loading the model once and batching them into one generate call", async () => {
-    const fresh = await newApp();
-    const request = { model: modelId, messages: hello, max_tokens: 8, seed: 9 };
-    const [a, b] = await Promise.all([
-      chat(fresh, request),
-      chat(fresh, { ...request, messages: [{ role: "user", content: "And you?" }] }),
-    ]);
+    // The window covers the second request's model lookup, however slow the machine is.
+    const fresh = await newApp({}, { batchWindowMs: 200 });
+    // Greedy, so each answer can be compared with the same request answered alone.
+    const first = { model: modelId, messages: hello, max_tokens: 8, temperature: 0 };
+    const second = { ...first, messages: [{ role: "user", content: "And you?" }] };
+    const [a, b] = await Promise.all([chat(fresh, first), chat(fresh, second)]);
     expect([a.statusCode, b.statusCode]).toEqual([200, 200]);
     expect(a.json().usage.prompt_tokens).not.toBe(b.json().usage.prompt_tokens);
     expect(fresh.modelRegistry.stats).toEqual({ loads: 1, generateCalls: 1, requests: 2 });
-    // Batching does not change an answer: row sampling streams are independent.
-    const alone = (await chat(fresh, request)).json();
-    expect(alone.choices[0].message.content).toBe(a.json().choices[0].message.content);
+    // Each got its own answer, the one it gets alone (the shorter prompt was padded in the batch).
+    for (const [request, batched] of [
+      [first, a],
+      [second, b],
+    ] as const) {
+      const alone = (await chat(fresh, request)).json();
+      expect(alone.choices[0].message.content).toBe(batched.json().choices[0].message.content);
+    }
+    expect(fresh.modelRegistry.stats.generateCalls).toBe(3);
+  });
+
+  it("loads a checkpoint once when requests for it arrive together", async () => {
+    const registry = new ModelRegistry(testDb.db);
+    const leases = await Promise.all([1, 2, 3].map(() => registry.acquire(checkpointId)));
+    expect(registry.stats.loads).toBe(1);
+    expect(leases.every((lease) => lease.contextLength === MODEL_PRESETS.tiny.contextLength)).toBe(
+      true,
+    );
+    const before = tf.memory().numTensors;
+    for (const lease of leases) lease.release();
+    registry.close();
+    expect(tf.memory().numTensors).toBeLessThan(before); // the model's weights are gone
   });
 
   it("keeps at most the configured number of models loaded, disposing the evicted ones", async () => {

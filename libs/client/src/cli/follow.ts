@@ -38,6 +38,7 @@ export async function followRun(
         {
           stream: ctx.io.stderr,
           format: "{stage} |{bar}| {value}/{total} steps  {status}  loss {loss}",
+          barsize: 30,
           hideCursor: true,
           clearOnComplete: false,
         },

@@ -53,8 +53,10 @@ export default async function chatCompletionRoutes(app: FastifyInstance) {
       try {
         const result = await lease.generate(chat.prompt, chat.options);
         return {
-          ...completion,
+          id: completion.id,
           object: "chat.completion",
+          created: completion.created,
+          model: completion.model,
           choices: [
             {
               index: 0,
@@ -83,8 +85,10 @@ function streamCompletion(
   const send = (data: unknown) => events.write(`data: ${JSON.stringify(data)}\n\n`);
   // With include_usage every chunk carries `usage: null` and one last chunk the totals.
   const chunk = (choices: unknown[], usage: unknown = null) => ({
-    ...completion,
+    id: completion.id,
     object: "chat.completion.chunk",
+    created: completion.created,
+    model: completion.model,
     choices,
     ...(opts.includeUsage ? { usage } : {}),
   });
