@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
-import { migrate, newId, openDatabase } from "../src/index.ts";
+import { migrate, openDatabase } from "../src/index.ts";
 import { checksumOf, DEFAULT_MIGRATIONS_DIR, readMigrations } from "../src/migrate.ts";
 
 type MigrationRow = {
@@ -144,35 +144,5 @@ describe("migrate on Postgres", () => {
       INSERT INTO "_prisma_migrations" (id, checksum, migration_name, started_at, applied_steps_count)
       VALUES ('00000000-0000-4000-8000-000000000000', 'x', '20990101000000_failed', now(), 0)`;
     await expect(migrate(t.db)).rejects.toThrow(/20990101000000_failed failed earlier/);
-  });
-});
-
-describe("migrate on embedded PGlite", () => {
-  it("applies the same migrations once, keeps them across reopening, and the client works", async () => {
-    const dataDir = await tempDir();
-    const local = await readMigrations();
-
-    const first = await openDatabase({ dataDir });
-    expect(first.kind).toBe("pglite");
-    try {
-      expect(await migrate(first)).toEqual({ applied: local.map((m) => m.name) });
-      await first.prisma.dataset.create({
-        data: { id: newId("ds"), name: "kept", format: "chat", rowCount: 0 },
-      });
-    } finally {
-      await first.close();
-    }
-
-    const again = await openDatabase({ dataDir });
-    try {
-      expect(await migrate(again)).toEqual({ applied: [] });
-      const datasets = await again.prisma.dataset.findMany();
-      expect(datasets.map((d) => d.name)).toEqual(["kept"]);
-      const checksums = await again.prisma.$queryRaw<{ checksum: string }[]>`
-        SELECT checksum FROM "_prisma_migrations" ORDER BY migration_name`;
-      expect(checksums.map((c) => c.checksum)).toEqual(local.map((m) => m.checksum));
-    } finally {
-      await again.close();
-    }
   });
 });
