@@ -85,6 +85,14 @@ describe("chatrl chat", () => {
     expect(result.stdout).toBe(`${completion.choices[0].message.content}\n`);
   });
 
+  it("lists the served models", async () => {
+    const result = await cli(["--inference-url", url, "models"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(
+      new RegExp(`^ID\\s+CREATED\\s+CONTEXT\n${modelId}\\s+\\d{4}-\\d\\d-\\d\\d [\\d:]+\\s+128\n$`),
+    );
+  });
+
   it("finds the inference service through CHATRL_INFERENCE_URL", async () => {
     const result = await cli(["chat", "--model", modelId, "--message", "Hi", "--max-tokens", "2"], {
       env: { CHATRL_INFERENCE_URL: url },

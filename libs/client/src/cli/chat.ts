@@ -5,6 +5,7 @@ import type { Command } from "commander";
 import type { ChatCompletionRequest, ChatrlClient } from "../client.ts";
 import { describeError } from "../errors.ts";
 import type { CliContext } from "./context.ts";
+import { formatTime, table } from "./format.ts";
 import { toInt, toNumber } from "./parse.ts";
 
 type Message = ChatCompletionRequest["messages"][number];
@@ -81,6 +82,23 @@ async function interactive(ctx: CliContext, client: ChatrlClient, opts: ChatOpti
 }
 
 export function registerChatCommand(program: Command, context: () => CliContext) {
+  program
+    .command("models")
+    .description("list the models the inference service serves")
+    .action(async () => {
+      const ctx = context();
+      const models = await ctx.inference().listModels();
+      if (ctx.json) return ctx.printJson(models);
+      if (models.data.length === 0)
+        return ctx.print("no models yet: a run's final checkpoint is served");
+      ctx.print(
+        table(
+          ["ID", "CREATED", "CONTEXT"],
+          models.data.map((m) => [m.id, formatTime(m.created), String(m.max_model_len ?? "-")]),
+        ),
+      );
+    });
+
   program
     .command("chat")
     .description("chat with a served model (see GET /v1/models on the inference service)")
