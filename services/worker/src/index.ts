@@ -1,3 +1,4 @@
+export { buildHealthApp, type HealthDeps } from "./health.ts";
 export { DEFAULT_WORKER_OPTIONS, loadWorkerOptions, type WorkerOptions } from "./options.ts";
 export { IMPLEMENTED_KINDS, runStage } from "./stage-runner.ts";
 export { type StageCost, StageClock, type StageTotals } from "./stage-clock.ts";

@@ -4,6 +4,7 @@ import { openDatabase } from "@chatrl/db";
 import { checkRedis, redisConnection } from "@chatrl/queue";
 import closeWithGrace from "close-with-grace";
 import { pino } from "pino";
+import { buildHealthApp } from "./health.ts";
 import { loadWorkerOptions } from "./options.ts";
 import { startWorker } from "./worker.ts";
 
@@ -15,6 +16,11 @@ await checkRedis(config.redisUrl);
 const db = await openDatabase(config);
 const connection = redisConnection(config.redisUrl);
 const worker = await startWorker(config, { db, connection, logger }, options);
+const health =
+  config.workerHealthPort === undefined
+    ? undefined
+    : await buildHealthApp({ db, connection, worker });
+await health?.listen({ port: config.workerHealthPort, host: config.host });
 
 // SIGINT/SIGTERM: the stage in progress checkpoints and goes back to the queue. A second signal,
 // or a close slower than one lock period, exits at once; the job is then re-run after its lock
@@ -22,6 +28,7 @@ const worker = await startWorker(config, { db, connection, logger }, options);
 closeWithGrace({ delay: options.lockDurationMs }, async ({ signal, err }) => {
   if (err) logger.error({ err }, "worker stopping after an error");
   else logger.info({ signal }, "worker stopping");
+  await health?.close();
   await worker.close();
   await connection.quit();
   await db.close();

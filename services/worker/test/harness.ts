@@ -1,6 +1,7 @@
 // Shared set-up of the worker tests: a database, a Redis prefix, a dataset, and runs submitted
 // the way the api submits them (db repositories, then enqueueRun), without the HTTP layer.
 import { type ChildProcess, spawn } from "node:child_process";
+import { type AddressInfo, createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { type ChatrlConfig, loadConfig, type RunSpec, type StageKind } from "@chatrl/contracts";
 import { createDataset, createRun, getStage } from "@chatrl/db";
@@ -159,7 +160,7 @@ export async function waitUntil<T>(
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 
 /** The worker's real entry point in its own process, configured by environment variables. */
-export function spawnWorkerProcess(h: Harness): ChildProcess {
+export function spawnWorkerProcess(h: Harness, opts: { healthPort?: number } = {}): ChildProcess {
   const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
     env: {
       ...process.env,
@@ -169,6 +170,8 @@ export function spawnWorkerProcess(h: Harness): ChildProcess {
       CHATRL_QUEUES: "sft",
       CHATRL_LOG_LEVEL: "warn",
       CHATRL_BACKEND: TEST_BACKEND,
+      CHATRL_WORKER_HEALTH_PORT: opts.healthPort ? String(opts.healthPort) : "",
+      CHATRL_HOST: "127.0.0.1",
       // A dead child's job must come back quickly (but the lock must outlast one step).
       CHATRL_WORKER_LOCK_MS: String(FAST_TIMING.lockDurationMs),
       CHATRL_WORKER_STALLED_INTERVAL_MS: String(FAST_TIMING.stalledIntervalMs),
@@ -176,6 +179,15 @@ export function spawnWorkerProcess(h: Harness): ChildProcess {
     stdio: ["ignore", "inherit", "inherit"],
   });
   return child;
+}
+
+/** A TCP port nothing listens on right now. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 export function exited(

@@ -20,6 +20,7 @@ import {
   createHarness,
   exited,
   FAST_TIMING,
+  freePort,
   type Harness,
   spawnWorkerProcess,
   waitForStage,
@@ -205,10 +206,13 @@ describe("sft stage jobs", () => {
 
   it("on SIGTERM checkpoints the stage where it is and puts it back in the queue for the next worker", async () => {
     const { runId, stageId } = await h.submitRun({ sft: { max_steps: 6, checkpoint_every: 10 } });
-    const child = spawnWorkerProcess(h);
+    const healthPort = await freePort();
+    const child = spawnWorkerProcess(h, { healthPort });
     let exit: { code: number | null; signal: string | null };
     try {
       await waitForStep(stageId, 2);
+      const health = await fetch(`http://127.0.0.1:${healthPort}/healthz`);
+      expect(await health.json()).toEqual({ status: "ok" });
       child.kill("SIGTERM");
       exit = await exited(child);
     } finally {
