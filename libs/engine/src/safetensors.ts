@@ -110,7 +110,10 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
         `tensor ${name}: data_offsets [${begin}, ${end}] do not fit shape [${shape}] ${dtype} in the file`,
       );
     }
-    const raw = bytes.slice(dataStart + begin, dataStart + end); // a copy: aligned and independent of `bytes`
+    // A copy: aligned for typed arrays and independent of `bytes` (a Node Buffer's slice() would
+    // share its pooled memory rather than copy).
+    const raw = new Uint8Array(end - begin);
+    raw.set(bytes.subarray(dataStart + begin, dataStart + end));
     tensors.set(name, {
       dtype: read.dtype,
       shape: [...shape],

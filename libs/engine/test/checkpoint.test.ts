@@ -40,6 +40,16 @@ describe("safetensors", () => {
     expect(decoded.tensors.get("b")).toEqual(tensors.get("b"));
   });
 
+  it("decodes from a Node Buffer that is a view into a larger pool, as files and Postgres return them", () => {
+    const bytes = encodeSafetensors({
+      w: { dtype: "float32", shape: [3], data: new Float32Array([1.5, -2, 3]) },
+    });
+    const pool = Buffer.alloc(bytes.length + 13);
+    pool.set(bytes, 13);
+    const view = pool.subarray(13); // byteOffset 13: unaligned for a Float32Array
+    expect(Array.from(decodeSafetensors(view).tensors.get("w")?.data ?? [])).toEqual([1.5, -2, 3]);
+  });
+
   it("widens half-precision tensors written by other tools to float32", () => {
     const header = JSON.stringify({
       h: { dtype: "F16", shape: [2], data_offsets: [0, 4] },
