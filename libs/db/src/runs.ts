@@ -1,6 +1,7 @@
 import type { StageKind } from "./generated/prisma/client.ts";
 import { Prisma } from "./generated/prisma/client.ts";
 import { newId } from "./ids.ts";
+import { isFinal, lockRun } from "./run-lock.ts";
 import {
   checkLimit,
   type Db,
@@ -13,7 +14,6 @@ import {
 } from "./rows.ts";
 
 const withStages = { stages: stagesInOrder } as const;
-const FINISHED = ["succeeded", "failed", "cancelled"] as const;
 
 export type NewRun = {
   name: string;
@@ -83,9 +83,9 @@ export async function findRunByIdempotencyKey(p: Db, key: string): Promise<RunWi
  */
 export async function cancelRun(p: Db, id: string): Promise<RunWithStages | null> {
   return p.$transaction(async (tx) => {
-    const run = await tx.run.findUnique({ where: { id } });
+    const run = await lockRun(tx, id);
     if (!run) return null;
-    if (!(FINISHED as readonly string[]).includes(run.status)) {
+    if (!isFinal(run.status)) {
       const now = new Date();
       await tx.stage.updateMany({
         where: { runId: id, status: { in: ["queued", "running"] } },
@@ -100,6 +100,7 @@ export async function cancelRun(p: Db, id: string): Promise<RunWithStages | null
 /** For a run whose jobs could not be queued: the run and its unfinished stages fail with `message`. */
 export async function markRunFailed(p: Db, id: string, message: string): Promise<RunWithStages> {
   return p.$transaction(async (tx) => {
+    await lockRun(tx, id);
     const now = new Date();
     await tx.stage.updateMany({
       where: { runId: id, status: { in: ["queued", "running"] } },

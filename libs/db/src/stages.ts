@@ -1,4 +1,5 @@
 import type { Status } from "./generated/prisma/client.ts";
+import { isFinal, lockRun } from "./run-lock.ts";
 import {
   type Db,
   type RunWithStages,
@@ -20,18 +21,26 @@ export async function getStage(p: Db, id: string): Promise<StageRow | null> {
  */
 export async function startStage(p: Db, id: string, device: string): Promise<StageRow> {
   return p.$transaction(async (tx) => {
-    const stage = await tx.stage.findUniqueOrThrow({ where: { id } });
-    if (stage.status !== "queued" && stage.status !== "running") return toStageRow(stage);
+    const { runId } = await tx.stage.findUniqueOrThrow({ where: { id }, select: { runId: true } });
+    // Run row first, like cancelRun and finishStage: one lock order, no deadlocks, and a
+    // cancel that lands first is seen by the conditional update below.
+    await lockRun(tx, runId);
     const now = new Date();
-    const started = await tx.stage.update({
-      where: { id },
-      data: { status: "running", device, startedAt: stage.startedAt ?? now },
+    const { count } = await tx.stage.updateMany({
+      where: { id, status: { in: ["queued", "running"] } },
+      data: { status: "running", device },
     });
-    await tx.run.updateMany({
-      where: { id: stage.runId, status: "queued" },
-      data: { status: "running", startedAt: now },
-    });
-    return toStageRow(started);
+    if (count === 1) {
+      await tx.stage.updateMany({ where: { id, startedAt: null }, data: { startedAt: now } });
+    }
+    const stage = await tx.stage.findUniqueOrThrow({ where: { id } });
+    if (count === 1) {
+      await tx.run.updateMany({
+        where: { id: runId, status: "queued" },
+        data: { status: "running", startedAt: now },
+      });
+    }
+    return toStageRow(stage);
   });
 }
 
@@ -62,6 +71,7 @@ export type StageOutcome = { status: "succeeded" | "failed" | "cancelled"; error
 /**
  * Finishes a stage and derives its run's status from all stages: failed if any failed, else
  * cancelled if any was cancelled, else succeeded once all succeeded; otherwise it stays running.
+ * A run that is already final (cancelled by a user, failed to queue) keeps its status.
  */
 export async function finishStage(
   p: Db,
@@ -70,9 +80,10 @@ export async function finishStage(
 ): Promise<{ stage: StageRow; run: RunWithStages }> {
   return p.$transaction(async (tx) => {
     const { runId } = await tx.stage.findUniqueOrThrow({ where: { id }, select: { runId: true } });
-    // Stages of one run finish on different workers; the row lock makes each derivation see
-    // the others' committed results.
-    await tx.$queryRaw`SELECT id FROM "run" WHERE id = ${runId} FOR UPDATE`;
+    // Stages of one run finish on different workers, and users cancel runs meanwhile; the row
+    // lock makes each derivation see the others' committed results.
+    const run = await lockRun(tx, runId);
+    if (!run) throw new Error(`run ${runId} of stage ${id} not found`); // the foreign key forbids this
     const now = new Date();
     const stage = await tx.stage.update({
       where: { id },
@@ -80,23 +91,24 @@ export async function finishStage(
     });
     const stages = await tx.stage.findMany({ where: { runId }, ...stagesInOrder });
     const failed = stages.find((s) => s.status === "failed");
-    const status: Status = failed
+    const derived: Status = failed
       ? "failed"
       : stages.some((s) => s.status === "cancelled")
         ? "cancelled"
         : stages.every((s) => s.status === "succeeded")
           ? "succeeded"
           : "running";
-    const finished = status !== "running";
-    const run = await tx.run.findUniqueOrThrow({ where: { id: runId } });
+    const alreadyFinal = isFinal(run.status);
+    const status = alreadyFinal ? run.status : derived;
     const updated = await tx.run.update({
       where: { id: runId },
       data: {
         status,
-        error: failed
-          ? `${failed.kind} stage failed: ${failed.error ?? "unknown error"}`
-          : run.error,
-        finishedAt: finished ? (run.finishedAt ?? now) : null,
+        error:
+          !alreadyFinal && failed
+            ? `${failed.kind} stage failed: ${failed.error ?? "unknown error"}`
+            : run.error,
+        finishedAt: isFinal(status) ? (run.finishedAt ?? now) : null,
       },
       include: { stages: stagesInOrder },
     });

@@ -187,6 +187,31 @@ describe("stages and run status", () => {
     expect(await cancelRun(t.db.prisma, "run_000000000000000000000000")).toBeNull();
   });
 
+  it("a stage failing after its run was cancelled leaves the run cancelled", async () => {
+    const run = await newRun("cancel then fail");
+    const [sft] = run.stages;
+    await startStage(t.db.prisma, sft.id, "cpu");
+    await cancelRun(t.db.prisma, run.id);
+    const { stage, run: after } = await finishStage(t.db.prisma, sft.id, {
+      status: "failed",
+      error: "aborted",
+    });
+    expect(stage.status).toBe("failed");
+    expect(after.status).toBe("cancelled");
+    expect(after.error).toBeNull();
+  });
+
+  it("a cancel racing with a stage start is never overwritten", async () => {
+    for (let i = 0; i < 5; i++) {
+      const run = await newRun(`race ${i}`);
+      const [sft] = run.stages;
+      await Promise.all([startStage(t.db.prisma, sft.id, "cpu"), cancelRun(t.db.prisma, run.id)]);
+      const after = await getRun(t.db.prisma, run.id);
+      expect(after?.status).toBe("cancelled");
+      expect(after?.stages.map((s) => s.status)).toEqual(["cancelled", "cancelled", "cancelled"]);
+    }
+  });
+
   it("cancelling a finished run leaves it as it was", async () => {
     const run = await createRun(t.db.prisma, {
       name: "done",
