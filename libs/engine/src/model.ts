@@ -220,6 +220,7 @@ export class GPT {
     const { training = false, cache, padLeft, rng = this.ownRng } = opts;
     if (training && cache)
       throw new Error("GPT.forward: a KV cache is for inference, not training");
+    if (ids.dtype !== "int32") throw new Error(`GPT.forward: ids must be int32, got ${ids.dtype}`);
     const [batch, time] = ids.shape;
     const past = cache?.length ?? 0;
     if (past + time > this.config.contextLength) {

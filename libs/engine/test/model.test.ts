@@ -73,6 +73,9 @@ describe("GPT", () => {
     const model = new GPT({ ...MODEL_PRESETS.tiny, contextLength: 4 }, 1);
     const ids = tf.zeros([1, 5], "int32") as tf.Tensor2D;
     expect(() => model.forward(ids)).toThrow(/5 tokens exceeds the context length 4/);
+    const floats = tf.zeros([1, 2]) as tf.Tensor2D;
+    expect(() => model.forward(floats)).toThrow(/ids must be int32, got float32/);
+    floats.dispose();
     ids.dispose();
     model.dispose();
     expect(() => new GPT({ ...MODEL_PRESETS.tiny, nHeads: 3 }, 1)).toThrow(/divisible by nHeads/);
