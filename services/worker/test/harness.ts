@@ -11,15 +11,12 @@ import type IORedis from "ioredis";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
 
-/**
- * The plain JS backend: tfjs-backend-wasm 4.22 lacks UnsortedSegmentSum, the gradient of the
- * embedding gather, so SFT cannot train on wasm yet.
- */
-export const TEST_BACKEND = "cpu";
+/** The fastest backend that is always installed (tfjs-node is optional). */
+export const TEST_BACKEND = "wasm";
 
 /**
  * Short sums, so an example fits 32 byte tokens with the chat template and a training step of
- * the tiny model takes a fraction of a second on the JS backend.
+ * the tiny model takes tens of milliseconds.
  */
 export const SFT_ROWS = Array.from({ length: 40 }, (_, i) => ({
   prompt: `${i % 5}+${i % 4}`,
@@ -85,12 +82,12 @@ export async function createHarness(): Promise<Harness> {
         data_split: [8, 1, 1],
         stages: {
           sft: {
-            max_steps: 6,
+            max_steps: 12,
             batch_size: 2,
             learning_rate: 1e-2,
             max_seq_len: 32,
             epochs: 100,
-            checkpoint_every: 3,
+            checkpoint_every: 4,
             warmup_steps: 1,
             weight_decay: 0.0,
             grad_clip: 1.0,
@@ -123,7 +120,7 @@ export async function createHarness(): Promise<Harness> {
  * Short locks so a dead worker's job is handed on within seconds. The lock must still outlast
  * the longest training step, which on a loaded two-core machine can take a second or more.
  */
-export const FAST_TIMING = { lockDurationMs: 5000, stalledIntervalMs: 1000, maxStalledCount: 3 };
+export const FAST_TIMING = { lockDurationMs: 3000, stalledIntervalMs: 1000, maxStalledCount: 3 };
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 

@@ -80,7 +80,7 @@ describe("sft stage jobs", () => {
       const { runId, stageId } = await h.submitRun({ pricePerHour: 3.6 });
       const stage = await waitForStage(h, stageId, "succeeded");
 
-      expect(stage.step).toBe(6);
+      expect(stage.step).toBe(12);
       expect(stage.progress).toBe(1);
       expect(stage.deviceSeconds).toBeGreaterThan(0);
       expect(stage.wallSeconds).toBeGreaterThanOrEqual(stage.deviceSeconds);
@@ -88,15 +88,15 @@ describe("sft stage jobs", () => {
       expect(stage.costUsd).toBeCloseTo((3.6 * stage.deviceSeconds) / 3600, 10);
       expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("succeeded");
 
-      // checkpoint_every 3 -> a metric point every step, loss falling over 6 steps.
+      // checkpoint_every 4 -> a metric point every step, loss falling over 12 steps.
       const losses = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name: "loss" });
-      expect(losses.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(losses.map((m) => m.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
       const first = losses[0].value;
       const lastThree = losses.slice(-3).reduce((a, m) => a + m.value, 0) / 3;
       expect(lastThree).toBeLessThan(first * 0.8);
       for (const name of ["lr", "grad_norm", "tokens_per_s"]) {
         const rows = await listMetrics(h.tdb.db.prisma, runId, { stage: "sft", name });
-        expect(rows.length, name).toBe(6);
+        expect(rows.length, name).toBe(12);
       }
       const tokensPerS = await listMetrics(h.tdb.db.prisma, runId, { name: "tokens_per_s" });
       expect(tokensPerS.every((m) => m.value > 0)).toBe(true);
@@ -106,8 +106,9 @@ describe("sft stage jobs", () => {
         .sort((a, b) => a.step - b.step)
         .map((c) => [c.step, c.final, c.role]);
       expect(summary).toEqual([
-        [3, false, "sft"],
-        [6, true, "sft"],
+        [4, false, "sft"],
+        [8, false, "sft"],
+        [12, true, "sft"],
       ]);
       for (const c of checkpoints) {
         const bytes = await readCheckpointPart(h.tdb.db.prisma, c.id, "model");
@@ -122,7 +123,7 @@ describe("sft stage jobs", () => {
 
       const job = await h.queue("sft").getJob(stageId);
       expect(await job?.getState()).toBe("completed");
-      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 6 });
+      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 12 });
       // The worker released every tensor of the model and trainer.
       expect(tf.memory().numTensors).toBe(tensorsBefore);
     });
@@ -161,13 +162,13 @@ describe("sft stage jobs", () => {
   });
 
   it("hands the stage of a killed worker process to another worker, which resumes from the last checkpoint", async () => {
-    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 6, checkpoint_every: 2 } });
+    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 30, checkpoint_every: 5 } });
     const child = spawnWorkerProcess(h);
     try {
       await waitUntil(
         async () => {
           const ckpt = await latestCheckpoint(h.tdb.db.prisma, stageId);
-          return ckpt && ckpt.step >= 2 ? ckpt : undefined;
+          return ckpt && ckpt.step >= 5 ? ckpt : undefined;
         },
         30_000,
         "the first periodic checkpoint",
@@ -180,37 +181,40 @@ describe("sft stage jobs", () => {
     const atKill = (await getStage(h.tdb.db.prisma, stageId))!;
     expect(atKill.status).toBe("running");
     const resumeStep = (await latestCheckpoint(h.tdb.db.prisma, stageId))!.step;
-    expect(resumeStep).toBeLessThan(6);
+    expect(resumeStep).toBeLessThan(30);
 
     const progressSteps: number[] = [];
+    const tensorsBefore = tf.memory().numTensors;
     await withWorker(async (w) => {
       for (const worker of w.workers) {
         worker.on("progress", (_job, p) => progressSteps.push((p as { step: number }).step));
       }
       const stage = await waitForStage(h, stageId, "succeeded");
-      expect(stage.step).toBe(6);
+      expect(stage.step).toBe(30);
       // Time and money of both attempts are on the stage.
       expect(stage.deviceSeconds).toBeGreaterThan(atKill.deviceSeconds);
     });
+    // The resumed model and the optimizer state read from the checkpoint were released too.
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
 
     expect(await eventMessages(runId)).toContain(`sft resumed from step ${resumeStep}`);
     // The new worker continued from the checkpoint instead of starting over.
     expect(progressSteps[0]).toBe(resumeStep + 1);
-    expect(progressSteps.at(-1)).toBe(6);
+    expect(progressSteps.at(-1)).toBe(30);
     const final = (await listCheckpoints(h.tdb.db.prisma, runId)).find((c) => c.final);
-    expect(final?.step).toBe(6);
+    expect(final?.step).toBe(30);
     // Steps the dead worker had reported are not reported twice.
     const steps = (await listMetrics(h.tdb.db.prisma, runId, { name: "loss" })).map((m) => m.step);
-    expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(steps).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
   });
 
   it("on SIGTERM checkpoints the stage where it is and puts it back in the queue for the next worker", async () => {
-    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 6, checkpoint_every: 10 } });
+    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 60, checkpoint_every: 50 } });
     const healthPort = await freePort();
     const child = spawnWorkerProcess(h, { healthPort });
     let exit: { code: number | null; signal: string | null };
     try {
-      await waitForStep(stageId, 2);
+      await waitForStep(stageId, 10);
       const health = await fetch(`http://127.0.0.1:${healthPort}/healthz`);
       expect(await health.json()).toEqual({ status: "ok" });
       child.kill("SIGTERM");
@@ -219,10 +223,10 @@ describe("sft stage jobs", () => {
       child.kill("SIGKILL");
     }
     expect(exit).toEqual({ code: 0, signal: null });
-    // No periodic checkpoint was due (every 10), so this one was written by the shutdown.
+    // No periodic checkpoint was due (every 50), so this one was written by the shutdown.
     const paused = (await latestCheckpoint(h.tdb.db.prisma, stageId))!;
-    expect(paused.step).toBeGreaterThanOrEqual(2);
-    expect(paused.step).toBeLessThan(6);
+    expect(paused.step).toBeGreaterThanOrEqual(10);
+    expect(paused.step).toBeLessThan(50);
     expect(await eventMessages(runId)).toContain(
       `sft paused at step ${paused.step}: worker shutting down, the stage goes back to the queue`,
     );
@@ -235,7 +239,7 @@ describe("sft stage jobs", () => {
 
     await withWorker(async () => {
       const stage = await waitForStage(h, stageId, "succeeded");
-      expect(stage.step).toBe(6);
+      expect(stage.step).toBe(60);
     });
     expect(await eventMessages(runId)).toContain(`sft resumed from step ${paused.step}`);
   });
