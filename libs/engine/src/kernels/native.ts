@@ -124,18 +124,25 @@ const ADDON_PATH = fileURLToPath(
   new URL("../../native/build/Release/chatrl_kernels.node", import.meta.url),
 );
 
-let cached: { kernels: NativeKernels | null; error: string | null } | undefined;
+let cached: AddonLoad | undefined;
+
+interface AddonLoad {
+  kernels: NativeKernels | null;
+  error: string | null;
+}
+
+/** Loads the addon at `path`; a missing or broken build is reported, never thrown. */
+export function loadAddon(path: string): AddonLoad {
+  try {
+    return { kernels: createRequire(import.meta.url)(path) as NativeKernels, error: null };
+  } catch (err) {
+    return { kernels: null, error: err instanceof Error ? err.message : String(err) };
+  }
+}
 
 /** The native kernels, or null when the addon is not built or cannot load (see nativeLoadError). */
 export function loadNativeKernels(): NativeKernels | null {
-  if (cached === undefined) {
-    try {
-      const kernels = createRequire(import.meta.url)(ADDON_PATH) as NativeKernels;
-      cached = { kernels, error: null };
-    } catch (err) {
-      cached = { kernels: null, error: err instanceof Error ? err.message : String(err) };
-    }
-  }
+  cached ??= loadAddon(ADDON_PATH);
   return cached.kernels;
 }
 

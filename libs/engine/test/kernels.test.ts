@@ -1,0 +1,210 @@
+// The kernels registered on the wasm and cpu backends: native BatchMatMul against the backends'
+// own kernels (transposes, batches, broadcasting, both thread counts), the gather gradient wasm
+// lacks, the sharing Identity, and where the overrides must not go.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  installFastKernels,
+  nativeThreads,
+  setFastKernelsEnabled,
+  setNativeThreads,
+} from "../src/kernels/index.ts";
+import { loadAddon } from "../src/kernels/native.ts";
+import { causalAttention, layerNorm, linear } from "../src/ops.ts";
+import { initBackend, tf } from "../src/index";
+
+let defaultThreads = 1;
+
+beforeAll(async () => {
+  await initBackend("wasm");
+  defaultThreads = nativeThreads();
+});
+
+afterEach(() => setFastKernelsEnabled(true));
+
+afterAll(async () => {
+  setNativeThreads(defaultThreads);
+  await tf.setBackend("wasm");
+});
+
+function values(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+const rand = (shape: number[], seed: number) =>
+  tf.tensor(
+    values(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+    ),
+    shape,
+  );
+
+/** Result of f with the native kernels and with the backend's own, as flat arrays. */
+function bothWays(f: () => tf.Tensor): [Float32Array, Float32Array, number[]] {
+  const run = (fast: boolean) => {
+    setFastKernelsEnabled(fast);
+    const t = f();
+    const out: [Float32Array, number[]] = [t.dataSync() as Float32Array, t.shape];
+    t.dispose();
+    return out;
+  };
+  const [fast, shape] = run(true);
+  const [plain, plainShape] = run(false);
+  setFastKernelsEnabled(true);
+  expect(shape).toEqual(plainShape);
+  return [fast, plain, shape];
+}
+
+function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1 + Math.abs(b[i])));
+  }
+  return worst;
+}
+
+const MATMULS: { name: string; a: number[]; b: number[]; ta?: boolean; tb?: boolean }[] = [
+  { name: "2-D", a: [5, 7], b: [7, 3] },
+  { name: "2-D, transposeA", a: [7, 5], b: [7, 3], ta: true },
+  { name: "2-D, transposeB", a: [5, 7], b: [3, 7], tb: true },
+  { name: "2-D, both transposed", a: [7, 5], b: [3, 7], ta: true, tb: true },
+  { name: "batched 3-D", a: [4, 5, 6], b: [4, 6, 2] },
+  {
+    name: "batched 4-D with transposeB (attention scores)",
+    a: [2, 3, 5, 4],
+    b: [2, 3, 6, 4],
+    tb: true,
+  },
+  { name: "a batch of 1 broadcast over b's batch", a: [1, 5, 6], b: [3, 6, 2] },
+  { name: "a 2-D right side broadcast over a 4-D left", a: [2, 3, 5, 6], b: [6, 2] },
+  { name: "general broadcasting (left to the backend)", a: [2, 1, 3, 4], b: [1, 3, 4, 5] },
+  { name: "an empty inner dimension", a: [3, 0], b: [0, 4] },
+];
+
+describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
+  beforeAll(async () => {
+    await tf.setBackend(backend);
+    expect(installFastKernels(backend).native).toBe(true);
+  });
+
+  for (const { name, a, b, ta = false, tb = false } of MATMULS) {
+    it(`multiplies like the backend's own matMul: ${name}`, () => {
+      const x = rand(a, 1);
+      const y = rand(b, 2);
+      const [fast, plain] = bothWays(() => tf.matMul(x, y, ta, tb));
+      expect(maxRelDiff(fast, plain)).toBeLessThan(1e-5);
+      tf.dispose([x, y]);
+    });
+  }
+
+  it("gives the same products, attention and norms on one thread and on two", () => {
+    // Large enough (> 8M multiply-adds) that the two-thread paths are taken.
+    const x = rand([256, 256], 3);
+    const w = rand([256, 300], 4);
+    const q = rand([2, 16, 64, 64], 5) as tf.Tensor4D;
+    const kv = rand([2, 16, 64, 64], 6) as tf.Tensor4D;
+    const g = rand([300], 7) as tf.Tensor1D;
+    const batched = [rand([64, 64, 64], 8), rand([64, 64, 64], 9)];
+    const compute = () =>
+      tf.tidy(() => {
+        const grads = tf.grads((qq: tf.Tensor, kk: tf.Tensor) =>
+          tf.sum(causalAttention(qq as tf.Tensor4D, kk as tf.Tensor4D, kv)),
+        )([q, kv]);
+        return [
+          linear(x, w as tf.Tensor2D),
+          layerNorm(tf.matMul(x, w), g, g, 1e-5),
+          tf.matMul(batched[0], batched[1], false, true),
+          ...grads,
+        ].map((t) => t.dataSync() as Float32Array);
+      });
+    setNativeThreads(1);
+    const one = compute();
+    setNativeThreads(2);
+    const two = compute();
+    setNativeThreads(defaultThreads);
+    one.forEach((r, i) => {
+      expect(maxRelDiff(two[i], r)).toBeLessThan(1e-5);
+    });
+    tf.dispose([x, w, q, kv, g, ...batched]);
+  });
+
+  it("agrees with the plain ops for attention and layer norm, forward and backward", () => {
+    const q = rand([2, 2, 5, 4], 11) as tf.Tensor4D;
+    const k = rand([2, 2, 5, 4], 12) as tf.Tensor4D;
+    const v = rand([2, 2, 5, 4], 13) as tf.Tensor4D;
+    const [fast, plain] = bothWays(() =>
+      tf.tidy(() => {
+        const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+          tf.sum(
+            tf.square(
+              layerNorm(
+                causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D),
+                tf.ones([4]),
+                tf.zeros([4]),
+                1e-5,
+              ),
+            ),
+          );
+        return tf.concat(
+          tf
+            .grads(f)([q, k, v])
+            .map((t) => t.flatten()),
+          0,
+        );
+      }),
+    );
+    expect(maxRelDiff(fast, plain)).toBeLessThan(1e-4);
+    tf.dispose([q, k, v]);
+  });
+
+  it("sums embedding gradients into their rows (UnsortedSegmentSum)", () => {
+    const out = tf.tidy(() =>
+      tf
+        .unsortedSegmentSum(
+          tf.tensor2d([1, 2, 10, 20, 100, 200, 1000, 2000], [4, 2]),
+          tf.tensor1d([2, 0, 2, 1], "int32"),
+          3,
+        )
+        .arraySync(),
+    );
+    expect(out).toEqual([
+      [10, 20],
+      [1000, 2000],
+      [101, 202],
+    ]);
+  });
+});
+
+describe("kernel registration", () => {
+  beforeAll(async () => {
+    await tf.setBackend("wasm");
+  });
+
+  it("lets a wasm clone share its source's memory and outlive it", () => {
+    const source = tf.tensor1d([1, 2, 3]);
+    const buffersBefore = tf.memory().numDataBuffers;
+    const clone = tf.clone(source);
+    expect(tf.memory().numDataBuffers).toBe(buffersBefore); // no copy
+    source.dispose();
+    expect(Array.from(clone.dataSync())).toEqual([1, 2, 3]);
+    clone.dispose();
+  });
+
+  it("registers nothing on backends whose kernels are native already (tfjs-node)", () => {
+    const status = installFastKernels("tensorflow");
+    expect(status.kernels).toEqual([]);
+    expect(tf.getKernel("ChatrlCausalAttention", "tensorflow")).toBeUndefined();
+  });
+
+  it("reports a missing native build instead of throwing, so the engine can fall back", () => {
+    const load = loadAddon("/nonexistent/chatrl_kernels.node");
+    expect(load.kernels).toBeNull();
+    expect(load.error).toContain("chatrl_kernels.node");
+  });
+});
