@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { terminalSafe } from "../src/cli/chat.ts";
 import { cli } from "./cli-io.ts";
 
 const cliPath = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
@@ -35,5 +36,9 @@ describe("chatrl usage", () => {
     const result = await cli(["datasets", "upload", "/nonexistent/rows.jsonl", "--name", "x"]);
     expect(result.code).toBe(1);
     expect(result.stderr).toBe("error: cannot read /nonexistent/rows.jsonl: ENOENT\n");
+  });
+
+  it("keeps a model's escape sequences and control characters away from the terminal", () => {
+    expect(terminalSafe("a\u001b[2Jb\u0008\u009b\n\tcafé")).toBe("a\uFFFD[2Jb\uFFFD\uFFFD\n\tcafé");
   });
 });

@@ -20,22 +20,38 @@ type ChatOptions = {
   seed?: number;
 };
 
+// Control characters other than newline and tab: a model's output must not move a terminal's
+// cursor or send it escape sequences.
+const CONTROL = /[^\P{Cc}\n\t]/gu;
+
+export function terminalSafe(text: string): string {
+  return text.replace(CONTROL, "\uFFFD");
+}
+
+/** Writes model text to stdout, made harmless for a terminal (pipes get it as it is). */
+function replyWriter(io: CliContext["io"]): (text: string) => void {
+  if (!io.stdout.isTTY) return (text) => io.stdout.write(text);
+  return (text) => io.stdout.write(terminalSafe(text));
+}
+
 /** Streams one reply to `write`, returning its full text. */
 async function streamReply(
   client: ChatrlClient,
   opts: ChatOptions,
   messages: Message[],
   write: (text: string) => void,
+  signal?: AbortSignal,
 ): Promise<string> {
   let reply = "";
-  const chunks = client.streamChatCompletion({
+  const request = {
     model: opts.model,
     messages,
     ...(opts.maxTokens !== undefined ? { max_tokens: opts.maxTokens } : {}),
     ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}),
     ...(opts.topP !== undefined ? { top_p: opts.topP } : {}),
     ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
-  });
+  };
+  const chunks = client.streamChatCompletion(request, { signal });
   for await (const chunk of chunks) {
     const content = chunk.choices[0]?.delta.content;
     if (content) {
@@ -51,7 +67,13 @@ async function interactive(ctx: CliContext, client: ChatrlClient, opts: ChatOpti
   const start: Message[] = opts.system ? [{ role: "system", content: opts.system }] : [];
   let history = [...start];
   const rl = createInterface({ input: io.stdin, output: io.stdout, terminal: !!io.stdout.isTTY });
-  ctx.print(`chatting with ${opts.model} (/reset clears the history, /exit or Ctrl-D quits)`);
+  ctx.print(
+    `chatting with ${opts.model} (/reset clears the history; Ctrl-C stops a reply; /exit or Ctrl-D quits)`,
+  );
+  // Ctrl-C stops the reply being streamed, or quits at the prompt.
+  let replying: AbortController | null = null;
+  const write = replyWriter(io);
+  rl.on("SIGINT", () => (replying ? replying.abort() : rl.close()));
   rl.setPrompt("you> ");
   rl.prompt();
   try {
@@ -64,14 +86,18 @@ async function interactive(ctx: CliContext, client: ChatrlClient, opts: ChatOpti
       } else if (text) {
         const turn: Message[] = [...history, { role: "user", content: text }];
         io.stdout.write("assistant> ");
+        replying = new AbortController();
         try {
-          const reply = await streamReply(client, opts, turn, (t) => io.stdout.write(t));
+          const reply = await streamReply(client, opts, turn, write, replying.signal);
           history = [...turn, { role: "assistant", content: reply }];
           io.stdout.write("\n");
         } catch (error) {
           // The turn is dropped from the history so the conversation can go on.
           io.stdout.write("\n");
-          io.stderr.write(`error: ${describeError(error)}\n`);
+          if (replying.signal.aborted) ctx.print("(stopped)");
+          else io.stderr.write(`error: ${describeError(error)}\n`);
+        } finally {
+          replying = null;
         }
       }
       rl.prompt();
@@ -117,7 +143,7 @@ export function registerChatCommand(program: Command, context: () => CliContext)
         ...(opts.system ? [{ role: "system" as const, content: opts.system }] : []),
         { role: "user", content: opts.message },
       ];
-      await streamReply(client, opts, messages, (t) => ctx.io.stdout.write(t));
+      await streamReply(client, opts, messages, replyWriter(ctx.io));
       ctx.io.stdout.write("\n");
     });
 }
