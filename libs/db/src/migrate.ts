@@ -158,6 +158,7 @@ async function withSession<T>(driver: Driver, fn: (s: Session) => Promise<T>): P
     });
   }
   const client = await driver.pool.connect();
+  let failed = false;
   try {
     return await fn({
       query: async <R>(sql: string, params?: unknown[]) =>
@@ -177,7 +178,12 @@ async function withSession<T>(driver: Driver, fn: (s: Session) => Promise<T>): P
         }
       },
     });
+  } catch (err) {
+    failed = true;
+    throw err;
   } finally {
-    client.release();
+    // After a failure the connection is closed rather than pooled: that also drops the
+    // session's advisory lock should the unlock not have run.
+    client.release(failed);
   }
 }
