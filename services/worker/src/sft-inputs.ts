@@ -1,7 +1,7 @@
 // Everything the SFT stage trains from: its share of the run's datasets and the model it starts
 // with (a preset, a parent checkpoint, or the stage's own last checkpoint when resuming).
 import type { DatasetRow, RunSpec } from "@chatrl/contracts";
-import { loadDatasetRows, readCheckpointPart } from "@chatrl/db";
+import { getCheckpoint, loadDatasetRows, readCheckpointPart } from "@chatrl/db";
 import {
   blendDatasets,
   GPT,
@@ -52,7 +52,14 @@ export async function loadBaseModel(prisma: Prisma, spec: RunSpec): Promise<GPT>
 
 export async function loadCheckpointModel(prisma: Prisma, checkpointId: string): Promise<GPT> {
   const bytes = await readCheckpointPart(prisma, checkpointId, "model");
-  if (!bytes) throw new UnrecoverableError(`checkpoint ${checkpointId} has no model weights`);
+  if (!bytes) {
+    const exists = (await getCheckpoint(prisma, checkpointId)) !== null;
+    throw new UnrecoverableError(
+      exists
+        ? `checkpoint ${checkpointId} has no model weights`
+        : `checkpoint ${checkpointId} does not exist`,
+    );
+  }
   return loadModel(bytes);
 }
 

@@ -35,6 +35,8 @@ export type Harness = {
     sft?: Partial<RunSpec["stages"]["sft"]>;
     pricePerHour?: number;
     kinds?: StageKind[];
+    model?: RunSpec["model"];
+    dataSplit?: RunSpec["data_split"];
   }): Promise<{ runId: string; stageId: string }>;
   close(): Promise<void>;
 };
@@ -77,9 +79,9 @@ export async function createHarness(): Promise<Harness> {
     async submitRun(opts = {}) {
       const spec: RunSpec = {
         name: "worker test",
-        model: { preset: "tiny" },
+        model: opts.model ?? { preset: "tiny" },
         datasets: [{ id: dataset.id, weight: 1 }],
-        data_split: [8, 1, 1],
+        data_split: opts.dataSplit ?? [8, 1, 1],
         stages: {
           sft: {
             max_steps: 12,

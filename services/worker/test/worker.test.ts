@@ -245,6 +245,57 @@ describe("sft stage jobs", () => {
   });
 });
 
+describe("where an SFT stage starts", () => {
+  it("fine-tunes from an earlier run's final checkpoint instead of a fresh preset", async () => {
+    await withWorker(async () => {
+      const first = await h.submitRun({ sft: { max_steps: 12 } });
+      await waitForStage(h, first.stageId, "succeeded");
+      const base = (await listCheckpoints(h.tdb.db.prisma, first.runId)).find((c) => c.final)!;
+
+      const second = await h.submitRun({
+        model: { checkpoint_id: base.id },
+        sft: { max_steps: 2, checkpoint_every: 1 },
+      });
+      await waitForStage(h, second.stageId, "succeeded");
+      const loss = async (runId: string) =>
+        (await listMetrics(h.tdb.db.prisma, runId, { name: "loss" }))[0].value;
+      // Its first step already sees a trained model: lower loss than a fresh model's first step.
+      expect(await loss(second.runId)).toBeLessThan((await loss(first.runId)) * 0.8);
+    });
+  });
+
+  it("fails a stage that cannot train, with the reason, and does not retry it", async () => {
+    await withWorker(async () => {
+      const cases = [
+        {
+          opts: { model: { checkpoint_id: "ckpt_000000000000000000000000" } },
+          error: "checkpoint ckpt_000000000000000000000000 does not exist",
+        },
+        {
+          opts: { dataSplit: [0, 5, 5] as [number, number, number] },
+          error: `the sft stage has no examples: datasets ${h.datasetId} give it 0 rows with data_split [0, 5, 5]`,
+        },
+        {
+          opts: { sft: { max_seq_len: 1000 } },
+          error: "SFT config: maxSeqLen 1000 exceeds the model's context length 128",
+        },
+      ];
+      for (const { opts, error } of cases) {
+        const { runId, stageId } = await h.submitRun(opts);
+        const stage = await waitForStage(h, stageId, "failed");
+        expect(stage.error).toBe(error);
+        expect(await eventMessages(runId)).toContain(`sft stage failed: ${error}`);
+        const job = await waitUntil(async () => {
+          const j = await h.queue("sft").getJob(stageId);
+          return (await j?.getState()) === "failed" ? j : undefined;
+        });
+        expect(job.failedReason).toBe(error);
+        expect(job.attemptsMade).toBe(1);
+      }
+    });
+  });
+});
+
 describe("jobs whose workers keep dying", () => {
   it("fails the stage once BullMQ gives up on a job that stalled more often than allowed", async () => {
     const { runId, stageId } = await h.submitRun();
