@@ -1,6 +1,6 @@
 // Prisma's own schema engine, as the wasm build on npm, driven through the pg driver adapter:
-// computes migration SQL from prisma/schema.prisma without the native engine binary, which
-// cannot be downloaded here (docs/decisions/0001-offline-migrations.md). Development tool only:
+// computes migration SQL from prisma/schema.prisma and reads migration status as
+// `prisma migrate status` does, without the native engine binary, which cannot be downloaded here (docs/decisions/0001-offline-migrations.md). Development tool only:
 // services never load it.
 import { randomBytes } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
@@ -12,6 +12,10 @@ import {
   bindMigrationAwareSqlAdapterFactory,
   type SqlDriverAdapter,
 } from "@prisma/driver-adapter-utils";
+import type {
+  DiagnoseMigrationHistoryOutput,
+  SchemaEngine,
+} from "@prisma/schema-engine-wasm/schema_engine_bg";
 import pg from "pg";
 import { DEFAULT_MIGRATIONS_DIR } from "./migrate.ts";
 
@@ -61,10 +65,55 @@ export type DiffOptions = {
  * `prisma migrate diff --script` prints it; "" when there is nothing to do.
  */
 export async function diffToSchema(opts: DiffOptions): Promise<string> {
-  const { SchemaEngine } = await loadEngine();
   const schemaPath = opts.schemaPath ?? DEFAULT_SCHEMA_PATH;
   const schema = await readFile(schemaPath, "utf8");
-  const adapters = new ShadowingPgFactory(opts.databaseUrl);
+  return withEngine(opts.databaseUrl, schemaPath, schema, async (engine) => {
+    const from =
+      opts.from === "empty"
+        ? ({ tag: "empty" } as const)
+        : ({
+            tag: "migrations",
+            ...(await migrationList(opts.migrationsDir ?? DEFAULT_MIGRATIONS_DIR)),
+          } as const);
+    const result = await engine.diff({
+      from,
+      to: { tag: "schemaDatamodel", files: [{ path: path.basename(schemaPath), content: schema }] },
+      script: true,
+      exitCode: true, // 2 when the diff is not empty
+      filters: { externalTables: [], externalEnums: [] },
+    });
+    return result.exitCode === 2 ? (result.stdout ?? "") : "";
+  });
+}
+
+export type MigrationStatus = DiagnoseMigrationHistoryOutput;
+
+/**
+ * What `prisma migrate status` reports for the database at `databaseUrl`: `history` is null when
+ * every migration on disk is applied and nothing else is; edited and failed migrations by name.
+ */
+export async function migrationStatus(opts: {
+  databaseUrl: string;
+  migrationsDir?: string;
+}): Promise<MigrationStatus> {
+  const schema = await readFile(DEFAULT_SCHEMA_PATH, "utf8");
+  return withEngine(opts.databaseUrl, DEFAULT_SCHEMA_PATH, schema, async (engine) =>
+    engine.diagnoseMigrationHistory({
+      migrationsList: await migrationList(opts.migrationsDir ?? DEFAULT_MIGRATIONS_DIR),
+      optInToShadowDatabase: false,
+      filters: { externalTables: [], externalEnums: [] },
+    }),
+  );
+}
+
+async function withEngine<T>(
+  databaseUrl: string,
+  schemaPath: string,
+  schema: string,
+  fn: (engine: SchemaEngine) => Promise<T>,
+): Promise<T> {
+  const { SchemaEngine } = await loadEngine();
+  const adapters = new ShadowingPgFactory(databaseUrl);
   try {
     const engine = await SchemaEngine.new(
       { datamodels: [[path.basename(schemaPath), schema]] },
@@ -72,24 +121,7 @@ export async function diffToSchema(opts: DiffOptions): Promise<string> {
       bindMigrationAwareSqlAdapterFactory(adapters),
     );
     try {
-      const from =
-        opts.from === "empty"
-          ? ({ tag: "empty" } as const)
-          : ({
-              tag: "migrations",
-              ...(await migrationList(opts.migrationsDir ?? DEFAULT_MIGRATIONS_DIR)),
-            } as const);
-      const result = await engine.diff({
-        from,
-        to: {
-          tag: "schemaDatamodel",
-          files: [{ path: path.basename(schemaPath), content: schema }],
-        },
-        script: true,
-        exitCode: true, // 2 when the diff is not empty
-        filters: { externalTables: [], externalEnums: [] },
-      });
-      return result.exitCode === 2 ? (result.stdout ?? "") : "";
+      return await fn(engine);
     } finally {
       engine.free();
     }

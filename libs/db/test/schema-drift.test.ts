@@ -8,7 +8,8 @@ import path from "node:path";
 import pg from "pg";
 import { describe, expect, inject, it } from "vitest";
 import { readMigrations } from "../src/migrate.ts";
-import { DEFAULT_SCHEMA_PATH, diffToSchema } from "../src/schema-engine.ts";
+import { DEFAULT_SCHEMA_PATH, diffToSchema, migrationStatus } from "../src/schema-engine.ts";
+import { createTestDatabase } from "../../../test/support/db.ts";
 
 const databaseUrl = () => inject("adminDatabaseUrl");
 
@@ -56,6 +57,35 @@ describe("schema and migrations", () => {
       expect(drift).toContain('ALTER TABLE "api_key" ADD COLUMN     "note" TEXT;');
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("Prisma's view of a database migrated by our runner", () => {
+  it("is what `prisma migrate status` calls up to date", async () => {
+    const t = await createTestDatabase();
+    try {
+      expect(await migrationStatus({ databaseUrl: t.url })).toEqual({
+        editedMigrationNames: [],
+        failedMigrationNames: [],
+        hasMigrationsTable: true,
+        history: null,
+      });
+    } finally {
+      await t.drop();
+    }
+  });
+
+  it("names the migrations a fresh database still lacks", async () => {
+    const t = await createTestDatabase({ migrated: false });
+    try {
+      const status = await migrationStatus({ databaseUrl: t.url });
+      expect(status.history).toEqual({
+        diagnostic: "databaseIsBehind",
+        unappliedMigrationNames: (await readMigrations()).map((m) => m.name),
+      });
+    } finally {
+      await t.drop();
     }
   });
 });
