@@ -85,13 +85,6 @@ function matmulGflops(): number {
   return (2 * n ** 3 * reps) / elapsed / 1e9;
 }
 
-/** nanoGPT's estimate_flops: 6 N per token for the weights plus the attention products. */
-function trainFlopsPerToken(model: GPT): number {
-  const { nLayers, dModel, contextLength } = model.config;
-  const nonEmbedding = model.parameterCount() - contextLength * dModel; // wpe does no products
-  return 6 * nonEmbedding + 12 * nLayers * dModel * contextLength;
-}
-
 function benchTraining(steps: number) {
   const config = MODEL_PRESETS.probe;
   const model = new GPT(config, 1);
@@ -106,7 +99,10 @@ function benchTraining(steps: number) {
     "int32",
   );
   const targets = tf.tensor1d(
-    Int32Array.from({ length: BATCH * T }, (_, i) => data[Math.floor(i / T) * (T + 1) + (i % T) + 1]),
+    Int32Array.from(
+      { length: BATCH * T },
+      (_, i) => data[Math.floor(i / T) * (T + 1) + (i % T) + 1],
+    ),
     "int32",
   );
   const step = (): number =>
@@ -125,17 +121,21 @@ function benchTraining(steps: number) {
   let loss = 0;
   for (let i = 0; i < WARMUP_STEPS; i++) loss = step();
   const tensorsBefore = tf.memory().numTensors;
+  const cpuStart = process.cpuUsage();
   const start = performance.now();
   for (let i = 0; i < steps; i++) loss = step();
   const elapsed = seconds(start);
+  const cpu = process.cpuUsage(cpuStart);
   const tensorsAfter = tf.memory().numTensors;
   const tokensPerS = (BATCH * T * steps) / elapsed;
   const result = {
     parameters: model.parameterCount(),
     train_steps: steps,
     train_step_s: elapsed / steps,
+    // CPU time of this process per step: what the step costs when the machine is shared.
+    train_step_cpu_s: (cpu.user + cpu.system) / 1e6 / steps,
     train_tokens_per_s: tokensPerS,
-    train_gflops: (tokensPerS * trainFlopsPerToken(model)) / 1e9,
+    train_gflops: (tokensPerS * model.trainingFlopsPerToken(T)) / 1e9,
     train_loss: loss,
     tensors_before: tensorsBefore,
     tensors_after: tensorsAfter,
@@ -165,10 +165,14 @@ async function benchDecode() {
       const next = tf.tidy(() => {
         const ids = tf.tensor2d(rows.flat(), [BATCH, rows[0].length], "int32");
         const logits = model.forward(ids); // [B, T, V]
-        const last = logits.slice([0, rows[0].length - 1, 0], [BATCH, 1, 256]).reshape([BATCH, 256]);
-        return tf.argMax(last, -1).dataSync();
+        const last = logits
+          .slice([0, rows[0].length - 1, 0], [BATCH, 1, 256])
+          .reshape([BATCH, 256]);
+        return tf.argMax(last, -1);
       });
-      rows.forEach((row, r) => row.push(next[r]));
+      const picked = next.dataSync();
+      next.dispose();
+      for (const [r, row] of rows.entries()) row.push(picked[r]);
     }
   };
   naiveOnce(2); // warm-up
