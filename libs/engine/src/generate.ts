@@ -146,6 +146,10 @@ export async function generate(
         for (const row of rows.filter((r) => !r.done)) finish(row, "length", opts, stop);
         break;
       }
+      // Let the event loop run between tokens: on CPU backends data() resolves without yielding,
+      // so streamed text would otherwise reach its socket, and a server read new requests, only
+      // once the whole generation is done.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       logits = tf.tidy(() => {
         const ids = tf.tensor2d(next, [rows.length, 1], "int32");
         return model

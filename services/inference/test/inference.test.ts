@@ -158,6 +158,33 @@ describe("inference service", () => {
     expect(usageChunk.usage).toEqual(plain.usage);
   });
 
+  it("sends a streamed reply over the socket as it is generated, not all at the end", async () => {
+    const url = await app.listen({ port: 0, host: "127.0.0.1" });
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: modelId,
+        messages: hello,
+        max_tokens: 40,
+        stream: true,
+        seed: 1,
+      }),
+    });
+    let reads = 0;
+    let body = "";
+    const decoder = new TextDecoder();
+    for await (const bytes of res.body ?? []) {
+      reads++;
+      body += decoder.decode(bytes, { stream: true });
+    }
+    const { done, chunks } = parseEvents(body);
+    expect(done).toBe(true);
+    expect(chunks.length).toBeGreaterThan(20);
+    // Held all to the end, the ~40 chunks arrive in one or two reads.
+    expect(reads).toBeGreaterThan(10);
+  });
+
   it("streams without a usage chunk unless asked for one", async () => {
     const res = await chat(app, { model: modelId, messages: hello, max_tokens: 4, stream: true });
     const { done, chunks } = parseEvents(res.body);
