@@ -2,11 +2,11 @@
 // processor of its kind, and turn a failure into a failed stage that is not retried.
 import type { RunSpec } from "@chatrl/contracts";
 import { addEvent, finishStage, getRun, getStage, startStage } from "@chatrl/db";
+import type { StageJobData } from "@chatrl/queue";
 import { DelayedError, UnrecoverableError } from "bullmq";
 import { handBackJob } from "./hand-back.ts";
 import { runSftStage } from "./sft-stage.ts";
 import type { StageContext, StageJob, StageResult } from "./types.ts";
-import type { StageJobData } from "@chatrl/queue";
 
 /** Stage kinds this worker can train. reward and ppo arrive in later milestones. */
 export const IMPLEMENTED_KINDS = ["sft"] as const;
