@@ -4,7 +4,7 @@
 // share a process here; with a Postgres URL they can equally run as separate processes
 // (services/*/src/main.ts), as docker-compose.yml does.
 import type { ChatrlConfig } from "@chatrl/contracts";
-import { migrate, openDatabase } from "@chatrl/db";
+import { ensureDatabaseExists, migrate, openDatabase } from "@chatrl/db";
 import {
   checkRedis,
   closeStageQueues,
@@ -29,6 +29,9 @@ export interface PlatformOptions {
 export async function startPlatform(config: ChatrlConfig, opts: PlatformOptions = {}): Promise<Platform> {
   const log = opts.log ?? (() => {});
   await checkRedis(config.redisUrl);
+  if (config.databaseUrl && (await ensureDatabaseExists(config.databaseUrl))) {
+    log("database: created");
+  }
   const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
   const closers: (() => Promise<unknown>)[] = [() => db.close()];
   const close = async () => {
