@@ -272,6 +272,24 @@ describe("inference service", () => {
     expect(fresh.modelRegistry.stats.generateCalls).toBe(3);
   });
 
+  it("batches requests that arrive while a generation runs into the next generate call", async () => {
+    const busy = await newApp({}, { batchWindowMs: 0 });
+    const stats = busy.modelRegistry.stats;
+    // A long generation (seeded: it runs alone, and this seed never meets end-of-text early).
+    const long = chat(busy, {
+      model: modelId,
+      messages: [{ role: "user", content: "Hi" }],
+      max_tokens: 100,
+      seed: 2,
+    });
+    while (stats.generateCalls === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    const short = { model: modelId, messages: hello, max_tokens: 4 };
+    const [a, b, c] = await Promise.all([long, chat(busy, short), chat(busy, short)]);
+    expect(a.json().usage.completion_tokens).toBe(100);
+    expect([b.statusCode, c.statusCode]).toEqual([200, 200]);
+    expect(stats).toEqual({ loads: 1, generateCalls: 2, requests: 3 });
+  });
+
   it("loads a checkpoint once when requests for it arrive together", async () => {
     const registry = new ModelRegistry(testDb.db);
     const leases = await Promise.all([1, 2, 3].map(() => registry.acquire(checkpointId)));
