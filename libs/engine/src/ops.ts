@@ -84,6 +84,49 @@ export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
   return x.transpose([0, 2, 1, 3]).reshape([batch, time, heads * hs]) as tf.Tensor3D;
 }
 
+export type AdamWStep = {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Decoupled weight decay of this tensor (0 for biases and norm gains). */
+  weightDecay: number;
+  /** 1-based step number t, for the bias corrections 1 - beta^t. */
+  step: number;
+};
+
+/**
+ * One AdamW step of one weight (torch.optim.AdamW's arithmetic):
+ * m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2, mHat = m' / (1 - b1^t), vHat = v' / (1 - b2^t),
+ * p' = p (1 - lr wd) - lr mHat / (sqrt(vHat) + eps). Returns new [p', m', v'] for the caller to
+ * assign; one native pass over the four tensors instead of a dozen tfjs ops.
+ */
+export function adamwUpdate(
+  param: tf.Tensor,
+  m: tf.Tensor,
+  v: tf.Tensor,
+  grad: tf.Tensor,
+  s: AdamWStep,
+): [tf.Tensor, tf.Tensor, tf.Tensor] {
+  const bc1 = 1 - s.beta1 ** s.step;
+  const bc2 = 1 - s.beta2 ** s.step;
+  if (fusedKernelsActive() && grad.dtype === "float32") {
+    const attrs = { lr: s.lr, beta1: s.beta1, beta2: s.beta2, eps: s.eps, bc1, bc2 };
+    const out = run(
+      FUSED.adamw,
+      { p: param, m, v, g: grad },
+      { ...attrs, weightDecay: s.weightDecay },
+    );
+    return out as [tf.Tensor, tf.Tensor, tf.Tensor];
+  }
+  const m2 = tf.add(tf.mul(m, s.beta1), tf.mul(grad, 1 - s.beta1));
+  const v2 = tf.add(tf.mul(v, s.beta2), tf.mul(tf.square(grad), 1 - s.beta2));
+  const denom = tf.add(tf.div(tf.sqrt(v2), Math.sqrt(bc2)), s.eps);
+  const update = tf.div(m2, denom).mul(s.lr / bc1);
+  const decayed = s.weightDecay > 0 ? tf.mul(param, 1 - s.lr * s.weightDecay) : param;
+  return [tf.sub(decayed, update), m2, v2];
+}
+
 function causalMask(tq: number, tk: number): tf.Tensor2D {
   const offset = tk - tq;
   const rows = tf.range(0, tq, 1, "int32").reshape([tq, 1]);

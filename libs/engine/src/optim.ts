@@ -1,6 +1,7 @@
 // AdamW with decoupled weight decay (Loshchilov & Hutter; torch.optim.AdamW's arithmetic),
 // a linear-warmup + cosine learning-rate schedule, and global-norm gradient clipping.
 import * as tf from "@tensorflow/tfjs";
+import { adamwUpdate } from "./ops";
 
 export type AdamWConfig = {
   beta1: number;
@@ -87,21 +88,24 @@ export class AdamW {
   apply(grads: Map<string, tf.Tensor>, lr: number): void {
     const { beta1, beta2, eps, weightDecay } = this.config;
     const t = this.step + 1;
-    const bc1 = 1 - beta1 ** t;
-    const bc2 = 1 - beta2 ** t;
     tf.tidy(() => {
       for (const [name, p] of this.params) {
         const g = grads.get(name);
         if (!g) throw new Error(`AdamW: no gradient for ${name}`);
         const m = this.m.get(name) as tf.Variable;
         const v = this.v.get(name) as tf.Variable;
-        m.assign(tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1)));
-        v.assign(tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2)));
-        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
-        const update = tf.div(m, denom).mul(lr / bc1);
-        const decayed =
-          this.decayed.has(name) && weightDecay > 0 ? tf.mul(p, 1 - lr * weightDecay) : p;
-        p.assign(tf.sub(decayed, update));
+        const decay = this.decayed.has(name) ? weightDecay : 0;
+        const [p2, m2, v2] = adamwUpdate(p, m, v, g, {
+          lr,
+          beta1,
+          beta2,
+          eps,
+          weightDecay: decay,
+          step: t,
+        });
+        m.assign(m2);
+        v.assign(v2);
+        p.assign(p2);
       }
     });
     this.step = t;

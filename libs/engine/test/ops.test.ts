@@ -3,6 +3,7 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { installFastKernels, setFastKernelsEnabled } from "../src/kernels/index.ts";
 import {
+  adamwUpdate,
   causalAttention,
   embedding,
   layerNorm,
@@ -213,6 +214,34 @@ describe("fused ops on the wasm backend", () => {
       [0, 0],
       [1, 1],
     ]);
+  });
+
+  it("takes an AdamW step as torch does, natively and in plain tfjs alike", () => {
+    const step = { lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, step: 1 };
+    const take = () =>
+      tf.tidy(() => {
+        const out = adamwUpdate(
+          tf.tensor1d([1, -2]),
+          tf.zeros([2]),
+          tf.zeros([2]),
+          tf.tensor1d([0.5, 0.25]),
+          step,
+        );
+        return tf.stack(out).arraySync() as number[][];
+      });
+    const fused = take();
+    const reference = plain(take);
+    // m' = 0.1 g, v' = 0.05 g^2; bias-corrected mHat = g, vHat = g^2, so the update is lr * sign(g).
+    const expected = [
+      [1 * (1 - 0.1 * 0.01) - 0.1, -2 * (1 - 0.1 * 0.01) - 0.1],
+      [0.05, 0.025],
+      [0.0125, 0.003125],
+    ];
+    for (const result of [fused, reference]) {
+      result.flat().forEach((x, i) => {
+        expect(x).toBeCloseTo(expected.flat()[i], 6);
+      });
+    }
   });
 
   it("leaves no tensors behind across forward and backward passes", () => {

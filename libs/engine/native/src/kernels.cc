@@ -421,6 +421,38 @@ Napi::Value MoveHeads(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// adamw(p, m, v, g, pOut, mOut, vOut, n, lr, beta1, beta2, eps, weightDecay, bc1, bc2)
+// One AdamW step for one tensor, in the order of torch.optim.AdamW's arithmetic:
+// m' = b1 m + (1 - b1) g; v' = b2 v + (1 - b2) g^2;
+// p' = p (1 - lr wd) - lr / bc1 * m' / (sqrt(v') / sqrt(bc2) + eps).
+Napi::Value AdamW(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 15, "adamw")) return env.Undefined();
+  const int64_t n = Int(info, 7);
+  const float* p = FloatData(info[0], n, "p", env);
+  const float* m = p ? FloatData(info[1], n, "m", env) : nullptr;
+  const float* v = m ? FloatData(info[2], n, "v", env) : nullptr;
+  const float* g = v ? FloatData(info[3], n, "g", env) : nullptr;
+  float* pOut = g ? FloatData(info[4], n, "pOut", env) : nullptr;
+  float* mOut = pOut ? FloatData(info[5], n, "mOut", env) : nullptr;
+  float* vOut = mOut ? FloatData(info[6], n, "vOut", env) : nullptr;
+  if (vOut == nullptr) return env.Undefined();
+  auto num = [&](size_t i) { return info[i].As<Napi::Number>().DoubleValue(); };
+  const double lr = num(8), beta1 = num(9), beta2 = num(10), eps = num(11), wd = num(12),
+               bc1 = num(13), bc2 = num(14);
+  const float b1 = beta1, oneMinusB1 = 1 - beta1, b2 = beta2, oneMinusB2 = 1 - beta2;
+  const float keep = 1 - lr * wd, stepSize = lr / bc1, invSqrtBc2 = 1 / std::sqrt(bc2);
+  const float epsF = eps;
+  for (int64_t i = 0; i < n; ++i) {
+    const float mi = b1 * m[i] + oneMinusB1 * g[i];
+    const float vi = b2 * v[i] + oneMinusB2 * (g[i] * g[i]);
+    mOut[i] = mi;
+    vOut[i] = vi;
+    pOut[i] = p[i] * keep - stepSize * (mi / (std::sqrt(vi) * invSqrtBc2 + epsF));
+  }
+  return env.Undefined();
+}
+
 // setThreads(n): threads for OpenBLAS products and for our own parallel loops.
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   workerThreads = std::max(1, static_cast<int>(Int(info, 0)));
@@ -457,6 +489,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
   exports.Set("toHeads", Napi::Function::New(env, MoveHeads<true>));
   exports.Set("fromHeads", Napi::Function::New(env, MoveHeads<false>));
+  exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("blasInfo", Napi::Function::New(env, BlasInfo));

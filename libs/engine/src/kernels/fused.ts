@@ -15,6 +15,7 @@ export const FUSED = {
   layerNormGrad: "ChatrlLayerNormGrad",
   splitHeads: "ChatrlSplitHeads",
   mergeHeads: "ChatrlMergeHeads",
+  adamw: "ChatrlAdamW",
 } as const;
 
 /** Input names of ChatrlMergeHeads: one per part. */
@@ -210,6 +211,35 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       native.fromHeads(f32(io, inputs[partName(part)]), dst, b, t, parts, part, nh, hs);
     }
     return out;
+  });
+
+  // p, m, v, g (same shape) -> p', m', v' after one AdamW step
+  kernel(FUSED.adamw, ({ p, m, v, g }, attrs, io) => {
+    const a = attrs as Record<
+      "lr" | "beta1" | "beta2" | "eps" | "weightDecay" | "bc1" | "bc2",
+      number
+    >;
+    const outs = [p, m, v].map((t) => io.alloc(t.shape, "float32"));
+    const n = size(p.shape);
+    const [pOut, mOut, vOut] = outs.map((t) => f32(io, t));
+    native.adamw(
+      f32(io, p),
+      f32(io, m),
+      f32(io, v),
+      f32(io, g),
+      pOut,
+      mOut,
+      vOut,
+      n,
+      a.lr,
+      a.beta1,
+      a.beta2,
+      a.eps,
+      a.weightDecay,
+      a.bc1,
+      a.bc2,
+    );
+    return outs;
   });
 
   registerHeadGradients();

@@ -114,6 +114,24 @@ export interface NativeKernels {
     nh: number,
     hs: number,
   ): void;
+  /** One AdamW step of one tensor (bc1, bc2: the bias corrections 1 - beta^t). */
+  adamw(
+    p: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    g: Float32Array,
+    pOut: Float32Array,
+    mOut: Float32Array,
+    vOut: Float32Array,
+    n: number,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    bc1: number,
+    bc2: number,
+  ): void;
   /** Threads for OpenBLAS and for the addon's own parallel loops (attention heads). */
   setThreads(n: number): void;
   getThreads(): number;
