@@ -4,6 +4,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import { buildApp } from "@chatrl/api";
 import { loadConfig } from "@chatrl/contracts";
@@ -154,6 +155,17 @@ describe("chatrl runs", () => {
 
     const json = await chatrl("--json", "runs", "get", runId);
     expect(JSON.parse(json.stdout)).toMatchObject({ id: runId, object: "run", status: "queued" });
+  });
+
+  it("submits the example spec with --dataset in place of its placeholder", async () => {
+    const datasetId = await uploadDataset("example");
+    const example = fileURLToPath(new URL("../../../examples/sft-tiny.json", import.meta.url));
+    const result = await chatrl("--json", "runs", "create", example, "--dataset", datasetId);
+    expect(result.stderr).toBe("");
+    const run = JSON.parse(result.stdout);
+    expect(run).toMatchObject({ name: "example-sft-tiny", status: "queued" });
+    const stored = await database.db.prisma.run.findUniqueOrThrow({ where: { id: run.id } });
+    expect((stored.spec as { datasets: unknown }).datasets).toEqual([{ id: datasetId, weight: 1 }]);
   });
 
   it("names an unknown run in one error line", async () => {

@@ -62,18 +62,24 @@ export function registerRunCommands(
     .command("create")
     .description("submit a run from a JSON run spec")
     .argument("<spec>", "run spec file (JSON), see examples/")
+    .option(
+      "--dataset <id>",
+      "train on this dataset instead of the spec's (repeat for several, weight 1 each)",
+      (id: string, ids: string[]) => [...ids, id],
+      [] as string[],
+    )
     .option("--follow", "follow the run until it finishes")
     .option("--idempotency-key <key>", "send again safely: the same key never queues twice")
     .option(...intervalOption)
     .action(
       async (
         file: string,
-        opts: { follow?: boolean; idempotencyKey?: string; interval: number },
+        opts: { dataset: string[]; follow?: boolean; idempotencyKey?: string; interval: number },
       ) => {
         const ctx = context();
-        const run = await ctx.api().createRun(await readSpec(file), {
-          idempotencyKey: opts.idempotencyKey,
-        });
+        const spec = await readSpec(file);
+        if (opts.dataset.length > 0) spec.datasets = opts.dataset.map((id) => ({ id, weight: 1 }));
+        const run = await ctx.api().createRun(spec, { idempotencyKey: opts.idempotencyKey });
         if (ctx.json) ctx.printJson(run);
         else ctx.print(`created ${run.id}  ${run.name}  ${run.status}  (${stageSummary(run)})`);
         if (opts.follow) setExitCode(await followRun(ctx, run.id, { intervalMs: opts.interval }));
