@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # OpenBLAS is opened at run time (dlopen), so only its runtime package is needed.
-if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
+if ! ldconfig -p | grep 'libopenblas\.so\.0' >/dev/null; then
   if [ "$(id -u)" != 0 ]; then
     echo "build-native: libopenblas.so.0 is missing; install libopenblas0-pthread (apt)" >&2
     exit 1
