@@ -120,6 +120,11 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
           linear(x, w as tf.Tensor2D),
           layerNorm(tf.matMul(x, w), g, g, 1e-5),
           tf.matMul(batched[0], batched[1], false, true),
+          // split by rows (tall results) and by columns (wide ones), with each transpose
+          tf.matMul(tf.concat([x, x], 0), x),
+          tf.matMul(w, x, true, false),
+          tf.matMul(x, w, true, false),
+          tf.matMul(x, tf.transpose(w), false, true),
           ...grads,
         ].map((t) => t.dataSync() as Float32Array);
       });

@@ -121,16 +121,41 @@ void Gemm(bool transA, bool transB, int m, int n, int k, float alpha, const floa
              lda, b, ldb, beta, c, ldc);
 }
 
-// A product on as many threads as its size is worth.
+// A product on as many threads as its size is worth. We split it ourselves (rows of the result,
+// or columns when it is wide) and run single-threaded OpenBLAS on each part: OpenBLAS's own
+// threads busy-wait between products, which costs the other core all through the non-BLAS
+// parts of a training step.
 void SizedGemm(bool transA, bool transB, int m, int n, int k, float alpha, const float* a,
                int lda, const float* b, int ldb, float beta, float* c, int ldc) {
   const int64_t work = static_cast<int64_t>(m) * n * k;
-  UseBlasThreads(work >= kParallelMinWork ? workerThreads : 1);
-  Gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  UseBlasThreads(1);
+  const int workers = work >= kParallelMinWork ? workerThreads : 1;
+  if (workers <= 1) {
+    Gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const bool byRows = m >= n;
+  const int extent = byRows ? m : n;
+  const int chunk = (extent + workers - 1) / workers;
+  auto part = [&](int w) {
+    const int from = w * chunk;
+    const int size = std::min(chunk, extent - from);
+    if (size <= 0) return;
+    if (byRows) {
+      const float* aPart = transA ? a + from : a + static_cast<int64_t>(from) * lda;
+      Gemm(transA, transB, size, n, k, alpha, aPart, lda, b, ldb, beta,
+           c + static_cast<int64_t>(from) * ldc, ldc);
+    } else {
+      const float* bPart = transB ? b + static_cast<int64_t>(from) * ldb : b + from;
+      Gemm(transA, transB, m, size, k, alpha, a, lda, bPart, ldb, beta, c + from, ldc);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int w = 1; w < workers; ++w) pool.emplace_back(part, w);
+  part(0);
+  for (auto& t : pool) t.join();
 }
 
-// Runs body(i) for i in [0, count) on up to workerThreads threads. OpenBLAS is held to one
-// thread meanwhile, so the two levels of parallelism do not fight over the cores.
 // `work` is the multiply-adds of all iterations together; small loops stay on this thread.
 template <typename Body>
 void ParallelFor(int64_t count, int64_t work, Body body) {
