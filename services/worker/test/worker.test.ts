@@ -10,10 +10,10 @@ import {
   readCheckpointPart,
 } from "@chatrl/db";
 import { tf } from "@chatrl/engine";
-import { STAGE_QUEUES } from "@chatrl/queue";
+import { STAGE_QUEUES, type StageKind } from "@chatrl/queue";
 import { Worker } from "bullmq";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadWorkerOptions } from "../src/options.ts";
 import { type RunningWorker, startWorker } from "../src/worker.ts";
 import {
@@ -68,6 +68,18 @@ async function waitForStep(stageId: string, step: number) {
   );
 }
 
+/** The stage's job once BullMQ has it in `state`, read after the move so its result is there. */
+async function jobIn(kind: StageKind, stageId: string, state: "completed" | "failed") {
+  return waitUntil(
+    async () =>
+      (await h.queue(kind).getJobState(stageId)) === state
+        ? await h.queue(kind).getJob(stageId)
+        : undefined,
+    30_000,
+    `the ${kind} job to be ${state}`,
+  );
+}
+
 async function eventMessages(runId: string): Promise<string[]> {
   const events = await listEvents(h.tdb.db.prisma, runId, { limit: 100 });
   return events.data.map((e) => e.message);
@@ -78,7 +90,10 @@ describe("sft stage jobs", () => {
     await withWorker(async () => {
       const tensorsBefore = tf.memory().numTensors;
       const { runId, stageId } = await h.submitRun({ pricePerHour: 3.6 });
-      const stage = await waitForStage(h, stageId, "succeeded");
+      const job = await jobIn("sft", stageId, "completed");
+      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 12 });
+      const stage = (await getStage(h.tdb.db.prisma, stageId))!;
+      expect(stage.status).toBe("succeeded");
 
       expect(stage.step).toBe(12);
       expect(stage.progress).toBe(1);
@@ -121,9 +136,6 @@ describe("sft stage jobs", () => {
       const final = checkpoints.find((c) => c.final)!;
       expect(final.config).toMatchObject({ vocabSize: 258, dModel: 64, nLayers: 2 });
 
-      const job = await h.queue("sft").getJob(stageId);
-      expect(await job?.getState()).toBe("completed");
-      expect(job?.returnvalue).toEqual({ stageId, status: "succeeded", step: 12 });
       // The worker released every tensor of the model and trainer.
       expect(tf.memory().numTensors).toBe(tensorsBefore);
     });
@@ -139,12 +151,7 @@ describe("sft stage jobs", () => {
       await cancelRun(h.tdb.db.prisma, runId);
       const stepAtCancel = (await getStage(h.tdb.db.prisma, stageId))!.step;
 
-      const job = await h.queue("sft").getJob(stageId);
-      await vi.waitFor(async () => expect(await job?.getState()).toBe("completed"), {
-        timeout: 10_000,
-        interval: 50,
-      });
-      const done = await h.queue("sft").getJob(stageId);
+      const done = await jobIn("sft", stageId, "completed");
       expect(done?.returnvalue.status).toBe("cancelled");
       // At most the step in flight when the cancel landed, plus the one that was starting.
       expect(done?.returnvalue.step).toBeLessThanOrEqual(stepAtCancel + 2);
@@ -230,12 +237,7 @@ describe("sft stage jobs", () => {
     expect(await eventMessages(runId)).toContain(
       `sft paused at step ${paused.step}: worker shutting down, the stage goes back to the queue`,
     );
-    expect(
-      await h
-        .queue("sft")
-        .getJob(stageId)
-        .then((j) => j?.getState()),
-    ).toBe("waiting");
+    expect(await h.queue("sft").getJobState(stageId)).toBe("waiting");
 
     await withWorker(async () => {
       const stage = await waitForStage(h, stageId, "succeeded");
@@ -282,15 +284,14 @@ describe("where an SFT stage starts", () => {
       ];
       for (const { opts, error } of cases) {
         const { runId, stageId } = await h.submitRun(opts);
-        const stage = await waitForStage(h, stageId, "failed");
-        expect(stage.error).toBe(error);
-        expect(await eventMessages(runId)).toContain(`sft stage failed: ${error}`);
-        const job = await waitUntil(async () => {
-          const j = await h.queue("sft").getJob(stageId);
-          return (await j?.getState()) === "failed" ? j : undefined;
-        });
+        // The job fails after the stage and its event are written.
+        const job = await jobIn("sft", stageId, "failed");
         expect(job.failedReason).toBe(error);
         expect(job.attemptsMade).toBe(1);
+        const stage = (await getStage(h.tdb.db.prisma, stageId))!;
+        expect(stage.status).toBe("failed");
+        expect(stage.error).toBe(error);
+        expect(await eventMessages(runId)).toContain(`sft stage failed: ${error}`);
       }
     });
   });
@@ -330,18 +331,16 @@ describe("stage kinds the worker does not train yet", () => {
   it("fails a reward stage job with a message saying the kind is not implemented", async () => {
     await withWorker(async () => {
       const { runId, stageId } = await h.submitRun({ kinds: ["reward"] });
-      const stage = await waitForStage(h, stageId, "failed");
       const message =
         'stage kind "reward" is not implemented by this worker yet (implemented: sft)';
+      const job = await jobIn("reward", stageId, "failed");
+      expect(job.failedReason).toBe(message);
+      expect(job.attemptsMade).toBe(1);
+      const stage = (await getStage(h.tdb.db.prisma, stageId))!;
+      expect(stage.status).toBe("failed");
       expect(stage.error).toBe(message);
       expect((await getRun(h.tdb.db.prisma, runId))?.status).toBe("failed");
       expect(await eventMessages(runId)).toContain(`reward stage failed: ${message}`);
-
-      const job = await h.queue("reward").getJob(stageId);
-      await vi.waitFor(async () => expect(await job?.getState()).toBe("failed"));
-      const failed = await h.queue("reward").getJob(stageId);
-      expect(failed?.failedReason).toBe(message);
-      expect(failed?.attemptsMade).toBe(1);
     });
   });
 });
