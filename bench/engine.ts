@@ -27,6 +27,7 @@ import {
   setFastKernelsEnabled,
   setNativeThreads,
 } from "../libs/engine/src/kernels/index.ts";
+import { crossEntropy } from "../libs/engine/src/ops.ts";
 
 const BATCH = 16;
 const PROMPT_TOKENS = 64;
@@ -109,8 +110,7 @@ function benchTraining(steps: number) {
     tf.tidy(() => {
       const { value, grads } = tf.variableGrads(() => {
         const logits = model.forward(inputs, { training: true }).reshape([BATCH * T, 256]);
-        const onehot = tf.cast(tf.oneHot(targets, 256), "float32");
-        return tf.neg(tf.mean(tf.sum(tf.mul(tf.logSoftmax(logits), onehot), -1))) as tf.Scalar;
+        return tf.mean(crossEntropy(logits as tf.Tensor2D, targets)) as tf.Scalar;
       });
       const named = new Map(Object.entries(grads).map(([k, g]) => [nameOf.get(k) as string, g]));
       const clipped = clipByGlobalNorm(named, 1.0);

@@ -84,6 +84,20 @@ export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
   return x.transpose([0, 2, 1, 3]).reshape([batch, time, heads * hs]) as tf.Tensor3D;
 }
 
+/**
+ * Cross-entropy of integer targets under softmax(logits), one value per row:
+ * logits: [N, V], targets: [N] int32 -> nll [N]. A target outside 0..V-1 counts zero loss (and
+ * gets no gradient), so padding can be marked with -1.
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  if (fusedKernelsActive() && logits.dtype === "float32" && targets.dtype === "int32") {
+    return fusedCrossEntropy(logits, targets) as tf.Tensor1D;
+  }
+  // (oneHot as int32, then cast: the wasm backend's float32 OneHot writes integer bits.)
+  const onehot = tf.cast(tf.oneHot(targets, logits.shape[1]), "float32");
+  return tf.neg(tf.sum(tf.mul(tf.logSoftmax(logits), onehot), -1)) as tf.Tensor1D;
+}
+
 export type AdamWStep = {
   lr: number;
   beta1: number;
@@ -181,6 +195,20 @@ const fusedAttention = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
     value: out,
     gradFunc: (dy: tf.Tensor, [qs, ks, vs, ps]: tf.Tensor[]) =>
       run(FUSED.attentionGrad, { q: qs, k: ks, v: vs, probs: ps, dy }, attrs) as tf.Tensor[],
+  };
+});
+
+// The gradient is softmax - onehot, recomputed from the saved log-sum-exp of each row.
+const fusedCrossEntropy = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+  const [logits, targets, save] = args as [tf.Tensor2D, tf.Tensor1D, Saver];
+  const [nll, lse] = run(FUSED.crossEntropy, { logits, targets }) as tf.Tensor[];
+  save([logits, targets, lse]);
+  return {
+    value: nll,
+    gradFunc: (dy: tf.Tensor, [ls, ts, lses]: tf.Tensor[]) => [
+      run(FUSED.crossEntropyGrad, { logits: ls, targets: ts, lse: lses, dy }) as tf.Tensor,
+      tf.zerosLike(ts),
+    ],
   };
 });
 

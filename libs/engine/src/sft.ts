@@ -11,6 +11,7 @@ import {
   tokenizeSftExample,
 } from "./data";
 import type { GPT } from "./model";
+import { crossEntropy } from "./ops";
 import { AdamW, clipByGlobalNorm, lrAt } from "./optim";
 import { Rng, type RngState, seededPermutation } from "./rng";
 import { decodeSafetensors, encodeSafetensors } from "./safetensors";
@@ -129,11 +130,8 @@ export class SFTTrainer {
     const vocab = this.model.config.vocabSize;
     const inputs = tf.tensor2d(batch.inputs, [batchSize, length], "int32");
     const logits = this.model.forward(inputs, { training: true, rng: this.rng }); // [B, T, V]
-    const logProbs = tf.logSoftmax(logits.reshape([batchSize * length, vocab])); // [B*T, V]
-    // One-hot picks the target's log-probability; gather's gradient needs a scatter some backends lack.
-    // (int32 then cast: the wasm backend's OneHot writes integer bits into float32 outputs.)
-    const targets = tf.cast(tf.oneHot(tf.tensor1d(batch.targets, "int32"), vocab), "float32"); // [B*T, V]
-    const nll = tf.neg(tf.sum(tf.mul(logProbs, targets), -1)); // [B*T]
+    const flat = logits.reshape([batchSize * length, vocab]) as tf.Tensor2D; // [B*T, V]
+    const nll = crossEntropy(flat, tf.tensor1d(batch.targets, "int32")); // [B*T]
     const mask = tf.tensor1d(batch.lossMask, "float32");
     const trained = Math.max(
       1,

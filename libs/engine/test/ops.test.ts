@@ -5,6 +5,7 @@ import { installFastKernels, setFastKernelsEnabled } from "../src/kernels/index.
 import {
   adamwUpdate,
   causalAttention,
+  crossEntropy,
   embedding,
   layerNorm,
   linear,
@@ -145,6 +146,11 @@ const CASES: { name: string; op: Op; shapes: number[][] }[] = [
     shapes: [[2, 2, 3, 4]],
   },
   {
+    name: "cross-entropy (a target of -1 and one past the vocabulary count nothing)",
+    op: (logits) => crossEntropy(logits as tf.Tensor2D, tf.tensor1d([0, 3, -1, 2, 4, 1], "int32")),
+    shapes: [[6, 4]],
+  },
+  {
     name: "layer norm",
     op: (x, g, b) => layerNorm(x, g as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
     shapes: [[2, 3, 6], [6], [6]],
@@ -214,6 +220,14 @@ describe("fused ops on the wasm backend", () => {
       [0, 0],
       [1, 1],
     ]);
+  });
+
+  it("gives the cross-entropy of a uniform prediction as log(V), and 0 for ignored rows", () => {
+    const nll = tf.tidy(() =>
+      crossEntropy(tf.zeros([2, 8]) as tf.Tensor2D, tf.tensor1d([5, -1], "int32")).dataSync(),
+    );
+    expect(nll[0]).toBeCloseTo(Math.log(8), 6);
+    expect(nll[1]).toBe(0);
   });
 
   it("takes an AdamW step as torch does, natively and in plain tfjs alike", () => {

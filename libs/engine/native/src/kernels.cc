@@ -446,6 +446,74 @@ Napi::Value MoveHeads(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Targets outside 0..classes-1 (e.g. -1 for "not trained on") count zero loss and get no
+// gradient, as a one-hot row of zeros would.
+bool ValidTarget(int32_t t, int64_t classes) { return t >= 0 && t < classes; }
+
+const int32_t* IntData(const Napi::Value& v, size_t need, const char* name, Napi::Env env) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    Napi::TypeError::New(env, std::string(name) + " must be an Int32Array")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  auto arr = v.As<Napi::Int32Array>();
+  if (arr.ElementLength() < need) {
+    Napi::RangeError::New(env, std::string(name) + " is smaller than its shape says")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return arr.Data();
+}
+
+// crossEntropyForward(logits, targets, nll, logSumExp, rows, classes)
+// nll[i] = logsumexp(logits[i]) - logits[i, targets[i]]; logSumExp is kept for the backward.
+Napi::Value CrossEntropyForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 6, "crossEntropyForward")) return env.Undefined();
+  const int64_t rows = Int(info, 4), classes = Int(info, 5);
+  const float* logits = FloatData(info[0], rows * classes, "logits", env);
+  const int32_t* targets = logits ? IntData(info[1], rows, "targets", env) : nullptr;
+  float* nll = targets ? FloatData(info[2], rows, "nll", env) : nullptr;
+  float* lse = nll ? FloatData(info[3], rows, "logSumExp", env) : nullptr;
+  if (lse == nullptr || classes == 0) return env.Undefined();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = logits + r * classes;
+    float mx = x[0];
+    for (int64_t j = 1; j < classes; ++j) mx = std::max(mx, x[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < classes; ++j) sum += std::exp(x[j] - mx);
+    lse[r] = mx + std::log(sum);
+    nll[r] = ValidTarget(targets[r], classes) ? lse[r] - x[targets[r]] : 0.0f;
+  }
+  return env.Undefined();
+}
+
+// crossEntropyBackward(logits, targets, logSumExp, dNll, dLogits, rows, classes)
+// dLogits[i, j] = dNll[i] * (softmax(logits[i])[j] - [j == targets[i]]).
+Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 7, "crossEntropyBackward")) return env.Undefined();
+  const int64_t rows = Int(info, 5), classes = Int(info, 6);
+  const float* logits = FloatData(info[0], rows * classes, "logits", env);
+  const int32_t* targets = logits ? IntData(info[1], rows, "targets", env) : nullptr;
+  const float* lse = targets ? FloatData(info[2], rows, "logSumExp", env) : nullptr;
+  const float* dNll = lse ? FloatData(info[3], rows, "dNll", env) : nullptr;
+  float* dLogits = dNll ? FloatData(info[4], rows * classes, "dLogits", env) : nullptr;
+  if (dLogits == nullptr) return env.Undefined();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = logits + r * classes;
+    float* d = dLogits + r * classes;
+    if (!ValidTarget(targets[r], classes)) {
+      std::fill(d, d + classes, 0.0f);
+      continue;
+    }
+    const float g = dNll[r];
+    for (int64_t j = 0; j < classes; ++j) d[j] = g * std::exp(x[j] - lse[r]);
+    d[targets[r]] -= g;
+  }
+  return env.Undefined();
+}
+
 // adamw(p, m, v, g, pOut, mOut, vOut, n, lr, beta1, beta2, eps, weightDecay, bc1, bc2)
 // One AdamW step for one tensor, in the order of torch.optim.AdamW's arithmetic:
 // m' = b1 m + (1 - b1) g; v' = b2 v + (1 - b2) g^2;
@@ -514,6 +582,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
   exports.Set("toHeads", Napi::Function::New(env, MoveHeads<true>));
   exports.Set("fromHeads", Napi::Function::New(env, MoveHeads<false>));
+  exports.Set("crossEntropyForward", Napi::Function::New(env, CrossEntropyForward));
+  exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

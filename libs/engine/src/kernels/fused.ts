@@ -16,6 +16,8 @@ export const FUSED = {
   splitHeads: "ChatrlSplitHeads",
   mergeHeads: "ChatrlMergeHeads",
   adamw: "ChatrlAdamW",
+  crossEntropy: "ChatrlCrossEntropy",
+  crossEntropyGrad: "ChatrlCrossEntropyGrad",
 } as const;
 
 /** Input names of ChatrlMergeHeads: one per part. */
@@ -211,6 +213,37 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       native.fromHeads(f32(io, inputs[partName(part)]), dst, b, t, parts, part, nh, hs);
     }
     return out;
+  });
+
+  // logits: [N, V], targets: [N] int32 -> nll [N], logSumExp [N]
+  kernel(FUSED.crossEntropy, ({ logits, targets }, _attrs, io) => {
+    const [rows, classes] = logits.shape;
+    const nll = io.alloc([rows], "float32");
+    const lse = io.alloc([rows], "float32");
+    native.crossEntropyForward(
+      f32(io, logits),
+      io.view(targets) as Int32Array,
+      f32(io, nll),
+      f32(io, lse),
+      rows,
+      classes,
+    );
+    return [nll, lse];
+  });
+
+  kernel(FUSED.crossEntropyGrad, ({ logits, targets, lse, dy }, _attrs, io) => {
+    const [rows, classes] = logits.shape;
+    const dLogits = io.alloc([rows, classes], "float32");
+    native.crossEntropyBackward(
+      f32(io, logits),
+      io.view(targets) as Int32Array,
+      f32(io, lse),
+      f32(io, dy),
+      f32(io, dLogits),
+      rows,
+      classes,
+    );
+    return dLogits;
   });
 
   // p, m, v, g (same shape) -> p', m', v' after one AdamW step

@@ -114,6 +114,25 @@ export interface NativeKernels {
     nh: number,
     hs: number,
   ): void;
+  /** nll[i] = logsumexp(logits[i]) - logits[i, targets[i]] (0 for targets out of range). */
+  crossEntropyForward(
+    logits: Float32Array,
+    targets: Int32Array,
+    nll: Float32Array,
+    logSumExp: Float32Array,
+    rows: number,
+    classes: number,
+  ): void;
+  /** dLogits = dNll * (softmax(logits) - onehot(targets)). */
+  crossEntropyBackward(
+    logits: Float32Array,
+    targets: Int32Array,
+    logSumExp: Float32Array,
+    dNll: Float32Array,
+    dLogits: Float32Array,
+    rows: number,
+    classes: number,
+  ): void;
   /** One AdamW step of one tensor (bc1, bc2: the bias corrections 1 - beta^t). */
   adamw(
     p: Float32Array,
