@@ -168,6 +168,18 @@ describe("sft stage jobs", () => {
     });
   });
 
+  it("completes the job of a run cancelled before any worker took it, without training", async () => {
+    const { runId, stageId } = await h.submitRun();
+    await cancelRun(h.tdb.db.prisma, runId);
+    await withWorker(async () => {
+      const done = await jobIn("sft", stageId, "completed");
+      expect(done?.returnvalue).toEqual({ stageId, status: "cancelled", step: 0 });
+    });
+    const stage = (await getStage(h.tdb.db.prisma, stageId))!;
+    expect(stage).toMatchObject({ status: "cancelled", startedAt: null, step: 0 });
+    expect(await listMetrics(h.tdb.db.prisma, runId)).toEqual([]);
+  });
+
   it("hands the stage of a killed worker process to another worker, which resumes from the last checkpoint", async () => {
     const { runId, stageId } = await h.submitRun({ sft: { max_steps: 30, checkpoint_every: 5 } });
     const child = spawnWorkerProcess(h);
