@@ -339,6 +339,24 @@ describe("jobs whose workers keep dying", () => {
   });
 });
 
+describe("one accelerator per worker process", () => {
+  it("runs one stage at a time even when it serves several queues", async () => {
+    await withWorker(async () => {
+      const sft = await h.submitRun({ sft: { max_steps: 20 } });
+      await waitForStep(sft.stageId, 1);
+      // Taken by the reward queue's worker at once, but it must wait for the device.
+      const reward = await h.submitRun({ kinds: ["reward"] });
+      await jobIn("sft", sft.stageId, "completed");
+      await jobIn("reward", reward.stageId, "failed");
+      const sftStage = (await getStage(h.tdb.db.prisma, sft.stageId))!;
+      const rewardStage = (await getStage(h.tdb.db.prisma, reward.stageId))!;
+      expect(rewardStage.finishedAt!.getTime()).toBeGreaterThanOrEqual(
+        sftStage.finishedAt!.getTime(),
+      );
+    });
+  });
+});
+
 describe("stage kinds the worker does not train yet", () => {
   it("fails a reward stage job with a message saying the kind is not implemented", async () => {
     await withWorker(async () => {
