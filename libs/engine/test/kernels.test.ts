@@ -201,6 +201,29 @@ describe("kernel registration", () => {
     clone.dispose();
   });
 
+  it("gathers embedding rows on wasm, and leaves other gathers to the backend", () => {
+    const table = tf.tensor2d([0, 1, 10, 11, 20, 21], [3, 2]);
+    const rows = tf.tidy(() =>
+      tf.gather(table, tf.tensor2d([2, 0, 2, 1], [2, 2], "int32")).arraySync(),
+    );
+    expect(rows).toEqual([
+      [
+        [20, 21],
+        [0, 1],
+      ],
+      [
+        [20, 21],
+        [10, 11],
+      ],
+    ]);
+    const columns = tf.tidy(() => tf.gather(table, tf.tensor1d([1], "int32"), 1).arraySync());
+    expect(columns).toEqual([[1], [11], [21]]);
+    expect(() => tf.tidy(() => tf.gather(table, tf.tensor1d([3], "int32")))).toThrow(
+      /index value 3/,
+    );
+    table.dispose();
+  });
+
   it("registers nothing on backends whose kernels are native already (tfjs-node)", () => {
     const status = installFastKernels("tensorflow");
     expect(status.kernels).toEqual([]);

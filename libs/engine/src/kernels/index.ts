@@ -2,6 +2,7 @@
 // backend, and never on tfjs-node(-gpu), whose TensorFlow kernels are already native.
 import * as tf from "@tensorflow/tfjs";
 import { registerFusedKernels } from "./fused.ts";
+import { rowGather } from "./gather.ts";
 import { sharedIdentity } from "./identity.ts";
 import { nativeBatchMatMul } from "./matmul.ts";
 import { loadNativeKernels, nativeLoadError } from "./native.ts";
@@ -71,7 +72,8 @@ export function installFastKernels(backendName: string = tf.getBackend()): Kerne
     }
     if (backendName === "wasm") {
       replaceKernel("Identity", backendName, sharedIdentity);
-      status.kernels.push("Identity");
+      replaceKernel("GatherV2", backendName, (old) => rowGather(backendName, old));
+      status.kernels.push("Identity", "GatherV2");
     }
     if (tf.getKernel("UnsortedSegmentSum", backendName) === undefined) {
       tf.registerKernel({
