@@ -139,34 +139,41 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     tf.dispose([x, w, q, kv, g, ...batched]);
   });
 
-  it("agrees with the plain ops for attention and layer norm, forward and backward", () => {
-    const q = rand([2, 2, 5, 4], 11) as tf.Tensor4D;
-    const k = rand([2, 2, 5, 4], 12) as tf.Tensor4D;
-    const v = rand([2, 2, 5, 4], 13) as tf.Tensor4D;
-    const [fast, plain] = bothWays(() =>
-      tf.tidy(() => {
-        const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
-          tf.sum(
-            tf.square(
-              layerNorm(
-                causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D),
-                tf.ones([4]),
-                tf.zeros([4]),
-                1e-5,
+  it.each([
+    ["a few positions", 5, 5],
+    ["more positions than one query block", 70, 70],
+    ["queries continuing a cached prefix", 40, 75],
+  ])(
+    "agrees with the plain ops for attention and layer norm, forward and backward: %s",
+    (_, tq, tk) => {
+      const q = rand([2, 2, tq, 4], 11) as tf.Tensor4D;
+      const k = rand([2, 2, tk, 4], 12) as tf.Tensor4D;
+      const v = rand([2, 2, tk, 4], 13) as tf.Tensor4D;
+      const [fast, plain] = bothWays(() =>
+        tf.tidy(() => {
+          const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+            tf.sum(
+              tf.square(
+                layerNorm(
+                  causalAttention(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D),
+                  tf.ones([4]),
+                  tf.zeros([4]),
+                  1e-5,
+                ),
               ),
-            ),
+            );
+          return tf.concat(
+            tf
+              .grads(f)([q, k, v])
+              .map((t) => t.flatten()),
+            0,
           );
-        return tf.concat(
-          tf
-            .grads(f)([q, k, v])
-            .map((t) => t.flatten()),
-          0,
-        );
-      }),
-    );
-    expect(maxRelDiff(fast, plain)).toBeLessThan(1e-4);
-    tf.dispose([q, k, v]);
-  });
+        }),
+      );
+      expect(maxRelDiff(fast, plain)).toBeLessThan(1e-4);
+      tf.dispose([q, k, v]);
+    },
+  );
 
   it("sums embedding gradients into their rows (UnsortedSegmentSum)", () => {
     const out = tf.tidy(() =>

@@ -255,12 +255,19 @@ Napi::Value ColumnSum(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// Causal softmax of one [tq, tk] block of scores in place: query i sees keys 0..(tk - tq + i).
-void CausalSoftmaxRows(float* p, int tq, int tk) {
-  const int offset = tk - tq;
-  for (int i = 0; i < tq; ++i) {
-    float* row = p + static_cast<int64_t>(i) * tk;
-    const int seen = std::min(tk, std::max(0, offset + i + 1));
+// Queries per block of the attention loops: block b only multiplies with the keys its last
+// query can see, which skips about 3/8 of the products at 128 positions.
+constexpr int kQueryBlock = 32;
+
+// Keys visible to the first `queries` queries of tq (query i sees keys 0..tk - tq + i).
+int VisibleKeys(int queries, int tq, int tk) { return std::min(tk, std::max(0, tk - tq + queries)); }
+
+// Causal softmax in place of `rows` rows of scores (row stride tk), the first being query
+// `first` of tq. Keys a query cannot see get probability 0.
+void CausalSoftmaxRows(float* p, int rows, int tk, int first, int tq) {
+  for (int r = 0; r < rows; ++r) {
+    float* row = p + static_cast<int64_t>(r) * tk;
+    const int seen = VisibleKeys(first + r + 1, tq, tk);
     float mx = -INFINITY;
     for (int j = 0; j < seen; ++j) mx = std::max(mx, row[j]);
     float sum = 0.0f;
@@ -287,12 +294,35 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   const float* v = k ? FloatData(info[2], bh * tk * hs, "v", env) : nullptr;
   float* out = v ? FloatData(info[3], bh * tq * hs, "out", env) : nullptr;
   float* probs = out ? FloatData(info[4], bh * tq * tk, "probs", env) : nullptr;
-  if (probs == nullptr || tq == 0 || tk == 0 || hs == 0) return env.Undefined();
+  if (probs == nullptr) return env.Undefined();
+  if (tq == 0 || tk == 0 || hs == 0) {
+    std::fill(out, out + bh * tq * hs, 0.0f);
+    return env.Undefined();
+  }
   ParallelFor(bh, bh * tq * tk * hs * 2, [&](int64_t i, int) {
     float* p = probs + i * tq * tk;
-    Gemm(false, true, tq, tk, hs, scale, q + i * tq * hs, hs, k + i * tk * hs, hs, 0.0f, p, tk);
-    CausalSoftmaxRows(p, tq, tk);
-    Gemm(false, false, tq, hs, tk, 1.0f, p, tk, v + i * tk * hs, hs, 0.0f, out + i * tq * hs, hs);
+    const float* qi = q + i * tq * hs;
+    const float* ki = k + i * tk * hs;
+    const float* vi = v + i * tk * hs;
+    float* oi = out + i * tq * hs;
+    // Query blocks see a growing prefix of the keys: skip the products with keys they cannot see.
+    for (int r0 = 0; r0 < tq; r0 += kQueryBlock) {
+      const int rows = std::min(kQueryBlock, tq - r0);
+      const int keys = VisibleKeys(r0 + rows, tq, tk);
+      float* pb = p + static_cast<int64_t>(r0) * tk;
+      if (keys > 0) {
+        Gemm(false, true, rows, keys, hs, scale, qi + static_cast<int64_t>(r0) * hs, hs, ki, hs,
+             0.0f, pb, tk);
+      }
+      CausalSoftmaxRows(pb, rows, tk, r0, tq);
+      if (keys > 0) {
+        Gemm(false, false, rows, hs, keys, 1.0f, pb, tk, vi, hs, 0.0f,
+             oi + static_cast<int64_t>(r0) * hs, hs);
+      } else {
+        std::fill(oi + static_cast<int64_t>(r0) * hs, oi + static_cast<int64_t>(r0 + rows) * hs,
+                  0.0f);
+      }
+    }
   });
   return env.Undefined();
 }
@@ -326,18 +356,38 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   ParallelFor(bh, bh * tq * tk * hs * 4, [&](int64_t i, int worker) {
     const float* p = probs + i * tq * tk;
     const float* dO = dOut + i * tq * hs;
+    const float* qi = q + i * tq * hs;
+    const float* ki = k + i * tk * hs;
+    const float* vi = v + i * tk * hs;
+    float* dqi = dq + i * tq * hs;
+    float* dki = dk + i * tk * hs;
+    float* dvi = dv + i * tk * hs;
     float* ds = scratch[worker].data();
-    Gemm(true, false, tk, hs, tq, 1.0f, p, tk, dO, hs, 0.0f, dv + i * tk * hs, hs);
-    Gemm(false, true, tq, tk, hs, 1.0f, dO, hs, v + i * tk * hs, hs, 0.0f, ds, tk);
-    for (int r = 0; r < tq; ++r) {
-      const float* pr = p + static_cast<int64_t>(r) * tk;
-      float* dr = ds + static_cast<int64_t>(r) * tk;
-      float dot = 0.0f;
-      for (int j = 0; j < tk; ++j) dot += pr[j] * dr[j];
-      for (int j = 0; j < tk; ++j) dr[j] = pr[j] * (dr[j] - dot);
+    std::fill(dki, dki + static_cast<int64_t>(tk) * hs, 0.0f);
+    std::fill(dvi, dvi + static_cast<int64_t>(tk) * hs, 0.0f);
+    for (int r0 = 0; r0 < tq; r0 += kQueryBlock) {
+      const int rows = std::min(kQueryBlock, tq - r0);
+      const int keys = VisibleKeys(r0 + rows, tq, tk);
+      float* dqb = dqi + static_cast<int64_t>(r0) * hs;
+      if (keys == 0) {
+        std::fill(dqb, dqb + static_cast<int64_t>(rows) * hs, 0.0f);
+        continue;
+      }
+      const float* pb = p + static_cast<int64_t>(r0) * tk;
+      const float* dOb = dO + static_cast<int64_t>(r0) * hs;
+      const float* qb = qi + static_cast<int64_t>(r0) * hs;
+      Gemm(true, false, keys, hs, rows, 1.0f, pb, tk, dOb, hs, 1.0f, dvi, hs);  // dv += P^T dO
+      Gemm(false, true, rows, keys, hs, 1.0f, dOb, hs, vi, hs, 0.0f, ds, keys);  // dP = dO v^T
+      for (int r = 0; r < rows; ++r) {
+        const float* pr = pb + static_cast<int64_t>(r) * tk;
+        float* dr = ds + static_cast<int64_t>(r) * keys;
+        float dot = 0.0f;
+        for (int j = 0; j < keys; ++j) dot += pr[j] * dr[j];
+        for (int j = 0; j < keys; ++j) dr[j] = pr[j] * (dr[j] - dot);
+      }
+      Gemm(false, false, rows, hs, keys, scale, ds, keys, ki, hs, 0.0f, dqb, hs);  // dq = s dS k
+      Gemm(true, false, keys, hs, rows, scale, ds, keys, qb, hs, 1.0f, dki, hs);  // dk += s dS^T q
     }
-    Gemm(false, false, tq, hs, tk, scale, ds, tk, k + i * tk * hs, hs, 0.0f, dq + i * tq * hs, hs);
-    Gemm(true, false, tk, hs, tq, scale, ds, tk, q + i * tq * hs, hs, 0.0f, dk + i * tk * hs, hs);
   });
   return env.Undefined();
 }
