@@ -227,6 +227,32 @@ describe("sft stage jobs", () => {
     expect(steps).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
   });
 
+  it("stops writing when it loses the job's lock, and the job resumes from the last checkpoint", async () => {
+    const { runId, stageId } = await h.submitRun({
+      sft: { max_steps: 150, checkpoint_every: 10 },
+    });
+    await withWorker(async () => {
+      await waitUntil(
+        async () =>
+          ((await latestCheckpoint(h.tdb.db.prisma, stageId))?.step ?? 0) >= 10 || undefined,
+        30_000,
+        "the first periodic checkpoint",
+      );
+      // As if Redis lost the lock (failover, eviction): the next renewal fails.
+      await h.connection.del(`${h.redis.prefix}:${STAGE_QUEUES.sft}:${stageId}:lock`);
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage.step).toBe(150);
+    });
+    const messages = await eventMessages(runId);
+    const resumed = messages.filter((m) => m.startsWith("sft resumed from step "));
+    expect(resumed).toHaveLength(1);
+    // The attempt that lost the lock wrote no shutdown checkpoint and no "paused" event.
+    expect(messages.some((m) => m.startsWith("sft paused"))).toBe(false);
+    const steps = (await listCheckpoints(h.tdb.db.prisma, runId)).map((c) => c.step);
+    expect(new Set(steps).size).toBe(steps.length);
+    expect(steps.every((step) => step % 10 === 0)).toBe(true);
+  });
+
   it("on SIGTERM checkpoints the stage where it is and puts it back in the queue for the next worker", async () => {
     const { runId, stageId } = await h.submitRun({ sft: { max_steps: 60, checkpoint_every: 50 } });
     const healthPort = await freePort();
