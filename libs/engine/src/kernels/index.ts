@@ -75,14 +75,15 @@ export function installFastKernels(backendName: string = tf.getBackend()): Kerne
       replaceKernel("GatherV2", backendName, (old) => rowGather(backendName, old));
       status.kernels.push("Identity", "GatherV2");
     }
+    // wasm lacks UnsortedSegmentSum (the gather gradient); the cpu backend's builds a mask per
+    // segment, quadratic in the vocabulary. One loop over the rows serves both.
+    const segmentSum = unsortedSegmentSum(backendName);
     if (tf.getKernel("UnsortedSegmentSum", backendName) === undefined) {
-      tf.registerKernel({
-        kernelName: "UnsortedSegmentSum",
-        backendName,
-        kernelFunc: unsortedSegmentSum(backendName),
-      });
-      status.kernels.push("UnsortedSegmentSum");
+      tf.registerKernel({ kernelName: "UnsortedSegmentSum", backendName, kernelFunc: segmentSum });
+    } else {
+      replaceKernel("UnsortedSegmentSum", backendName, () => segmentSum);
     }
+    status.kernels.push("UnsortedSegmentSum");
   }
   installed.set(backendName, status);
   return status;
