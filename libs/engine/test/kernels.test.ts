@@ -8,6 +8,7 @@ import {
   setFastKernelsEnabled,
   setNativeThreads,
 } from "../src/kernels/index.ts";
+import { transposingBatchMatMul } from "../src/kernels/matmul.ts";
 import { loadAddon } from "../src/kernels/native.ts";
 import { causalAttention, layerNorm, linear } from "../src/ops.ts";
 import { initBackend, tf } from "../src/index";
@@ -229,6 +230,38 @@ describe("kernel registration", () => {
       /index value 3/,
     );
     table.dispose();
+  });
+
+  it("without the addon, multiplies transposed operands through explicit transposes", () => {
+    // The fallback kernel wasm gets when the addon is missing, tried under a test name against
+    // the backend's own transposed products (native paths off on both sides).
+    const name = "TestTransposingBatchMatMul";
+    const own = tf.getKernel("BatchMatMul", "wasm")?.kernelFunc as tf.KernelFunc;
+    const transpose = tf.getKernel("Transpose", "wasm")?.kernelFunc as tf.KernelFunc;
+    tf.registerKernel({
+      kernelName: name,
+      backendName: "wasm",
+      kernelFunc: transposingBatchMatMul(transpose, own),
+    });
+    setFastKernelsEnabled(false);
+    const a = rand([2, 6, 5], 21);
+    const b = rand([2, 4, 6], 22);
+    const buffers = tf.memory().numDataBuffers;
+    for (const [ta, tb, x, y] of [
+      [true, false, a, rand([2, 6, 4], 23)],
+      [false, true, rand([2, 5, 6], 24), b],
+      [true, true, a, b],
+    ] as const) {
+      const got = tf.engine().runKernel(name, { a: x, b: y }, { transposeA: ta, transposeB: tb });
+      const want = tf.matMul(x, y, ta, tb);
+      expect((got as tf.Tensor).shape).toEqual(want.shape);
+      expect(
+        maxRelDiff((got as tf.Tensor).dataSync() as Float32Array, want.dataSync() as Float32Array),
+      ).toBeLessThan(1e-5);
+      tf.dispose([got as tf.Tensor, want]);
+    }
+    expect(tf.memory().numDataBuffers).toBe(buffers + 2); // the two operands made in the loop
+    tf.unregisterKernel(name, "wasm");
   });
 
   it("registers nothing on backends whose kernels are native already (tfjs-node)", () => {

@@ -4,7 +4,7 @@ import * as tf from "@tensorflow/tfjs";
 import { registerFusedKernels } from "./fused.ts";
 import { rowGather } from "./gather.ts";
 import { sharedIdentity } from "./identity.ts";
-import { nativeBatchMatMul } from "./matmul.ts";
+import { nativeBatchMatMul, transposingBatchMatMul } from "./matmul.ts";
 import { loadNativeKernels, nativeLoadError } from "./native.ts";
 import { unsortedSegmentSum } from "./segment-sum.ts";
 
@@ -69,6 +69,15 @@ export function installFastKernels(backendName: string = tf.getBackend()): Kerne
       status.native = true;
     } else {
       status.nativeError = nativeLoadError();
+      if (backendName === "wasm") {
+        const transpose = tf.getKernel("Transpose", backendName)?.kernelFunc;
+        if (transpose) {
+          replaceKernel("BatchMatMul", backendName, (old) =>
+            transposingBatchMatMul(transpose, old),
+          );
+          status.kernels.push("BatchMatMul");
+        }
+      }
     }
     if (backendName === "wasm") {
       replaceKernel("Identity", backendName, sharedIdentity);

@@ -87,3 +87,42 @@ export function nativeBatchMatMul(
     return out;
   };
 }
+
+/**
+ * The wasm backend's BatchMatMul with its transpose flags replaced by explicit transposes:
+ * the backend multiplies plain layouts 10-30x faster than transposed ones. For machines
+ * without the native addon.
+ */
+export function transposingBatchMatMul(
+  transposeKernel: tf.KernelFunc,
+  fallback: tf.KernelFunc,
+): tf.KernelFunc {
+  return (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    if (!transposeA && !transposeB) return fallback(args);
+    const backend = args.backend as unknown as { disposeData(id: tf.DataId): void };
+    const swapLast = (t: tf.TensorInfo) => {
+      const perm = t.shape.map((_, i) => i);
+      [perm[perm.length - 2], perm[perm.length - 1]] = [
+        perm[perm.length - 1],
+        perm[perm.length - 2],
+      ];
+      return transposeKernel({
+        inputs: { x: t },
+        backend: args.backend,
+        attrs: { perm },
+      }) as tf.TensorInfo;
+    };
+    const aPlain = transposeA ? swapLast(a) : a;
+    const bPlain = transposeB ? swapLast(b) : b;
+    const out = fallback({
+      ...args,
+      inputs: { a: aPlain, b: bPlain },
+      attrs: { ...args.attrs, transposeA: false, transposeB: false },
+    });
+    if (transposeA) backend.disposeData(aPlain.dataId);
+    if (transposeB) backend.disposeData(bPlain.dataId);
+    return out;
+  };
+}
