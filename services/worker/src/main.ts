@@ -1,18 +1,31 @@
 // Entry point: a worker process serving the stage queues named by CHATRL_QUEUES.
-import { loadConfig } from "@chatrl/contracts";
+import { ConfigError, loadConfig } from "@chatrl/contracts";
 import { openDatabase } from "@chatrl/db";
-import { checkRedis, redisConnection } from "@chatrl/queue";
+import { checkRedis, QueueUnavailableError, redisConnection } from "@chatrl/queue";
 import closeWithGrace from "close-with-grace";
 import { pino } from "pino";
 import { buildHealthApp } from "./health.ts";
 import { loadWorkerOptions } from "./options.ts";
 import { startWorker } from "./worker.ts";
 
-const config = loadConfig(process.env);
-const options = loadWorkerOptions(process.env);
+/** Bad configuration or an unreachable Redis: one line for the operator, no stack trace. */
+async function orExit<T>(step: () => T | Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    if (!(error instanceof ConfigError || error instanceof QueueUnavailableError)) throw error;
+    console.error(error.message);
+    process.exit(1);
+  }
+}
+
+const { config, options } = await orExit(() => ({
+  config: loadConfig(process.env),
+  options: loadWorkerOptions(process.env),
+}));
 const logger = pino({ name: "worker", level: config.logLevel });
 
-await checkRedis(config.redisUrl);
+await orExit(() => checkRedis(config.redisUrl));
 const db = await openDatabase(config);
 const connection = redisConnection(config.redisUrl);
 const worker = await startWorker(config, { db, connection, logger }, options);

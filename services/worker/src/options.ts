@@ -1,6 +1,7 @@
 // Queue timing of a worker: how long it holds a job's lock and how soon a dead worker's job is
 // handed to another one. Training steps are synchronous tensor work, so the lock is renewed only
 // between steps: lockDurationMs must exceed the longest single optimizer step.
+import { ConfigError } from "@chatrl/contracts";
 import { z } from "zod";
 
 export type WorkerOptions = {
@@ -36,11 +37,7 @@ const envSchema = z.object({
 /** Worker timing from the environment (entry points only); unset variables keep the defaults. */
 export function loadWorkerOptions(env: Record<string, string | undefined>): WorkerOptions {
   const parsed = envSchema.safeParse(env);
-  if (!parsed.success) {
-    throw new Error(
-      `invalid worker configuration: ${parsed.error.issues.map((i) => i.message).join("; ")}`,
-    );
-  }
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.map((i) => i.message));
   const e = parsed.data;
   return {
     lockDurationMs: e.CHATRL_WORKER_LOCK_MS ?? DEFAULT_WORKER_OPTIONS.lockDurationMs,

@@ -159,7 +159,10 @@ export async function waitUntil<T>(
 const MAIN = fileURLToPath(new URL("../src/main.ts", import.meta.url));
 
 /** The worker's real entry point in its own process, configured by environment variables. */
-export function spawnWorkerProcess(h: Harness, opts: { healthPort?: number } = {}): ChildProcess {
+export function spawnWorkerProcess(
+  h: Harness,
+  opts: { healthPort?: number; env?: Record<string, string>; captureStderr?: boolean } = {},
+): ChildProcess {
   const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
     env: {
       ...process.env,
@@ -174,8 +177,9 @@ export function spawnWorkerProcess(h: Harness, opts: { healthPort?: number } = {
       // A dead child's job must come back quickly (but the lock must outlast one step).
       CHATRL_WORKER_LOCK_MS: String(FAST_TIMING.lockDurationMs),
       CHATRL_WORKER_STALLED_INTERVAL_MS: String(FAST_TIMING.stalledIntervalMs),
+      ...opts.env,
     },
-    stdio: ["ignore", "inherit", "inherit"],
+    stdio: ["ignore", "inherit", opts.captureStderr ? "pipe" : "inherit"],
   });
   return child;
 }

@@ -401,6 +401,23 @@ describe("stage kinds the worker does not train yet", () => {
   });
 });
 
+describe("the worker's entry point", () => {
+  it("refuses a bad setting with one line naming the variable, and exits 1", async () => {
+    const child = spawnWorkerProcess(h, {
+      env: { CHATRL_WORKER_LOCK_MS: "soon" },
+      captureStderr: true,
+    });
+    let stderr = "";
+    child.stderr?.on("data", (chunk) => {
+      stderr += chunk;
+    });
+    const exit = await exited(child);
+    expect(exit.code).toBe(1);
+    expect(stderr).toContain("CHATRL_WORKER_LOCK_MS must be a number");
+    expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
+  });
+});
+
 describe("worker options", () => {
   it("reads lock timing from the environment and names a bad variable", () => {
     expect(
