@@ -3,9 +3,10 @@
 // Each returns a tensor its caller owns; call them inside tf.tidy.
 //
 // On the wasm and cpu backends with the native addon built (scripts/build-native.sh), linear,
-// causalAttention and layerNorm run as fused OpenBLAS/C++ kernels with hand-written gradients
-// (./kernels); everywhere else, and with setFastKernelsEnabled(false), they are the plain tfjs
-// compositions below, which the tests hold the fused ones to.
+// causalAttention, layerNorm, splitHeads/mergeHeads, crossEntropy and adamwUpdate run as fused
+// OpenBLAS/C++ kernels with hand-written gradients (./kernels, docs/decisions/0004); everywhere
+// else, and after setFastKernelsEnabled(false), they are the plain tfjs compositions below, which
+// the tests hold the fused ones to.
 import * as tf from "@tensorflow/tfjs";
 import { FUSED, fusedKernelsActive, partName } from "./kernels/index.ts";
 
@@ -35,7 +36,7 @@ export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
  * (Tk > Tq) sees the whole prefix.
  */
 export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor4D {
-  if (fusedKernelsActive()) return fusedAttention(q, k, v) as tf.Tensor4D;
+  if (fusedKernelsActive() && q.dtype === "float32") return fusedAttention(q, k, v) as tf.Tensor4D;
   const [, , tq, hs] = q.shape;
   const tk = k.shape[2];
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)); // [B, nh, Tq, Tk]
