@@ -26,7 +26,10 @@ export interface PlatformOptions {
   log?: (line: string) => void;
 }
 
-export async function startPlatform(config: ChatrlConfig, opts: PlatformOptions = {}): Promise<Platform> {
+export async function startPlatform(
+  config: ChatrlConfig,
+  opts: PlatformOptions = {},
+): Promise<Platform> {
   const log = opts.log ?? (() => {});
   await checkRedis(config.redisUrl);
   if (config.databaseUrl && (await ensureDatabaseExists(config.databaseUrl))) {

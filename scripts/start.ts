@@ -41,7 +41,9 @@ if (process.argv.includes("--example")) {
     process.exitCode = 1;
   }
 }
-log(`serving: api ${platform.apiUrl}, chat ${platform.inferenceUrl}/v1/chat/completions (Ctrl-C stops)`);
+log(
+  `serving: api ${platform.apiUrl}, chat ${platform.inferenceUrl}/v1/chat/completions (Ctrl-C stops)`,
+);
 
 async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
   const api = createChatrlClient({ baseUrl: apiUrl, apiKey: config.apiKeys[0] });
@@ -49,12 +51,21 @@ async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
   const dataset = await api.uploadDataset("sft-basics", jsonl);
   log(`uploaded dataset ${dataset.id} (${dataset.rows} ${dataset.format} rows)`);
 
-  const spec = JSON.parse(await readFile(new URL("../examples/sft-tiny.json", import.meta.url), "utf8"));
+  const spec = JSON.parse(
+    await readFile(new URL("../examples/sft-tiny.json", import.meta.url), "utf8"),
+  );
   spec.datasets[0].id = dataset.id;
   const run = await api.createRun(spec);
-  log(`created run ${run.id}; following it (the same as \`npm run chatrl -- runs follow ${run.id}\`)`);
+  log(
+    `created run ${run.id}; following it (the same as \`npm run chatrl -- runs follow ${run.id}\`)`,
+  );
 
-  const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env };
+  const io = {
+    stdin: process.stdin,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+  };
   const urls = ["--api-url", apiUrl, "--inference-url", inferenceUrl];
   const followed = await runCli([...urls, "runs", "follow", run.id], io);
   if (followed !== 0) throw new Error(`run ${run.id} did not succeed`);

@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import { loadConfig } from "@chatrl/contracts";
+import { type components, loadConfig } from "@chatrl/contracts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Platform, startPlatform } from "../scripts/platform.ts";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
@@ -36,7 +36,9 @@ async function api(path: string, init: RequestInit = {}): Promise<Response> {
   return fetch(`${platform.apiUrl}${path}`, init);
 }
 
-async function json<T = any>(res: Response, status: number): Promise<T> {
+type Schemas = components["schemas"];
+
+async function json<T>(res: Response, status: number): Promise<T> {
   const body = await res.text();
   expect(res.status, body).toBe(status);
   return JSON.parse(body) as T;
@@ -45,7 +47,7 @@ async function json<T = any>(res: Response, status: number): Promise<T> {
 describe("a supervised fine-tuning run, end to end", () => {
   it("trains the example dataset, stores a verifiable checkpoint and serves it for chat", async () => {
     const jsonl = await readFile(new URL("../examples/sft-basics.jsonl", import.meta.url), "utf8");
-    const dataset = await json(
+    const dataset = await json<Schemas["Dataset"]>(
       await api("/v1/datasets?name=sft-basics", {
         method: "POST",
         headers: { "content-type": "application/x-ndjson" },
@@ -73,7 +75,7 @@ describe("a supervised fine-tuning run, end to end", () => {
       compute: { device: "cpu", price_per_hour: 2 },
       seed: 7,
     };
-    const created = await json(
+    const created = await json<Schemas["Run"]>(
       await api("/v1/runs", {
         method: "POST",
         headers: { "content-type": "application/json" },
@@ -86,7 +88,7 @@ describe("a supervised fine-tuning run, end to end", () => {
     let run = created;
     for (let i = 0; i < 600 && !["succeeded", "failed", "cancelled"].includes(run.status); i++) {
       await sleep(250);
-      run = await json(await api(`/v1/runs/${created.id}`), 200);
+      run = await json<Schemas["Run"]>(await api(`/v1/runs/${created.id}`), 200);
     }
     expect(run.status, JSON.stringify(run)).toBe("succeeded");
     const [sft] = run.stages;
@@ -95,26 +97,38 @@ describe("a supervised fine-tuning run, end to end", () => {
     expect(sft.tokens).toBeGreaterThan(0);
     expect(sft.cost_usd).toBeCloseTo((2 * sft.device_seconds) / 3600, 6);
 
-    const checkpoints = await json(await api(`/v1/runs/${run.id}/checkpoints`), 200);
-    const steps = checkpoints.data.map((c: { step: number }) => c.step).sort((a: number, b: number) => a - b);
+    const checkpoints = await json<Schemas["CheckpointList"]>(
+      await api(`/v1/runs/${run.id}/checkpoints`),
+      200,
+    );
+    const steps = checkpoints.data
+      .map((c: { step: number }) => c.step)
+      .sort((a: number, b: number) => a - b);
     expect(steps).toEqual([20, 40]);
-    const final = checkpoints.data.find((c: { step: number }) => c.step === 40);
+    const final = checkpoints.data.find((c) => c.step === 40);
+    if (!final) throw new Error("no final checkpoint at step 40");
     const content = await api(`/v1/checkpoints/${final.id}/content`);
     expect(content.status).toBe(200);
     const bytes = Buffer.from(await content.arrayBuffer());
     expect(bytes.length).toBe(final.bytes);
     expect(createHash("sha256").update(bytes).digest("hex")).toBe(final.sha256);
 
-    const metrics = await json(await api(`/v1/runs/${run.id}/metrics?stage=sft&name=loss`), 200);
+    const metrics = await json<Schemas["MetricList"]>(
+      await api(`/v1/runs/${run.id}/metrics?stage=sft&name=loss`),
+      200,
+    );
     const losses = metrics.data.map((m: { value: number }) => m.value);
     expect(losses.length).toBeGreaterThanOrEqual(3);
     expect(losses.at(-1)).toBeLessThan(losses[0] * 0.8);
 
-    const models = await json(await fetch(`${platform.inferenceUrl}/v1/models`), 200);
+    const models = await json<Schemas["ModelList"]>(
+      await fetch(`${platform.inferenceUrl}/v1/models`),
+      200,
+    );
     const model = `run-${run.id}-sft`;
     expect(models.data.map((m: { id: string }) => m.id)).toContain(model);
 
-    const completion = await json(
+    const completion = await json<Schemas["ChatCompletion"]>(
       await fetch(`${platform.inferenceUrl}/v1/chat/completions`, {
         method: "POST",
         headers: { "content-type": "application/json" },
@@ -134,8 +148,12 @@ describe("a supervised fine-tuning run, end to end", () => {
       completion.usage.prompt_tokens + completion.usage.completion_tokens,
     );
 
-    const costs = await json(await api("/v1/dashboard/costs?group_by=run"), 200);
-    const row = costs.data.find((r: { key: string }) => r.key === run.id);
+    const costs = await json<Schemas["CostSummary"]>(
+      await api("/v1/dashboard/costs?group_by=run"),
+      200,
+    );
+    const row = costs.data.find((r) => r.key === run.id);
+    if (!row) throw new Error(`no cost row for ${run.id}`);
     expect(row.cost_usd).toBeCloseTo(sft.cost_usd, 6);
   });
 });
