@@ -31,7 +31,11 @@ export async function startPlatform(
   opts: PlatformOptions = {},
 ): Promise<Platform> {
   const log = opts.log ?? (() => {});
-  await checkRedis(config.redisUrl);
+  await checkRedis(config.redisUrl).catch((err: Error) => {
+    throw new Error(
+      `${err.message.replace(/\.$/, "")}. Start a Redis server (redis-server) or set REDIS_URL.`,
+    );
+  });
   if (config.databaseUrl && (await ensureDatabaseExists(config.databaseUrl))) {
     log("database: created");
   }
