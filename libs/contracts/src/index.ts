@@ -4,3 +4,4 @@ export type { components, operations, paths } from "./generated/openapi.ts";
 export * from "./openapi.ts";
 export * from "./rows.ts";
 export * from "./run-spec.ts";
+export * from "./fastify-auth.ts";

@@ -1,9 +1,14 @@
 import { randomBytes } from "node:crypto";
-import { type ChatrlConfig, errorsPlugin, openApiPlugin, type StageKind } from "@chatrl/contracts";
+import {
+  authPlugin,
+  type ChatrlConfig,
+  errorsPlugin,
+  openApiPlugin,
+  type StageKind,
+} from "@chatrl/contracts";
 import type { Database } from "@chatrl/db";
 import type { FlowProducer, Queue } from "bullmq";
 import Fastify, { type FastifyInstance } from "fastify";
-import { authPlugin } from "./plugins/auth.ts";
 import { dbPlugin } from "./plugins/db.ts";
 import { queuePlugin } from "./plugins/queue.ts";
 import checkpointRoutes from "./routes/checkpoints.ts";

@@ -1,10 +1,9 @@
 // The inference service: OpenAI-compatible /v1/models and /v1/chat/completions over the
 // checkpoints in Postgres, plus health checks.
-import { type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
+import { authPlugin, type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
 import type { Database } from "@chatrl/db";
 import Fastify, { type FastifyInstance } from "fastify";
 import type { RegistryOptions } from "./model-registry.ts";
-import authPlugin from "./plugins/auth.ts";
 import dbPlugin from "./plugins/db.ts";
 import modelsPlugin from "./plugins/models.ts";
 import chatCompletionRoutes from "./routes/chat-completions.ts";

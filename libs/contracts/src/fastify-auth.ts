@@ -1,12 +1,12 @@
-// Bearer keys from CHATRL_API_KEYS, as OpenAI clients send them, checked like the api checks
-// them. With no keys configured the service is open (local use). Operations marked
-// `security: []` in openapi.yaml (health checks) are always open.
-import { ApiError } from "@chatrl/contracts";
+// Bearer-key authentication shared by the api and the inference service, as OpenAI clients send
+// keys. No keys configured means no authentication (a local, single-user setup). Routes whose
+// openapi.yaml operation says `security: []` (health checks) are always open.
 import bearerAuth from "@fastify/bearer-auth";
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
+import { ApiError } from "./fastify-errors.ts";
 
-export default fp(
+export const authPlugin = fp(
   async (app: FastifyInstance, opts: { apiKeys: string[] }) => {
     if (opts.apiKeys.length === 0) return;
     // The library compares keys in constant time; we only decide which routes it guards.
@@ -17,18 +17,17 @@ export default fp(
     });
     const verify = app.verifyBearerAuth!;
     app.addHook("onRequest", (request, reply, done) => {
-      if ((request.routeOptions.config as { public?: boolean }).public) return done();
+      if (request.routeOptions.config.public) return done();
       verify(request, reply, (error) => {
         if (!error) return done();
         reply.header("www-authenticate", 'Bearer realm="chatrl"');
         done(
           new ApiError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'", {
-            type: "authentication_error",
             code: "invalid_api_key",
           }),
         );
       });
     });
   },
-  { name: "auth" },
+  { name: "chatrl-auth", fastify: "5.x" },
 );
