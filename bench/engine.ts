@@ -190,6 +190,10 @@ async function benchDecode() {
   };
 }
 
+function hostedThreads(backend: { name: string; threads: number }): number {
+  return backend.name === "wasm" || backend.name === "cpu" ? 1 : backend.threads;
+}
+
 async function main() {
   const backend = await initBackend(args.backend as BackendName | undefined);
   if (args.threads) setNativeThreads(Number(args.threads));
@@ -202,7 +206,8 @@ async function main() {
   const decode = await benchDecode();
   const report = {
     backend: backend.name,
-    threads: kernels.native && !args.plain ? nativeThreads() : backend.threads,
+    // Native kernels run on their own threads; without them wasm and cpu compute on this one.
+    threads: kernels.native && !args.plain ? nativeThreads() : hostedThreads(backend),
     cores: availableParallelism(),
     native_kernels: kernels.native && !args.plain,
     blas: native && !args.plain ? native.blasInfo().config : null,
