@@ -164,7 +164,7 @@ async function benchDecode() {
     for (let t = 0; t < newTokens; t++) {
       const next = tf.tidy(() => {
         const ids = tf.tensor2d(rows.flat(), [BATCH, rows[0].length], "int32");
-        const logits = model.forward(ids); // [B, T, V]
+        const logits = model.forward(ids, { training: true }); // the full-sequence path; [B, T, V]
         const last = logits
           .slice([0, rows[0].length - 1, 0], [BATCH, 1, 256])
           .reshape([BATCH, 256]);
