@@ -1,7 +1,8 @@
-// Fused kernels behind ops.ts (linear, causal attention, layer norm), registered under chatrl's
-// own kernel names on the wasm and cpu backends and run through tf.engine().runKernel, so they
-// show up in tf.profile and their outputs are tracked like any other tensor. Each forward kernel
-// has a matching gradient kernel; ops.ts wires the two together with tf.customGrad.
+// Fused kernels behind ops.ts (linear, attention, layer norm, heads, cross-entropy, AdamW),
+// registered under chatrl's own kernel names on the wasm and cpu backends and run through
+// tf.engine().runKernel, so they show up in tf.profile and their outputs are tracked like any
+// other tensor. Each forward kernel has a matching gradient kernel; ops.ts wires the two
+// together with tf.customGrad.
 import * as tf from "@tensorflow/tfjs";
 import type { NativeKernels } from "./native.ts";
 import { dataAccess } from "./views.ts";
@@ -45,13 +46,9 @@ function registerHeadGradients() {
     kernelName: FUSED.mergeHeads,
     gradFunc: (dy, _saved, attrs) => {
       const a = attrs as { heads: number; parts: number };
-      let split: tf.Tensor[] | undefined;
-      const part = (i: number) => () => {
-        split ??= [
-          tf.engine().runKernel(FUSED.splitHeads, { x: dy as tf.Tensor }, a) as tf.Tensor,
-        ].flat();
-        return split[i];
-      };
+      // tfjs runs each input's gradient in its own tidy, which releases the other parts.
+      const part = (i: number) => () =>
+        [tf.engine().runKernel(FUSED.splitHeads, { x: dy as tf.Tensor }, a) as tf.Tensor].flat()[i];
       return Object.fromEntries(Array.from({ length: a.parts }, (_, i) => [partName(i), part(i)]));
     },
   });
