@@ -73,6 +73,9 @@ async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
   const model = `run-${run.id}-sft`;
   const question = "What is 2 plus 3?";
   log(`asking ${model}: ${question}`);
-  await runCli([...urls, "chat", "--model", model, "--message", question], io);
+  await runCli(
+    [...urls, "chat", "--model", model, "--temperature", "0", "--message", question],
+    io,
+  );
   log(`chat with it: npm run chatrl -- chat --model ${model}`);
 }
