@@ -10,7 +10,15 @@ import {
 } from "../src/kernels/index.ts";
 import { transposingBatchMatMul } from "../src/kernels/matmul.ts";
 import { loadAddon } from "../src/kernels/native.ts";
-import { causalAttention, layerNorm, linear } from "../src/ops.ts";
+import {
+  adamwUpdate,
+  causalAttention,
+  crossEntropy,
+  layerNorm,
+  linear,
+  mergeHeads,
+  splitHeads,
+} from "../src/ops.ts";
 import { initBackend, tf } from "../src/index";
 
 let defaultThreads = 1;
@@ -104,40 +112,75 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     });
   }
 
-  it("gives the same products, attention and norms on one thread and on two", () => {
-    // Large enough (> 8M multiply-adds) that the two-thread paths are taken.
+  it("gives the same results on one thread and on two", () => {
+    // Large enough (8M multiply-adds, 256K elements) that the two-thread paths are taken.
     const x = rand([256, 256], 3);
     const w = rand([256, 300], 4);
     const q = rand([2, 16, 64, 64], 5) as tf.Tensor4D;
     const kv = rand([2, 16, 64, 64], 6) as tf.Tensor4D;
     const g = rand([300], 7) as tf.Tensor1D;
     const batched = [rand([64, 64, 64], 8), rand([64, 64, 64], 9)];
-    const compute = () =>
+    const rows = rand([1024, 300], 10);
+    const logits = rand([1100, 256], 11) as tf.Tensor2D;
+    const targets = tf.tensor1d(
+      Array.from({ length: 1100 }, (_, i) => (i % 7 === 0 ? -1 : (i * 31) % 256)),
+      "int32",
+    );
+    const qkv = rand([8, 128, 768], 12) as tf.Tensor3D;
+    const compute = () => {
+      const out: Float32Array[] = [];
       tf.tidy(() => {
-        const grads = tf.grads((qq: tf.Tensor, kk: tf.Tensor) =>
+        const attentionGrads = tf.grads((qq: tf.Tensor, kk: tf.Tensor) =>
           tf.sum(causalAttention(qq as tf.Tensor4D, kk as tf.Tensor4D, kv)),
         )([q, kv]);
-        return [
+        const normGrads = tf.grads((r: tf.Tensor, gg: tf.Tensor) =>
+          tf.sum(tf.square(layerNorm(r, gg as tf.Tensor1D, g, 1e-5))),
+        )([rows, g]);
+        const lossGrads = tf.grads((l: tf.Tensor) =>
+          tf.sum(crossEntropy(l as tf.Tensor2D, targets)),
+        )([logits]);
+        const headGrads = tf.grads((t: tf.Tensor) =>
+          tf.sum(tf.square(mergeHeads(splitHeads(t as tf.Tensor3D, 4, 3)[1]))),
+        )([qkv]);
+        const [p, m, v] = adamwUpdate(rows, rows, tf.square(rows), rows, {
+          lr: 0.1,
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: 0.01,
+          step: 3,
+        });
+        const results = [
           linear(x, w as tf.Tensor2D),
-          layerNorm(tf.matMul(x, w), g, g, 1e-5),
+          layerNorm(rows, g, g, 1e-5),
+          crossEntropy(logits, targets),
           tf.matMul(batched[0], batched[1], false, true),
           // split by rows (tall results) and by columns (wide ones), with each transpose
           tf.matMul(tf.concat([x, x], 0), x),
           tf.matMul(w, x, true, false),
           tf.matMul(x, w, true, false),
           tf.matMul(x, tf.transpose(w), false, true),
-          ...grads,
-        ].map((t) => t.dataSync() as Float32Array);
+          ...attentionGrads,
+          ...normGrads,
+          ...lossGrads,
+          ...headGrads,
+          p,
+          m,
+          v,
+        ];
+        for (const t of results) out.push(t.dataSync() as Float32Array);
       });
+      return out;
+    };
     setNativeThreads(1);
     const one = compute();
     setNativeThreads(2);
     const two = compute();
     setNativeThreads(defaultThreads);
     one.forEach((r, i) => {
-      expect(maxRelDiff(two[i], r)).toBeLessThan(1e-5);
+      expect(maxRelDiff(two[i], r), `result ${i}`).toBeLessThan(1e-5);
     });
-    tf.dispose([x, w, q, kv, g, ...batched]);
+    tf.dispose([x, w, q, kv, g, ...batched, rows, logits, targets, qkv]);
   });
 
   it.each([

@@ -177,6 +177,30 @@ void ParallelFor(int64_t count, int64_t work, Body body) {
   for (auto& t : pool) t.join();
 }
 
+// Element loops (norms, losses, optimizer, layout moves) split into contiguous ranges once
+// they touch this many elements; below it a second thread costs more than it saves.
+constexpr int64_t kParallelMinElements = int64_t{1} << 18;
+
+// Runs body(from, to, worker) over [0, count) in up to workerThreads contiguous ranges.
+template <typename Body>
+void ParallelRanges(int64_t count, int64_t elements, Body body) {
+  const int workers = elements < kParallelMinElements
+                          ? 1
+                          : static_cast<int>(std::min<int64_t>(workerThreads, count));
+  if (workers <= 1) {
+    body(int64_t{0}, count, 0);
+    return;
+  }
+  const int64_t chunk = (count + workers - 1) / workers;
+  std::vector<std::thread> pool;
+  for (int w = 1; w < workers; ++w) {
+    const int64_t from = w * chunk, to = std::min(count, from + chunk);
+    if (from < to) pool.emplace_back([=, &body] { body(from, to, w); });
+  }
+  body(int64_t{0}, std::min(count, chunk), 0);
+  for (auto& t : pool) t.join();
+}
+
 // batchMatMul(a, b, out, batchA, batchB, m, n, k, transA, transB)
 // Row-major: out[i] = op(a[i]) @ op(b[i]), where op transposes when its flag is set, a[i] is
 // [m, k] (or [k, m] transposed), b[i] is [k, n] (or [n, k]), out[i] is [m, n]. A batch of 1
@@ -405,19 +429,21 @@ Napi::Value LayerNormForward(const Napi::CallbackInfo& info) {
   float* mean = out ? FloatData(info[4], rows, "mean", env) : nullptr;
   float* rstd = mean ? FloatData(info[5], rows, "rstd", env) : nullptr;
   if (rstd == nullptr || cols == 0) return env.Undefined();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * cols;
-    float* yr = out + r * cols;
-    float s = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) s += xr[j];
-    const float mu = s / cols;
-    float ss = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) ss += (xr[j] - mu) * (xr[j] - mu);
-    const float rs = 1.0f / std::sqrt(ss / cols + eps);
-    for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-    mean[r] = mu;
-    rstd[r] = rs;
-  }
+  ParallelRanges(rows, rows * cols, [&](int64_t from, int64_t to, int) {
+    for (int64_t r = from; r < to; ++r) {
+      const float* xr = x + r * cols;
+      float* yr = out + r * cols;
+      float s = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) s += xr[j];
+      const float mu = s / cols;
+      float ss = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) ss += (xr[j] - mu) * (xr[j] - mu);
+      const float rs = 1.0f / std::sqrt(ss / cols + eps);
+      for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+  });
   return env.Undefined();
 }
 
@@ -439,24 +465,37 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
   std::fill(dgamma, dgamma + cols, 0.0f);
   std::fill(dbeta, dbeta + cols, 0.0f);
   if (cols == 0) return env.Undefined();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * cols;
-    const float* dyr = dy + r * cols;
-    float* dxr = dx + r * cols;
-    const float mu = mean[r], rs = rstd[r];
-    float sumG = 0.0f, sumGX = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) {
-      const float xhat = (xr[j] - mu) * rs;
-      const float g = dyr[j] * gamma[j];
-      sumG += g;
-      sumGX += g * xhat;
-      dgamma[j] += dyr[j] * xhat;
-      dbeta[j] += dyr[j];
+  // Each worker sums its rows' dgamma, dbeta apart; worker 0 writes straight to the outputs.
+  std::vector<std::vector<float>> partial(std::max(0, workerThreads - 1),
+                                          std::vector<float>(2 * cols, 0.0f));
+  ParallelRanges(rows, rows * cols, [&](int64_t from, int64_t to, int worker) {
+    float* dgammaW = worker == 0 ? dgamma : partial[worker - 1].data();
+    float* dbetaW = worker == 0 ? dbeta : partial[worker - 1].data() + cols;
+    for (int64_t r = from; r < to; ++r) {
+      const float* xr = x + r * cols;
+      const float* dyr = dy + r * cols;
+      float* dxr = dx + r * cols;
+      const float mu = mean[r], rs = rstd[r];
+      float sumG = 0.0f, sumGX = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) {
+        const float xhat = (xr[j] - mu) * rs;
+        const float g = dyr[j] * gamma[j];
+        sumG += g;
+        sumGX += g * xhat;
+        dgammaW[j] += dyr[j] * xhat;
+        dbetaW[j] += dyr[j];
+      }
+      const float meanG = sumG / cols, meanGX = sumGX / cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        const float xhat = (xr[j] - mu) * rs;
+        dxr[j] = rs * (dyr[j] * gamma[j] - meanG - xhat * meanGX);
+      }
     }
-    const float meanG = sumG / cols, meanGX = sumGX / cols;
+  });
+  for (const auto& p : partial) {
     for (int64_t j = 0; j < cols; ++j) {
-      const float xhat = (xr[j] - mu) * rs;
-      dxr[j] = rs * (dyr[j] * gamma[j] - meanG - xhat * meanGX);
+      dgamma[j] += p[j];
+      dbeta[j] += p[cols + j];
     }
   }
   return env.Undefined();
@@ -480,10 +519,11 @@ Napi::Value MoveHeads(const Napi::CallbackInfo& info) {
   float* src = FloatData(info[0], kToHeads ? seqSize : headSize, "src", env);
   float* dst = src ? FloatData(info[1], kToHeads ? headSize : seqSize, "dst", env) : nullptr;
   if (dst == nullptr) return env.Undefined();
-  for (int64_t bi = 0; bi < b; ++bi) {
-    for (int64_t ti = 0; ti < t; ++ti) {
+  ParallelRanges(b * t, headSize, [&](int64_t from, int64_t to, int) {
+    for (int64_t pos = from; pos < to; ++pos) {  // pos = bi * t + ti
+      const int64_t bi = pos / t, ti = pos % t;
       for (int64_t h = 0; h < nh; ++h) {
-        const int64_t seq = (((bi * t + ti) * parts + part) * nh + h) * hs;
+        const int64_t seq = ((pos * parts + part) * nh + h) * hs;
         const int64_t head = ((bi * nh + h) * t + ti) * hs;
         if (kToHeads) {
           std::copy(src + seq, src + seq + hs, dst + head);
@@ -492,7 +532,7 @@ Napi::Value MoveHeads(const Napi::CallbackInfo& info) {
         }
       }
     }
-  }
+  });
   return env.Undefined();
 }
 
@@ -526,15 +566,17 @@ Napi::Value CrossEntropyForward(const Napi::CallbackInfo& info) {
   float* nll = targets ? FloatData(info[2], rows, "nll", env) : nullptr;
   float* lse = nll ? FloatData(info[3], rows, "logSumExp", env) : nullptr;
   if (lse == nullptr || classes == 0) return env.Undefined();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* x = logits + r * classes;
-    float mx = x[0];
-    for (int64_t j = 1; j < classes; ++j) mx = std::max(mx, x[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < classes; ++j) sum += std::exp(x[j] - mx);
-    lse[r] = mx + std::log(sum);
-    nll[r] = ValidTarget(targets[r], classes) ? lse[r] - x[targets[r]] : 0.0f;
-  }
+  ParallelRanges(rows, rows * classes, [&](int64_t from, int64_t to, int) {
+    for (int64_t r = from; r < to; ++r) {
+      const float* x = logits + r * classes;
+      float mx = x[0];
+      for (int64_t j = 1; j < classes; ++j) mx = std::max(mx, x[j]);
+      float sum = 0.0f;
+      for (int64_t j = 0; j < classes; ++j) sum += std::exp(x[j] - mx);
+      lse[r] = mx + std::log(sum);
+      nll[r] = ValidTarget(targets[r], classes) ? lse[r] - x[targets[r]] : 0.0f;
+    }
+  });
   return env.Undefined();
 }
 
@@ -550,17 +592,19 @@ Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
   const float* dNll = lse ? FloatData(info[3], rows, "dNll", env) : nullptr;
   float* dLogits = dNll ? FloatData(info[4], rows * classes, "dLogits", env) : nullptr;
   if (dLogits == nullptr) return env.Undefined();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* x = logits + r * classes;
-    float* d = dLogits + r * classes;
-    if (!ValidTarget(targets[r], classes)) {
-      std::fill(d, d + classes, 0.0f);
-      continue;
+  ParallelRanges(rows, rows * classes, [&](int64_t from, int64_t to, int) {
+    for (int64_t r = from; r < to; ++r) {
+      const float* x = logits + r * classes;
+      float* d = dLogits + r * classes;
+      if (!ValidTarget(targets[r], classes)) {
+        std::fill(d, d + classes, 0.0f);
+        continue;
+      }
+      const float g = dNll[r];
+      for (int64_t j = 0; j < classes; ++j) d[j] = g * std::exp(x[j] - lse[r]);
+      d[targets[r]] -= g;
     }
-    const float g = dNll[r];
-    for (int64_t j = 0; j < classes; ++j) d[j] = g * std::exp(x[j] - lse[r]);
-    d[targets[r]] -= g;
-  }
+  });
   return env.Undefined();
 }
 
@@ -586,13 +630,15 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   const float b1 = beta1, oneMinusB1 = 1 - beta1, b2 = beta2, oneMinusB2 = 1 - beta2;
   const float keep = 1 - lr * wd, stepSize = lr / bc1, invSqrtBc2 = 1 / std::sqrt(bc2);
   const float epsF = eps;
-  for (int64_t i = 0; i < n; ++i) {
-    const float mi = b1 * m[i] + oneMinusB1 * g[i];
-    const float vi = b2 * v[i] + oneMinusB2 * (g[i] * g[i]);
-    mOut[i] = mi;
-    vOut[i] = vi;
-    pOut[i] = p[i] * keep - stepSize * (mi / (std::sqrt(vi) * invSqrtBc2 + epsF));
-  }
+  ParallelRanges(n, n, [&](int64_t from, int64_t to, int) {
+    for (int64_t i = from; i < to; ++i) {
+      const float mi = b1 * m[i] + oneMinusB1 * g[i];
+      const float vi = b2 * v[i] + oneMinusB2 * (g[i] * g[i]);
+      mOut[i] = mi;
+      vOut[i] = vi;
+      pOut[i] = p[i] * keep - stepSize * (mi / (std::sqrt(vi) * invSqrtBc2 + epsF));
+    }
+  });
   return env.Undefined();
 }
 
