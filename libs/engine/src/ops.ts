@@ -18,7 +18,9 @@ export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor
   const x2 = x.reshape([-1, inDim]) as tf.Tensor2D;
   const fused = fusedKernelsActive() && x.dtype === "float32";
   let y2: tf.Tensor;
-  if (fused) y2 = b ? fusedLinearBias(x2, w, b) : fusedLinearNoBias(x2, w);
+  if (fused && !recording())
+    y2 = run(FUSED.linear, b ? { x: x2, w, bias: b } : { x: x2, w }) as tf.Tensor;
+  else if (fused) y2 = b ? fusedLinearBias(x2, w, b) : fusedLinearNoBias(x2, w);
   else y2 = b ? tf.add(tf.matMul(x2, w), b) : tf.matMul(x2, w);
   return y2.reshape([...lead, outDim]);
 }
@@ -36,7 +38,13 @@ export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
  * (Tk > Tq) sees the whole prefix.
  */
 export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor4D {
-  if (fusedKernelsActive() && q.dtype === "float32") return fusedAttention(q, k, v) as tf.Tensor4D;
+  if (fusedKernelsActive() && q.dtype === "float32") {
+    if (recording()) return fusedAttention(q, k, v) as tf.Tensor4D;
+    const scale = 1 / Math.sqrt(q.shape[3]);
+    const [out, probs] = run(FUSED.attention, { q, k, v }, { scale }) as tf.Tensor[];
+    probs.dispose(); // kept only for a backward pass
+    return out as tf.Tensor4D;
+  }
   const [, , tq, hs] = q.shape;
   const tk = k.shape[2];
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)); // [B, nh, Tq, Tk]
@@ -55,7 +63,12 @@ export function layerNorm(
   beta: tf.Tensor1D,
   eps: number,
 ): tf.Tensor {
-  if (fusedKernelsActive() && x.dtype === "float32") return fusedLayerNorm(x, gamma, beta, eps);
+  if (fusedKernelsActive() && x.dtype === "float32") {
+    if (recording()) return fusedLayerNorm(x, gamma, beta, eps);
+    const [y, mean, rstd] = run(FUSED.layerNorm, { x, gamma, beta }, { eps }) as tf.Tensor[];
+    tf.dispose([mean, rstd]); // kept only for a backward pass
+    return y;
+  }
   const { mean, variance } = tf.moments(x, -1, true);
   const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
   return tf.add(tf.mul(normalized, gamma), beta);
@@ -154,6 +167,11 @@ function causalMask(tq: number, tk: number): tf.Tensor2D {
 
 function run(kernel: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}) {
   return tf.engine().runKernel(kernel, inputs, attrs) as tf.Tensor | tf.Tensor[];
+}
+
+/** Whether a gradient tape is recording; without one (inference) the fused ops skip customGrad. */
+function recording(): boolean {
+  return tf.engine().isTapeOn();
 }
 
 type Saver = (tensors: tf.Tensor[]) => void;
