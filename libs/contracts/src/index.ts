@@ -5,3 +5,4 @@ export * from "./openapi.ts";
 export * from "./rows.ts";
 export * from "./run-spec.ts";
 export * from "./fastify-auth.ts";
+export * from "./readiness.ts";
