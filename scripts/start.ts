@@ -2,22 +2,15 @@
 // `npm start -- --example` also uploads examples/sft-basics.jsonl, trains examples/sft-tiny.json
 // end to end with a progress bar, asks the trained model one question, and keeps serving.
 import { readFile } from "node:fs/promises";
-import { ConfigError, type ChatrlConfig, loadConfig } from "@chatrl/contracts";
+import { loadConfigOrExit } from "@chatrl/contracts";
 import { createChatrlClient, describeError, runCli } from "@chatrl/client";
 import closeWithGrace from "close-with-grace";
 import { type Platform, startPlatform } from "./platform.ts";
 
 const log = (line: string) => console.log(`[chatrl] ${line}`);
 
-let config: ChatrlConfig;
-try {
-  // Quiet request logs by default here: the terminal is for the progress of the example run.
-  config = loadConfig({ CHATRL_LOG_LEVEL: "warn", ...process.env });
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  console.error(error.message);
-  process.exit(1);
-}
+// Quiet request logs by default here: the terminal is for the progress of the example run.
+const config = loadConfigOrExit({ CHATRL_LOG_LEVEL: "warn", ...process.env });
 
 let platform: Platform;
 try {

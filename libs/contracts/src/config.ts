@@ -109,3 +109,14 @@ export function loadConfig(env: Record<string, string | undefined>): ChatrlConfi
     maxUploadBytes: e.CHATRL_MAX_UPLOAD_BYTES,
   };
 }
+
+/** For entry points only: the configuration, or exit 1 printing what is wrong (no stack trace). */
+export function loadConfigOrExit(env: Record<string, string | undefined>): ChatrlConfig {
+  try {
+    return loadConfig(env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(error.message);
+    process.exit(1);
+  }
+}

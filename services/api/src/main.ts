@@ -1,17 +1,10 @@
 // The api service's entry point: configuration from the environment, graceful shutdown on
 // SIGINT/SIGTERM (a second signal, or 10 s, forces the exit).
-import { ConfigError, loadConfig } from "@chatrl/contracts";
+import { loadConfigOrExit } from "@chatrl/contracts";
 import closeWithGrace from "close-with-grace";
 import { startApiServer } from "./server.ts";
 
-let config: ReturnType<typeof loadConfig>;
-try {
-  config = loadConfig(process.env);
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  console.error(error.message);
-  process.exit(1);
-}
+const config = loadConfigOrExit(process.env);
 const server = await startApiServer(config);
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
