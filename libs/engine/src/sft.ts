@@ -115,10 +115,13 @@ export class SFTTrainer {
       for (const [varName, g] of Object.entries(grads))
         named.set(this.nameOf.get(varName) as string, g);
       const clipped = clipByGlobalNorm(named, this.config.gradClip);
-      this.optimizer.apply(clipped.grads, lr);
-      const gradNorm = clipped.norm.dataSync()[0];
-      for (const g of [...clipped.grads.values(), clipped.norm]) g.dispose(); // kept for us by clipByGlobalNorm
-      return [value.dataSync()[0], gradNorm];
+      try {
+        this.optimizer.apply(clipped.grads, lr);
+        return [value.dataSync()[0], clipped.norm.dataSync()[0]];
+      } finally {
+        // Kept for us by clipByGlobalNorm, so tidy would not release them, not even on a throw.
+        for (const g of [...clipped.grads.values(), clipped.norm]) g.dispose();
+      }
     });
     this.step += 1;
     return { step: this.step, loss, lr, tokens: batch.tokens, gradNorm };

@@ -1,5 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
+  AdamW,
   ByteTokenizer,
   GPT,
   generate,
@@ -79,6 +80,26 @@ describe("SFTTrainer on the tiny model", () => {
       seed: 1,
     });
     expect(tf.memory().numTensors).toBe(tensorsBefore);
+  });
+});
+
+describe("a training step that fails", () => {
+  it("releases every tensor it made when the optimizer update throws (e.g. out of device memory)", () => {
+    const model = new GPT(MODEL_PRESETS.tiny, 1);
+    const trainer = new SFTTrainer(model, tokenizer, EXAMPLES, OVERFIT);
+    const tensorsBefore = tf.memory().numTensors;
+    const apply = vi.spyOn(AdamW.prototype, "apply").mockImplementationOnce(() => {
+      throw new Error("out of device memory");
+    });
+    try {
+      expect(() => trainer.trainStep()).toThrow(/out of device memory/);
+    } finally {
+      apply.mockRestore();
+    }
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    expect(trainer.step).toBe(0);
+    trainer.dispose();
+    model.dispose();
   });
 });
 
