@@ -46,6 +46,8 @@ export async function startStage(p: Db, id: string, device: string): Promise<Sta
 
 export type StageProgress = {
   step: number;
+  /** The steps the stage will take when known to differ from the requested max (epochs end it sooner). */
+  maxSteps?: number;
   progress: number;
   wallSeconds: number;
   deviceSeconds: number;

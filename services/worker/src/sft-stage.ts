@@ -48,7 +48,8 @@ export async function runSftStage(
 
   const resumeFrom = await latestCheckpoint(prisma, stage.id);
   if (resumeFrom?.final) {
-    // An earlier attempt wrote the final checkpoint and died before saying so.
+    // An earlier attempt wrote the final checkpoint (at its last step) and died before saying so.
+    await recordProgress(prisma, stage.id, resumeFrom.step, resumeFrom.step, clock);
     await finishStage(prisma, stage.id, { status: "succeeded" });
     return { stageId: stage.id, status: "succeeded", step: resumeFrom.step };
   }
@@ -170,7 +171,13 @@ async function recordProgress(
   total: number,
   clock: StageClock,
 ): Promise<void> {
-  await recordStageProgress(prisma, stageId, { step, progress: step / total, ...clock.totals() });
+  // total is the trainer's: fewer than the requested max_steps when the epochs run out first.
+  await recordStageProgress(prisma, stageId, {
+    step,
+    maxSteps: total,
+    progress: step / total,
+    ...clock.totals(),
+  });
 }
 
 async function writeCheckpoint(loop: Loop, final: boolean) {

@@ -8,8 +8,9 @@ import {
   listEvents,
   listMetrics,
   readCheckpointPart,
+  saveCheckpoint,
 } from "@chatrl/db";
-import { tf } from "@chatrl/engine";
+import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
 import { STAGE_QUEUES, type StageKind } from "@chatrl/queue";
 import { Worker } from "bullmq";
 import { pino } from "pino";
@@ -282,6 +283,39 @@ describe("sft stage jobs", () => {
       expect(stage.step).toBe(60);
     });
     expect(await eventMessages(runId)).toContain(`sft resumed from step ${paused.step}`);
+  });
+});
+
+describe("the steps a stage reports", () => {
+  it("reports the steps its epochs allow as max_steps when they end training before max_steps", async () => {
+    await withWorker(async () => {
+      // 40 rows, data_split [8, 1, 1] -> 32 SFT rows; one epoch of batches of 2 is 16 steps.
+      const { stageId } = await h.submitRun({
+        sft: { max_steps: 100, epochs: 1, batch_size: 2, checkpoint_every: 50 },
+      });
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage).toMatchObject({ step: 16, maxSteps: 16, progress: 1 });
+    });
+  });
+
+  it("finishes a stage whose final checkpoint an earlier attempt wrote at its last step and full progress", async () => {
+    const { runId, stageId } = await h.submitRun({ sft: { max_steps: 12 } });
+    // The earlier attempt saved the finished model and died before recording anything else.
+    const model = new GPT(MODEL_PRESETS.tiny, 7);
+    await saveCheckpoint(h.tdb.db.prisma, {
+      runId,
+      stageId,
+      step: 12,
+      role: "sft",
+      final: true,
+      config: model.config,
+      model: await saveModel(model),
+    });
+    model.dispose();
+    await withWorker(async () => {
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage).toMatchObject({ step: 12, maxSteps: 12, progress: 1 });
+    });
   });
 });
 
