@@ -107,6 +107,8 @@ async function trainLoop(loop: Loop): Promise<StageResult> {
   const reportedThrough = await lastReportedStep(prisma, stage);
   const window = new ReportWindow();
   let checkpointStep = trainer.step;
+  // Where training (re)starts and how many steps it will take, before the first report.
+  await recordProgress(prisma, stage.id, trainer.step, trainer.totalSteps, clock);
 
   while (trainer.step < trainer.totalSteps) {
     // trainStep is synchronous; yielding here lets BullMQ renew the job's lock.
