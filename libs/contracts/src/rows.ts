@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { unstorableTextReason } from "./text.ts";
 
 /** A prompt and the answer to train on (supervised fine-tuning). */
 export type SupervisedRow = { prompt: string; response: string };
@@ -10,7 +11,13 @@ export type ChatRow = { messages: { role: ChatRole; content: string }[] };
 export type DatasetRow = SupervisedRow | PreferenceRow | ChatRow;
 export type DatasetFormat = "supervised" | "preference" | "chat";
 
-const text = z.string().min(1, "must be a non-empty string");
+const text = z
+  .string()
+  .min(1, "must be a non-empty string")
+  .superRefine((value, ctx) => {
+    const reason = unstorableTextReason(value);
+    if (reason) ctx.addIssue({ code: "custom", message: reason });
+  });
 
 // Extra keys (ids, sources, a Dahoas row's `response` next to chosen/rejected) are dropped:
 // datasets from elsewhere carry them and they do not change what the row means.

@@ -60,6 +60,20 @@ describe("parseJsonl", () => {
     expect(error.message).toContain("'chosen' must be a non-empty string");
   });
 
+  it("refuses a NUL character or an unpaired surrogate, which Postgres cannot store, naming the line and field", () => {
+    const nul = errorOf('{"prompt":"a","response":"b"}\n{"prompt":"a\\u0000","response":"b"}');
+    expect(nul.line).toBe(2);
+    expect(nul.message).toContain("'prompt' must not contain a NUL character");
+    const lone = errorOf('{"messages":[{"role":"assistant","content":"x\\ud800y"}]}');
+    expect(lone.message).toContain(
+      "'messages[0].content' must not contain an unpaired UTF-16 surrogate",
+    );
+    // A surrogate pair written as escapes is a real character (an emoji) and is kept.
+    expect(parseJsonl('{"prompt":"\\ud83d\\ude00","response":"b"}').rows).toEqual([
+      { prompt: "\u{1F600}", response: "b" },
+    ]);
+  });
+
   it("refuses a missing field of a detected format", () => {
     expect(errorOf('{"prompt":"a","chosen":"b"}').message).toContain("missing 'rejected'");
   });

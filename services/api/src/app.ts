@@ -11,6 +11,7 @@ import type { FlowProducer, Queue } from "bullmq";
 import Fastify, { type FastifyInstance } from "fastify";
 import { dbPlugin } from "./plugins/db.ts";
 import { queuePlugin } from "./plugins/queue.ts";
+import { storableTextPlugin } from "./plugins/storable-text.ts";
 import checkpointRoutes from "./routes/checkpoints.ts";
 import dashboardRoutes from "./routes/dashboard.ts";
 import datasetRoutes from "./routes/datasets.ts";
@@ -55,6 +56,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     timeoutMs: deps.queueTimeoutMs ?? 5000,
   });
   await app.register(authPlugin, { apiKeys: config.apiKeys });
+  await app.register(storableTextPlugin);
 
   await app.register(healthRoutes, { redisUrl: config.redisUrl });
   await app.register(datasetRoutes, { maxUploadBytes: config.maxUploadBytes });

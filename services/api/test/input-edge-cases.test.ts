@@ -1,0 +1,100 @@
+// Inputs that reached Postgres or the queue in a shape they could not take, found in review.
+import type { LightMyRequestResponse } from "fastify";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createDatasetId, runBody, startTestApi, type TestApi, uploadDataset } from "./helpers.ts";
+
+let api: TestApi;
+let datasetId: string;
+let runId: string;
+
+beforeAll(async () => {
+  api = await startTestApi();
+  datasetId = await createDatasetId(api.app);
+  const run = await api.app.inject({
+    method: "POST",
+    url: "/v1/runs",
+    payload: runBody(datasetId),
+  });
+  runId = run.json().id;
+});
+afterAll(async () => {
+  await api?.close();
+});
+
+async function storedCounts() {
+  const prisma = api.database.db.prisma;
+  return { datasets: await prisma.dataset.count(), runs: await prisma.run.count() };
+}
+
+describe("text Postgres cannot store", () => {
+  it("answers 400 naming the field, not 500, for a NUL character or a lone surrogate anywhere", async () => {
+    const before = await storedCounts();
+    const cases: [() => Promise<LightMyRequestResponse>, string, RegExp][] = [
+      [
+        () => uploadDataset(api.app, '{"prompt":"a","response":"b\\u0000"}'),
+        "body",
+        /line 1: supervised row: 'response' must not contain a NUL character/,
+      ],
+      [
+        () => uploadDataset(api.app, '{"prompt":"a\\ud800","response":"b"}'),
+        "body",
+        /line 1: supervised row: 'prompt' must not contain an unpaired UTF-16 surrogate/,
+      ],
+      [
+        () => uploadDataset(api.app, '{"prompt":"a","response":"b"}', "a\u0000b"),
+        "name",
+        /'name' must not contain a NUL character/,
+      ],
+      [
+        () =>
+          api.app.inject({
+            method: "POST",
+            url: "/v1/runs",
+            payload: runBody(datasetId, { name: "x\u0000" }),
+          }),
+        "name",
+        /'name' must not contain a NUL character/,
+      ],
+      [
+        () =>
+          api.app.inject({
+            method: "POST",
+            url: "/v1/runs",
+            payload: runBody(datasetId, { compute: { device: "gpu\ud800" } }),
+          }),
+        "compute.device",
+        /'compute.device' must not contain an unpaired UTF-16 surrogate/,
+      ],
+      [() => api.app.inject({ method: "GET", url: "/v1/runs/a%00b" }), "id", /'id' must not/],
+      [() => api.app.inject({ method: "GET", url: "/v1/runs?after=a%00b" }), "after", /'after'/],
+      [
+        () => api.app.inject({ method: "GET", url: `/v1/runs/${runId}/metrics?name=lo%00ss` }),
+        "name",
+        /'name' must not/,
+      ],
+      [
+        () => api.app.inject({ method: "GET", url: "/v1/checkpoints/ckpt%00/content" }),
+        "id",
+        /'id' must not/,
+      ],
+    ];
+    for (const [request, param, message] of cases) {
+      const response = await request();
+      expect(response.statusCode, response.body).toBe(400);
+      const { error } = response.json();
+      expect(error.message).toMatch(message);
+      expect(error.param).toBe(param);
+      expect(error.type).toBe("invalid_request_error");
+    }
+    expect(await storedCounts()).toEqual(before);
+  });
+
+  it("keeps characters written as surrogate-pair escapes", async () => {
+    const response = await uploadDataset(api.app, '{"prompt":"\\ud83d\\ude00","response":"ok"}');
+    expect(response.statusCode).toBe(201);
+    const rows = await api.database.db.prisma.datasetRow.findMany({
+      where: { datasetId: response.json().id },
+    });
+    expect(rows.map((r) => r.data)).toEqual([{ prompt: "\u{1F600}", response: "ok" }]);
+  });
+});
