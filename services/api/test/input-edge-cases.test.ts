@@ -98,3 +98,42 @@ describe("text Postgres cannot store", () => {
     expect(rows.map((r) => r.data)).toEqual([{ prompt: "\u{1F600}", response: "ok" }]);
   });
 });
+
+describe("list cursors", () => {
+  it("refuses an after that is not an item of the list with 400, instead of an empty last page", async () => {
+    const cases = [
+      ["/v1/datasets", runId, /no dataset/],
+      ["/v1/runs", datasetId, /no run/],
+      ["/v1/runs", "run_000000000000000000000000", /no run 'run_000000000000000000000000'/],
+    ] as const;
+    for (const [url, after, message] of cases) {
+      const response = await api.app.inject({ method: "GET", url: `${url}?after=${after}` });
+      expect(response.statusCode, response.body).toBe(400);
+      const { error } = response.json();
+      expect(error).toMatchObject({ param: "after", code: "invalid_cursor" });
+      expect(error.message).toMatch(message);
+    }
+  });
+
+  it("pages through items created in the same millisecond without skipping or repeating one", async () => {
+    const prisma = api.database.db.prisma;
+    const ids = [datasetId];
+    for (let i = 0; i < 4; i++) ids.push(await createDatasetId(api.app));
+    await prisma.dataset.updateMany({ data: { createdAt: new Date("2026-01-01T00:00:00Z") } });
+    const seen: string[] = [];
+    let after = "";
+    for (;;) {
+      const response = await api.app.inject({
+        method: "GET",
+        url: `/v1/datasets?limit=2${after ? `&after=${after}` : ""}`,
+      });
+      const page = response.json();
+      seen.push(...page.data.map((d: { id: string }) => d.id));
+      if (!page.has_more) break;
+      after = page.data.at(-1).id;
+    }
+    expect(seen).toHaveLength(await prisma.dataset.count());
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen).toEqual(expect.arrayContaining(ids));
+  });
+});

@@ -287,8 +287,9 @@ describe("reading runs", () => {
     expect(defaults.data.length).toBe(Math.min(20, all.data.length));
     expect((await api.app.inject({ url: "/v1/runs?limit=0" })).statusCode).toBe(400);
     const unknownCursor = await api.app.inject({ url: `/v1/runs?after=run_${"9".repeat(24)}` });
-    expect(unknownCursor.statusCode).toBe(200);
-    expect(unknownCursor.json()).toEqual({ object: "list", data: [], has_more: false });
+    // An empty page would read as "no more runs"; a cursor that names no run is a bad request.
+    expect(unknownCursor.statusCode).toBe(400);
+    expect(unknownCursor.json().error).toMatchObject({ param: "after", code: "invalid_cursor" });
     expect((await api.app.inject({ url: "/v1/runs?limit=101" })).statusCode).toBe(400);
   });
 

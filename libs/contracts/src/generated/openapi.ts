@@ -623,7 +623,10 @@ export interface components {
     };
     parameters: {
         Id: string;
-        /** @description Cursor, the id of the last item of the previous page. */
+        /**
+         * @description Cursor, the id of the last item of the previous page. An id that is not an item of
+         *     this list (a typo, or the id of another kind of object) is a 400, not an empty page.
+         */
         After: string;
         Limit: number;
     };
@@ -677,7 +680,10 @@ export interface operations {
     listDatasets: {
         parameters: {
             query?: {
-                /** @description Cursor, the id of the last item of the previous page. */
+                /**
+                 * @description Cursor, the id of the last item of the previous page. An id that is not an item of
+                 *     this list (a typo, or the id of another kind of object) is a 400, not an empty page.
+                 */
                 after?: components["parameters"]["After"];
                 limit?: components["parameters"]["Limit"];
             };
@@ -696,6 +702,7 @@ export interface operations {
                     "application/json": components["schemas"]["DatasetList"];
                 };
             };
+            400: components["responses"]["Error"];
         };
     };
     createDataset: {
@@ -753,7 +760,10 @@ export interface operations {
     listRuns: {
         parameters: {
             query?: {
-                /** @description Cursor, the id of the last item of the previous page. */
+                /**
+                 * @description Cursor, the id of the last item of the previous page. An id that is not an item of
+                 *     this list (a typo, or the id of another kind of object) is a 400, not an empty page.
+                 */
                 after?: components["parameters"]["After"];
                 limit?: components["parameters"]["Limit"];
             };
@@ -772,6 +782,7 @@ export interface operations {
                     "application/json": components["schemas"]["RunList"];
                 };
             };
+            400: components["responses"]["Error"];
         };
     };
     createRun: {

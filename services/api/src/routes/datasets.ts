@@ -1,6 +1,7 @@
 import { ApiError, type components, JsonlError, openApiRoute, parseJsonl } from "@chatrl/contracts";
 import { createDataset, type Dataset, getDataset, listDatasets } from "@chatrl/db";
 import type { FastifyInstance } from "fastify";
+import { unknownCursor } from "./cursor.ts";
 import { unixSeconds } from "./time.ts";
 
 type DatasetJson = components["schemas"]["Dataset"];
@@ -63,6 +64,10 @@ export default async function datasetRoutes(
     ...openApiRoute("GET", "/v1/datasets"),
     handler: async (request) => {
       const { after, limit } = request.query as { after?: string; limit: number };
+      // Prisma answers an unknown cursor with an empty page, which reads as "no more datasets".
+      if (after !== undefined && !(await getDataset(app.db.prisma, after))) {
+        throw unknownCursor("dataset", after);
+      }
       const page = await listDatasets(app.db.prisma, { after, limit });
       return {
         object: "list" as const,

@@ -25,6 +25,7 @@ import {
 } from "@chatrl/db";
 import { enqueueRun, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
 import type { FastifyInstance, FastifyReply } from "fastify";
+import { unknownCursor } from "./cursor.ts";
 import { unixSeconds } from "./time.ts";
 
 type RunJson = components["schemas"]["Run"];
@@ -164,6 +165,8 @@ export default async function runRoutes(app: FastifyInstance) {
     ...openApiRoute("GET", "/v1/runs"),
     handler: async (request) => {
       const { after, limit } = request.query as { after?: string; limit: number };
+      // Prisma answers an unknown cursor with an empty page, which reads as "no more runs".
+      if (after !== undefined && !(await getRun(prisma, after))) throw unknownCursor("run", after);
       const page = await listRuns(prisma, { after, limit });
       return { object: "list" as const, data: page.data.map(toRunJson), has_more: page.hasMore };
     },
