@@ -137,3 +137,45 @@ describe("list cursors", () => {
     expect(seen).toEqual(expect.arrayContaining(ids));
   });
 });
+
+describe("Idempotency-Key", () => {
+  it("answers 409 to the loser of two concurrent submissions that share a key but not a body", async () => {
+    const prisma = api.database.db.prisma;
+    for (let i = 0; i < 5; i++) {
+      const headers = { "idempotency-key": `race-${i}` };
+      const post = (name: string) =>
+        api.app.inject({
+          method: "POST",
+          url: "/v1/runs",
+          headers,
+          payload: runBody(datasetId, { name }),
+        });
+      const answers = await Promise.all([post("first"), post("second")]);
+      expect(answers.map((a) => a.statusCode).sort()).toEqual([201, 409]);
+      const created = answers.find((a) => a.statusCode === 201)?.json();
+      expect(await prisma.run.findMany({ where: { idempotencyKey: `race-${i}` } })).toEqual([
+        expect.objectContaining({ id: created.id, name: created.name }),
+      ]);
+    }
+  });
+
+  it("takes a retry whose body differs only by a negative zero as the same run", async () => {
+    const headers = { "idempotency-key": "negative-zero" };
+    const body = JSON.stringify(runBody(datasetId)).replace(
+      '"price_per_hour":0.5',
+      '"price_per_hour":-0',
+    );
+    const post = () =>
+      api.app.inject({
+        method: "POST",
+        url: "/v1/runs",
+        headers: { ...headers, "content-type": "application/json" },
+        payload: body,
+      });
+    const first = await post();
+    expect(first.statusCode, first.body).toBe(201);
+    const retry = await post();
+    expect(retry.statusCode, retry.body).toBe(200);
+    expect(retry.json().id).toBe(first.json().id);
+  });
+});

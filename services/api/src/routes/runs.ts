@@ -67,6 +67,18 @@ function notFound(what: string, id: string, param: string): ApiError {
   return new ApiError(404, `No ${what} with id '${id}'`, { param, code: "not_found" });
 }
 
+/** Compares a stored spec with a new one as JSON, which is how the stored one went through Postgres. */
+function sameSpec(stored: unknown, spec: RunSpec): boolean {
+  return isDeepStrictEqual(stored, JSON.parse(JSON.stringify(spec)));
+}
+
+function idempotencyKeyReused(): ApiError {
+  return new ApiError(409, "This Idempotency-Key was already used for a different run", {
+    param: "idempotency-key",
+    code: "idempotency_key_reused",
+  });
+}
+
 /** Checks what the spec refers to exists, naming the first reference that does not. */
 async function checkReferences(app: FastifyInstance, spec: RunSpec): Promise<void> {
   const prisma = app.db.prisma;
@@ -121,12 +133,7 @@ export default async function runRoutes(app: FastifyInstance) {
       if (idempotencyKey) {
         const earlier = await findRunByIdempotencyKey(prisma, idempotencyKey);
         if (earlier) {
-          if (!isDeepStrictEqual(earlier.spec, spec)) {
-            throw new ApiError(409, "This Idempotency-Key was already used for a different run", {
-              param: "idempotency-key",
-              code: "idempotency_key_reused",
-            });
-          }
+          if (!sameSpec(earlier.spec, spec)) throw idempotencyKeyReused();
           return reply.code(200).send(toRunJson(earlier));
         }
       }
@@ -138,6 +145,9 @@ export default async function runRoutes(app: FastifyInstance) {
         idempotencyKey,
         stages: [{ kind: "sft", maxSteps: spec.stages.sft.max_steps }],
       });
+      // A concurrent request with the same key may have written its run first: createRun then
+      // returns that run, which is this request's only if the bodies agree.
+      if (idempotencyKey && !sameSpec(run.spec, spec)) throw idempotencyKeyReused();
 
       try {
         // Job ids are stage ids: should a concurrent retry reach here too, nothing is queued twice.
