@@ -179,3 +179,20 @@ describe("Idempotency-Key", () => {
     expect(retry.json().id).toBe(first.json().id);
   });
 });
+
+describe("run specs", () => {
+  it("refuses a datasets list that repeats an id with 422 naming the repeat, and stores nothing", async () => {
+    const before = await storedCounts();
+    const response = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: runBody(datasetId, { datasets: [{ id: datasetId }, { id: datasetId, weight: 2 }] }),
+    });
+    expect(response.statusCode, response.body).toBe(422);
+    expect(response.json().error).toMatchObject({
+      param: "datasets[1].id",
+      message: expect.stringContaining(`repeats datasets[0].id '${datasetId}'`),
+    });
+    expect(await storedCounts()).toEqual(before);
+  });
+});

@@ -377,6 +377,7 @@ export interface components {
         RunCreateRequest: {
             name: string;
             model: components["schemas"]["ModelSource"];
+            /** @description Each dataset at most once (a repeated id is a 422); weights blend them. */
             datasets: components["schemas"]["DatasetRef"][];
             /**
              * @description Each stage's share of the data, DeepSpeed-Chat style: [sft, reward, ppo]. The sft

@@ -130,6 +130,20 @@ export default async function runRoutes(app: FastifyInstance) {
         });
       }
 
+      // A repeated dataset would be trained on twice over; weights are how to favour one.
+      const firstIndex = new Map<string, number>();
+      for (const [i, { id }] of spec.datasets.entries()) {
+        const first = firstIndex.get(id);
+        if (first !== undefined) {
+          throw new ApiError(
+            422,
+            `datasets[${i}].id repeats datasets[${first}].id '${id}'; list each dataset once and give it a weight`,
+            { param: `datasets[${i}].id`, code: "invalid_value" },
+          );
+        }
+        firstIndex.set(id, i);
+      }
+
       if (idempotencyKey) {
         const earlier = await findRunByIdempotencyKey(prisma, idempotencyKey);
         if (earlier) {
