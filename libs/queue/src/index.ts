@@ -177,6 +177,22 @@ export async function removeRunJobs(
       },
     );
   }
+  // A connection that was ready and then lost Redis holds commands until it is back (it
+  // does not fail them), so the removal as a whole has the same deadline as the wait above.
+  try {
+    return await withTimeout(removeWaiting(queues, run), timeoutMs, "Redis timed out");
+  } catch (error) {
+    throw new QueueUnavailableError(
+      `Cannot remove jobs of run ${run.id}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+}
+
+async function removeWaiting(
+  queues: Record<StageKind, Queue>,
+  run: RunToEnqueue,
+): Promise<string[]> {
   const removed: string[] = [];
   // Parent first: removing ppo removes its children with it when they are not active.
   const order: StageKind[] = ["ppo", "reward", "sft"];
