@@ -196,3 +196,26 @@ describe("run specs", () => {
     expect(await storedCounts()).toEqual(before);
   });
 });
+
+describe("data_split", () => {
+  it("refuses with 422 a split that leaves the sft stage no rows of a small dataset, and stores nothing", async () => {
+    // Two rows with the default [2, 4, 4]: round(2 * 2 / 10) = 0 rows for sft.
+    const before = await storedCounts();
+    const { data_split: _, ...withDefaultSplit } = runBody(datasetId);
+    for (const payload of [withDefaultSplit, runBody(datasetId, { data_split: [1, 9, 0] })]) {
+      const response = await api.app.inject({ method: "POST", url: "/v1/runs", payload });
+      expect(response.statusCode, response.body).toBe(422);
+      expect(response.json().error).toMatchObject({
+        param: "data_split",
+        message: expect.stringMatching(/gives the sft stage 0 rows/),
+      });
+    }
+    expect(await storedCounts()).toEqual(before);
+    const enough = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: runBody(datasetId, { data_split: [1, 3, 0] }), // round(2 * 1 / 4) = 1 row
+    });
+    expect(enough.statusCode, enough.body).toBe(201);
+  });
+});

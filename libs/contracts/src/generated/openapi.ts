@@ -381,7 +381,8 @@ export interface components {
             datasets: components["schemas"]["DatasetRef"][];
             /**
              * @description Each stage's share of the data, DeepSpeed-Chat style: [sft, reward, ppo]. The sft
-             *     share must be above 0.
+             *     share must be above 0 and give the sft stage at least one row of the datasets (each
+             *     dataset gives it round(rows * sft / sum)); otherwise the run is refused with 422.
              * @default [
              *       2,
              *       4,

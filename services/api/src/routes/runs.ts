@@ -86,10 +86,23 @@ async function checkReferences(app: FastifyInstance, spec: RunSpec): Promise<voi
     const id = spec.model.checkpoint_id;
     if (!(await getCheckpoint(prisma, id))) throw notFound("checkpoint", id, "model.checkpoint_id");
   }
-  for (const [i, dataset] of spec.datasets.entries()) {
-    if (!(await getDataset(prisma, dataset.id))) {
-      throw notFound("dataset", dataset.id, `datasets[${i}].id`);
-    }
+  let sftRows = 0;
+  const [sftShare, ...rest] = spec.data_split;
+  const total = sftShare + rest.reduce((a, b) => a + b, 0);
+  for (const [i, ref] of spec.datasets.entries()) {
+    const dataset = await getDataset(prisma, ref.id);
+    if (!dataset) throw notFound("dataset", ref.id, `datasets[${i}].id`);
+    // The engine's splitForStage gives the sft stage the first round(rows * share / total).
+    sftRows += Math.round((dataset.rowCount * sftShare) / total);
+  }
+  // Otherwise the run is accepted and its worker fails at once with "no examples".
+  if (sftRows === 0) {
+    throw new ApiError(
+      422,
+      `data_split [${spec.data_split.join(", ")}] gives the sft stage 0 rows of the datasets; ` +
+        "raise its first number or add rows",
+      { param: "data_split", code: "invalid_value" },
+    );
   }
 }
 
