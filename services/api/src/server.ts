@@ -17,7 +17,9 @@ export async function startApiServer(
   config: ChatrlConfig,
 ): Promise<{ app: FastifyInstance; close(): Promise<void> }> {
   const db = await openDatabase(config);
-  const connection = redisConnection(config.redisUrl);
+  // No offline queue: a command issued while Redis is lost fails at once (503) instead of
+  // waiting to be sent when Redis is back, which would queue a run already answered as failed.
+  const connection = redisConnection(config.redisUrl, { enableOfflineQueue: false });
   connection.on("error", () => {}); // reported by the queue plugin and by /readyz
   const flow = createFlowProducer(connection, config.queuePrefix);
   const queues = createStageQueues(connection, config.queuePrefix);

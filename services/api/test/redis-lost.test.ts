@@ -1,0 +1,100 @@
+// The api server as main.ts starts it, with Redis lost after it connected (a TCP proxy cut).
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { loadConfig } from "@chatrl/contracts";
+import { Queue } from "bullmq";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
+import { startApiServer } from "../src/server.ts";
+import { closedPort, runBody, SFT_JSONL } from "./helpers.ts";
+
+let database: TestDatabase;
+let redis: TestRedis;
+beforeAll(async () => {
+  database = await createTestDatabase();
+  redis = await createTestRedis();
+});
+afterAll(async () => {
+  await redis?.cleanup();
+  await database?.drop();
+});
+
+/** Forwards a local port to Redis; `cut()` drops every connection and refuses new ones. */
+async function redisProxy(target: URL, port = 0) {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = connect(Number(target.port || 6379), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => sockets.delete(s));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as { port: number }).port,
+    async cut() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+it("answers 503 to a run submitted while Redis is lost, and queues no job for it when Redis is back", async () => {
+  const proxy = await redisProxy(new URL(redis.url));
+  const config = loadConfig({
+    DATABASE_URL: database.url,
+    REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
+    CHATRL_QUEUE_PREFIX: redis.prefix,
+    CHATRL_API_PORT: String(await closedPort()),
+    CHATRL_LOG_LEVEL: "silent",
+  });
+  const server = await startApiServer(config);
+  const sft = new Queue("sft", { connection: { url: redis.url }, prefix: redis.prefix });
+  try {
+    const upload = await server.app.inject({
+      method: "POST",
+      url: "/v1/datasets?name=basics",
+      headers: { "content-type": "application/x-ndjson" },
+      payload: SFT_JSONL,
+    });
+    const datasetId = upload.json().id;
+    const first = await server.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: runBody(datasetId),
+    });
+    expect(first.statusCode, first.body).toBe(201);
+
+    await proxy.cut();
+    const submit = () =>
+      server.app.inject({ method: "POST", url: "/v1/runs", payload: runBody(datasetId) });
+    const lost = await submit();
+    expect(lost.statusCode, lost.body).toBe(503);
+    const failedStages: string[] = [];
+    const recordFailed = async () => {
+      const [run] = (await server.app.inject({ url: "/v1/runs?limit=1" })).json().data;
+      expect(run.status).toBe("failed");
+      failedStages.push(run.stages[0].id);
+    };
+    await recordFailed();
+
+    // Redis comes back on the same address; the api's connection reconnects within seconds.
+    const restored = await redisProxy(new URL(redis.url), proxy.port);
+    let again = await submit();
+    for (let i = 0; i < 50 && again.statusCode === 503; i++) {
+      await recordFailed();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      again = await submit();
+    }
+    expect(again.statusCode, again.body).toBe(201);
+    expect(await sft.getJob(again.json().stages[0].id)).toBeDefined();
+    for (const stageId of failedStages) expect(await sft.getJob(stageId)).toBeUndefined();
+    await server.close();
+    await restored.cut();
+  } finally {
+    await sft.close();
+  }
+});
