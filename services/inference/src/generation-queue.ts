@@ -50,14 +50,38 @@ export class GenerationQueue {
     private readonly limits: { maxBatchSize: number; batchWindowMs: number },
   ) {}
 
-  /** Generates for one prompt; `onText` receives the completion as it grows, piece by piece. */
+  /**
+   * Generates for one prompt; `onText` receives the completion as it grows, piece by piece.
+   * When `signal` aborts (the client went away) before the request's turn, it leaves the queue
+   * and rejects with the signal's reason, so nothing is generated for nobody.
+   */
   submit(
     prompt: string,
     options: SamplingOptions,
     onText?: (text: string) => void,
+    signal?: AbortSignal,
   ): Promise<GenerationResult> {
     return new Promise((resolve, reject) => {
-      this.#pending.push({ prompt, options, key: samplingKey(options), onText, resolve, reject });
+      if (signal?.aborted) return reject(signal.reason);
+      const job: Job = { prompt, options, key: samplingKey(options), onText, resolve, reject };
+      if (signal) {
+        const leave = () => {
+          const index = this.#pending.indexOf(job);
+          if (index === -1) return; // already generating: it runs to its end with its batch
+          this.#pending.splice(index, 1);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", leave, { once: true });
+        const settle =
+          <T>(fn: (value: T) => void) =>
+          (value: T) => {
+            signal.removeEventListener("abort", leave);
+            fn(value);
+          };
+        job.resolve = settle(resolve);
+        job.reject = settle(reject);
+      }
+      this.#pending.push(job);
       if (!this.#draining) {
         this.#draining = true;
         // An idle model waits the batch window (at least until the next turn of the event loop)

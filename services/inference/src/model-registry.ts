@@ -37,10 +37,12 @@ export type ModelLease = {
   checkpointId: string;
   contextLength: number;
   tokenizer: ByteTokenizer;
+  /** `signal`: the client went away; a request still waiting for its turn is dropped. */
   generate(
     prompt: string,
     options: SamplingOptions,
     onText?: (text: string) => void,
+    signal?: AbortSignal,
   ): Promise<GenerationResult>;
   release(): void;
 };
@@ -115,7 +117,8 @@ export class ModelRegistry {
       checkpointId: entry.checkpointId,
       contextLength: entry.model.config.contextLength,
       tokenizer: entry.tokenizer,
-      generate: (prompt, options, onText) => entry.queue.submit(prompt, options, onText),
+      generate: (prompt, options, onText, signal) =>
+        entry.queue.submit(prompt, options, onText, signal),
       release: () => {
         if (released) return;
         released = true;

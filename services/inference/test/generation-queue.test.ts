@@ -114,4 +114,24 @@ describe("GenerationQueue", () => {
     fail = false;
     await expect(queue.submit("c", options)).resolves.toMatchObject({ text: "c" });
   });
+
+  it("drops a request whose client went away while it waited, generating nothing for it", async () => {
+    const { calls, run } = recordingRun(50);
+    const queue = new GenerationQueue(run, { maxBatchSize: 8, batchWindowMs: 0 });
+    const first = queue.submit("first", options);
+    await new Promise((resolve) => setTimeout(resolve, 10)); // the first call is running now
+    const gone = new AbortController();
+    const abandoned = queue.submit("abandoned", options, undefined, gone.signal);
+    const kept = queue.submit("kept", options, undefined, new AbortController().signal);
+    gone.abort(new Error("the client went away"));
+    await expect(abandoned).rejects.toThrow("the client went away");
+    await Promise.all([first, kept]);
+    expect(calls.map((c) => c.prompts)).toEqual([["first"], ["kept"]]);
+    // Aborting once generation has started changes nothing for the batch.
+    const late = new AbortController();
+    const running = queue.submit("late", options, undefined, late.signal);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    late.abort();
+    await expect(running).resolves.toMatchObject({ text: "LATE" });
+  });
 });

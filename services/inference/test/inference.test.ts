@@ -290,6 +290,31 @@ describe("inference service", () => {
     expect(stats).toEqual({ loads: 1, generateCalls: 2, requests: 3 });
   });
 
+  it("generates nothing for a streaming client that disconnects while its request waits its turn", async () => {
+    const fresh = await newApp({}, { batchWindowMs: 300 });
+    const warm = await chat(fresh, { model: modelId, messages: hello, max_tokens: 2 });
+    expect(warm.statusCode).toBe(200); // the model is loaded and idle now
+    const callsBefore = fresh.modelRegistry.stats.generateCalls;
+    const url = new URL(await fresh.listen({ port: 0, host: "127.0.0.1" }));
+    const { request } = await import("node:http");
+    // The first chunk (the role) is sent once the request is in the queue; then hang up,
+    // well inside the 300 ms the idle model waits for company.
+    await new Promise<void>((resolve, reject) => {
+      const req = request(
+        { host: url.hostname, port: url.port, path: "/v1/chat/completions", method: "POST" },
+        (res) => res.once("data", () => resolve(void req.destroy())),
+      );
+      req.on("error", (error) => (req.destroyed ? undefined : reject(error)));
+      req.setHeader("content-type", "application/json");
+      req.end(JSON.stringify({ model: modelId, messages: hello, stream: true }));
+    });
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(fresh.modelRegistry.stats.generateCalls).toBe(callsBefore);
+    // The model still answers the next client.
+    const next = await chat(fresh, { model: modelId, messages: hello, max_tokens: 2 });
+    expect(next.statusCode).toBe(200);
+  });
+
   it("loads a checkpoint once when requests for it arrive together", async () => {
     const registry = new ModelRegistry(testDb.db);
     const leases = await Promise.all([1, 2, 3].map(() => registry.acquire(checkpointId)));

@@ -3,7 +3,7 @@
 import { randomUUID } from "node:crypto";
 import { PassThrough } from "node:stream";
 import type { FastifyInstance, FastifyReply } from "fastify";
-import { openApiRoute } from "@chatrl/contracts";
+import { ApiError, openApiRoute } from "@chatrl/contracts";
 import { type ChatCompletionRequest, type PreparedChat, prepareChat } from "../chat-request.ts";
 import type { GenerationResult } from "../generation-queue.ts";
 import { findServedModel } from "../model-catalog.ts";
@@ -38,6 +38,13 @@ export default async function chatCompletionRoutes(app: FastifyInstance) {
         lease.release();
         throw error;
       }
+      // A client that goes away before its request's turn takes it out of the batch queue.
+      const clientGone = new AbortController();
+      const hangUp = () => clientGone.abort(new Error("the client went away"));
+      reply.raw.on("close", () => {
+        if (!reply.raw.writableFinished) hangUp();
+      });
+      if (request.raw.socket?.destroyed) hangUp(); // gone while the model was loading
       const completion = {
         id: `chatcmpl-${randomUUID().replaceAll("-", "")}`,
         created: Math.floor(Date.now() / 1000),
@@ -48,10 +55,17 @@ export default async function chatCompletionRoutes(app: FastifyInstance) {
         return streamCompletion(reply, lease, chat, completion, {
           includeUsage: body.stream_options?.include_usage === true,
           log: request.log,
+          signal: clientGone.signal,
         });
       }
       try {
-        const result = await lease.generate(chat.prompt, chat.options);
+        const result = await lease
+          .generate(chat.prompt, chat.options, undefined, clientGone.signal)
+          .catch((error) => {
+            // nginx's "client closed request": nobody reads it, and it is not a server error.
+            if (clientGone.signal.aborted) throw new ApiError(499, "The client closed the request");
+            throw error;
+          });
         return {
           id: completion.id,
           object: "chat.completion",
@@ -79,7 +93,7 @@ function streamCompletion(
   lease: ModelLease,
   chat: PreparedChat,
   completion: { id: string; created: number; model: string },
-  opts: { includeUsage: boolean; log: FastifyReply["log"] },
+  opts: { includeUsage: boolean; log: FastifyReply["log"]; signal: AbortSignal },
 ) {
   const events = new PassThrough();
   const send = (data: unknown) => events.write(`data: ${JSON.stringify(data)}\n\n`);
@@ -99,12 +113,13 @@ function streamCompletion(
   // The engine reports only final text (held back while it might begin a stop string or end
   // in half a character), so the deltas add up to the non-streamed completion.
   lease
-    .generate(chat.prompt, chat.options, (content) => send(delta({ content })))
+    .generate(chat.prompt, chat.options, (content) => send(delta({ content })), opts.signal)
     .then((result) => {
       send(delta({}, result.finishReason));
       if (opts.includeUsage) send(chunk([], usageOf(result)));
     })
     .catch((error) => {
+      if (opts.signal.aborted) return; // nobody is listening any more
       // Headers are sent; the error goes in the stream, as vLLM does, without details.
       opts.log.error({ err: error }, "generation failed while streaming");
       send({
