@@ -290,7 +290,7 @@ describe("inference service", () => {
     expect(stats).toEqual({ loads: 1, generateCalls: 2, requests: 3 });
   });
 
-  it("generates nothing for a streaming client that disconnects while its request waits its turn", async () => {
+  it("generates nothing for a client that hangs up while its request waits its turn, streaming or not", async () => {
     const fresh = await newApp({}, { batchWindowMs: 300 });
     const warm = await chat(fresh, { model: modelId, messages: hello, max_tokens: 2 });
     expect(warm.statusCode).toBe(200); // the model is loaded and idle now
@@ -307,6 +307,19 @@ describe("inference service", () => {
       req.on("error", (error) => (req.destroyed ? undefined : reject(error)));
       req.setHeader("content-type", "application/json");
       req.end(JSON.stringify({ model: modelId, messages: hello, stream: true }));
+    });
+    // A client waiting for a whole (not streamed) completion gives up the same way.
+    await new Promise<void>((resolve) => {
+      const req = request({
+        host: url.hostname,
+        port: url.port,
+        path: "/v1/chat/completions",
+        method: "POST",
+        headers: { "content-type": "application/json" },
+      });
+      req.on("error", () => {});
+      req.end(JSON.stringify({ model: modelId, messages: hello }));
+      setTimeout(() => resolve(void req.destroy()), 150);
     });
     await new Promise((resolve) => setTimeout(resolve, 600));
     expect(fresh.modelRegistry.stats.generateCalls).toBe(callsBefore);
