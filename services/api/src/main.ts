@@ -5,7 +5,12 @@ import closeWithGrace from "close-with-grace";
 import { startApiServer } from "./server.ts";
 
 const config = loadConfigOrExit(process.env);
-const server = await startApiServer(config);
+const server = await startApiServer(config).catch((error: NodeJS.ErrnoException) => {
+  // The system refused (port taken, address not available): one line, as for bad configuration.
+  if (!error.syscall) throw error;
+  console.error(`api: cannot start: ${error.message}`);
+  process.exit(1);
+});
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) server.app.log.error({ err }, "shutting down after an error");

@@ -58,3 +58,34 @@ it("main.ts serves from the environment's config and exits cleanly on SIGTERM", 
   expect(await exited, output).toBe(0);
   expect(output).toContain('"signal":"SIGTERM"');
 });
+
+it("main.ts says in one line that its port is taken and exits 1, without a stack trace", async () => {
+  const { createServer } = await import("node:net");
+  const taken = createServer();
+  await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+  const { port } = taken.address() as { port: number };
+  try {
+    const child = spawn(process.execPath, ["--import", "tsx", "services/api/src/main.ts"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        DATABASE_URL: database.url,
+        REDIS_URL: redis.url,
+        CHATRL_QUEUE_PREFIX: redis.prefix,
+        CHATRL_API_PORT: String(port),
+        CHATRL_HOST: "127.0.0.1",
+        CHATRL_LOG_LEVEL: "silent",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    expect(code).toBe(1);
+    expect(stderr.trim()).toBe(
+      `api: cannot start: listen EADDRINUSE: address already in use 127.0.0.1:${port}`,
+    );
+  } finally {
+    taken.close();
+  }
+});
