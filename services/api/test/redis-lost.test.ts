@@ -73,6 +73,8 @@ it("answers 503 to a run submitted while Redis is lost, and queues no job for it
       server.app.inject({ method: "POST", url: "/v1/runs", payload: runBody(datasetId) });
     const lost = await submit();
     expect(lost.statusCode, lost.body).toBe(503);
+    expect(lost.json().error.message).toMatch(/the job queue \(Redis\) is unavailable/);
+    expect(lost.json().error.message).not.toMatch(/enableOfflineQueue|Stream/);
     const failedStages: string[] = [];
     const recordFailed = async () => {
       const [run] = (await server.app.inject({ url: "/v1/runs?limit=1" })).json().data;

@@ -184,9 +184,13 @@ export default async function runRoutes(app: FastifyInstance) {
         request.log.error({ err: error, runId: run.id }, "run could not be queued");
         await markRunFailed(prisma, run.id, "The job queue (Redis) was unavailable");
         await addEvent(prisma, run.id, "error", `Could not queue the run: ${error.message}`);
-        throw new ApiError(503, `The run could not be queued: ${error.message}`, {
-          code: "queue_unavailable",
-        });
+        // The driver's own words (in the log and the run's events) mean little to a client.
+        throw new ApiError(
+          503,
+          `Run ${run.id} could not be queued: the job queue (Redis) is unavailable. The run is ` +
+            "recorded as failed; submit it again (with a new Idempotency-Key) once Redis is back",
+          { code: "queue_unavailable" },
+        );
       }
       await addEvent(
         prisma,
