@@ -47,6 +47,13 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   });
   // Bodies are JSON or, for dataset uploads, JSONL; anything else is a 415, not a string body.
   app.removeContentTypeParser("text/plain");
+  // `curl -X POST -H 'Content-Type: application/json' .../cancel` sends no body: that is no
+  // body, not a 400 (routes that need one still say so through their schema).
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (request, body, done) =>
+    body === "" ? done(null, undefined) : parseJson(request, body as string, done),
+  );
   await app.register(errorsPlugin);
   await app.register(openApiPlugin);
   await app.register(dbPlugin, { db: deps.db });

@@ -219,3 +219,31 @@ describe("data_split", () => {
     expect(enough.statusCode, enough.body).toBe(201);
   });
 });
+
+describe("JSON bodies", () => {
+  it("cancels a run when the request says application/json but sends no body, as curl does", async () => {
+    const run = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: runBody(datasetId),
+    });
+    const response = await api.app.inject({
+      method: "POST",
+      url: `/v1/runs/${run.json().id}/cancel`,
+      headers: { "content-type": "application/json" },
+    });
+    expect(response.statusCode, response.body).toBe(200);
+    expect(response.json().status).toBe("cancelled");
+    // A route that needs a body still refuses an empty one, and broken JSON stays a 400.
+    for (const payload of ["", "{nope"]) {
+      const refused = await api.app.inject({
+        method: "POST",
+        url: "/v1/runs",
+        headers: { "content-type": "application/json" },
+        payload,
+      });
+      expect(refused.statusCode, refused.body).toBe(400);
+      expect(refused.json().error.type).toBe("invalid_request_error");
+    }
+  });
+});
