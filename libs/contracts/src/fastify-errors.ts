@@ -104,6 +104,19 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: "invalid_content_length",
 };
 
+// Prisma's codes for a database that cannot be reached or answers too late (see Prisma's error
+// reference); matched by name and code so contracts does not depend on the Prisma client.
+const DATABASE_UNAVAILABLE = new Set(["P1001", "P1002", "P1008", "P1017", "P2024"]);
+
+function isDatabaseUnavailable(error: { name?: string; code?: unknown }): boolean {
+  return (
+    (error.name === "PrismaClientKnownRequestError" ||
+      error.name === "PrismaClientInitializationError") &&
+    typeof error.code === "string" &&
+    DATABASE_UNAVAILABLE.has(error.code)
+  );
+}
+
 function send(reply: FastifyReply, status: number, body: ErrorBody) {
   return reply.code(status).type("application/json; charset=utf-8").send(body);
 }
@@ -129,6 +142,18 @@ export const errorsPlugin = fp(
         );
         return send(reply, 400, {
           error: { message, type: "invalid_request_error", param, code: "invalid_value" },
+        });
+      }
+      if (isDatabaseUnavailable(error)) {
+        // An outage, not a bug: 503 tells clients and load balancers to retry.
+        request.log.error({ err: error }, "database unavailable");
+        return send(reply, 503, {
+          error: {
+            message: "The database is unavailable; try again shortly",
+            type: "service_unavailable",
+            param: null,
+            code: "database_unavailable",
+          },
         });
       }
       const status = error.statusCode && error.statusCode >= 400 ? error.statusCode : 500;

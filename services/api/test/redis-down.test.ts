@@ -60,7 +60,7 @@ describe("when Redis is unreachable", () => {
 });
 
 describe("when Postgres is unreachable", () => {
-  it("is not ready, saying Postgres is down", async () => {
+  it("is not ready, saying Postgres is down, and answers requests with 503", async () => {
     const { openDatabase } = await import("@chatrl/db");
     const { buildApp } = await import("../src/app.ts");
     const { loadConfig } = await import("@chatrl/contracts");
@@ -79,9 +79,15 @@ describe("when Postgres is unreachable", () => {
       expect(response.statusCode).toBe(503);
       expect(response.json().error.message).toMatch(/^Not ready: postgres: /);
       expect(response.json().error.message).not.toMatch(/redis/);
+      // An outage, not a bug: 503 (retry), saying what is down without the driver's details.
       const runs = await app.inject({ url: "/v1/runs" });
-      expect(runs.statusCode).toBe(500);
-      expect(runs.json().error.message).toBe("Internal server error");
+      expect(runs.statusCode).toBe(503);
+      expect(runs.json().error).toEqual({
+        message: "The database is unavailable; try again shortly",
+        type: "service_unavailable",
+        param: null,
+        code: "database_unavailable",
+      });
     } finally {
       await app.close();
       await db.close();
