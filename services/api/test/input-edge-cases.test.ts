@@ -207,7 +207,7 @@ describe("data_split", () => {
       expect(response.statusCode, response.body).toBe(422);
       expect(response.json().error).toMatchObject({
         param: "data_split",
-        message: expect.stringMatching(/gives the sft stage 0 rows/),
+        message: expect.stringMatching(/give the sft stage 0 rows/),
       });
     }
     expect(await storedCounts()).toEqual(before);

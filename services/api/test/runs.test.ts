@@ -1,7 +1,7 @@
 import { addEvent } from "@chatrl/db";
 import { STAGE_QUEUES } from "@chatrl/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDatasetId, runBody, startTestApi, type TestApi } from "./helpers.ts";
+import { createDatasetId, runBody, startTestApi, type TestApi, uploadDataset } from "./helpers.ts";
 
 let api: TestApi;
 let datasetId: string;
@@ -219,6 +219,35 @@ describe("POST /v1/runs", () => {
       422,
       "data_split",
       /sft share/,
+    );
+  });
+
+  it("refuses a run its model or a worker cannot take: sequences past the context, blends of no rows or too many", async () => {
+    await expectRefused(
+      runBody(datasetId, { stages: { sft: { max_seq_len: 256 } } }),
+      422,
+      "stages.sft.max_seq_len",
+      /longer than the model's context of 128 tokens/,
+    );
+    await expectRefused(
+      runBody(datasetId, { datasets: [{ id: datasetId, weight: 0.1 }] }),
+      422,
+      "data_split",
+      /give the sft stage 0 rows/,
+    );
+    await expectRefused(
+      runBody(datasetId, { datasets: [{ id: datasetId, weight: 101 }] }),
+      400,
+      "datasets[0].weight",
+      /<= 100/,
+    );
+    const rows = Array.from({ length: 10_001 }, (_, i) => `{"prompt":"q${i}","response":"a"}`);
+    const big = (await uploadDataset(api.app, rows.join("\n"), "big")).json().id;
+    await expectRefused(
+      runBody(big, { datasets: [{ id: big, weight: 100 }] }),
+      422,
+      "datasets",
+      /1000100 rows; at most 1000000/,
     );
   });
 

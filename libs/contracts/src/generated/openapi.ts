@@ -322,7 +322,8 @@ export interface components {
         DatasetRef: {
             id: string;
             /**
-             * @description Blend weight, relative to the other datasets.
+             * @description How much of the dataset's share goes into the blend: 1 takes every row once, 0.5 a
+             *     seeded half, 2 every row twice. The blended sft rows may not exceed 1,000,000 (422).
              * @default 1
              */
             weight?: number;

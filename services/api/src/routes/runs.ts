@@ -24,6 +24,7 @@ import {
   type StageRow,
 } from "@chatrl/db";
 import { enqueueRun, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
+import { MODEL_PRESETS } from "@chatrl/engine/config";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { unknownCursor } from "./cursor.ts";
 import { unixSeconds } from "./time.ts";
@@ -79,29 +80,57 @@ function idempotencyKeyReused(): ApiError {
   });
 }
 
-/** Checks what the spec refers to exists, naming the first reference that does not. */
+/** Blended sft rows past this would not fit a worker's memory (every example is tokenized up front). */
+const MAX_SFT_ROWS = 1_000_000;
+
+/**
+ * Checks what the spec refers to exists, naming the first reference that does not, and that
+ * the stage it describes can run: sequences fit the model, the blend gives it rows, not too many.
+ */
 async function checkReferences(app: FastifyInstance, spec: RunSpec): Promise<void> {
   const prisma = app.db.prisma;
+  let contextLength: number | undefined;
   if ("checkpoint_id" in spec.model) {
     const id = spec.model.checkpoint_id;
-    if (!(await getCheckpoint(prisma, id))) throw notFound("checkpoint", id, "model.checkpoint_id");
+    const checkpoint = await getCheckpoint(prisma, id);
+    if (!checkpoint) throw notFound("checkpoint", id, "model.checkpoint_id");
+    contextLength = (checkpoint.config as { contextLength?: number }).contextLength;
+  } else {
+    contextLength = MODEL_PRESETS[spec.model.preset].contextLength;
   }
+  const maxSeqLen = spec.stages.sft.max_seq_len;
+  if (contextLength !== undefined && maxSeqLen > contextLength) {
+    throw new ApiError(
+      422,
+      `stages.sft.max_seq_len ${maxSeqLen} is longer than the model's context of ${contextLength} tokens`,
+      { param: "stages.sft.max_seq_len", code: "invalid_value" },
+    );
+  }
+
   let sftRows = 0;
   const [sftShare, ...rest] = spec.data_split;
   const total = sftShare + rest.reduce((a, b) => a + b, 0);
   for (const [i, ref] of spec.datasets.entries()) {
     const dataset = await getDataset(prisma, ref.id);
     if (!dataset) throw notFound("dataset", ref.id, `datasets[${i}].id`);
-    // The engine's splitForStage gives the sft stage the first round(rows * share / total).
-    sftRows += Math.round((dataset.rowCount * sftShare) / total);
+    // The engine's splitForStage gives the sft stage the first round(rows * share / total),
+    // and blendDatasets takes round(weight * rows) of those.
+    sftRows += Math.round(ref.weight * Math.round((dataset.rowCount * sftShare) / total));
   }
   // Otherwise the run is accepted and its worker fails at once with "no examples".
   if (sftRows === 0) {
     throw new ApiError(
       422,
-      `data_split [${spec.data_split.join(", ")}] gives the sft stage 0 rows of the datasets; ` +
-        "raise its first number or add rows",
+      `data_split [${spec.data_split.join(", ")}] and the weights give the sft stage 0 rows of ` +
+        "the datasets; raise the first number of data_split or the weights, or add rows",
       { param: "data_split", code: "invalid_value" },
+    );
+  }
+  if (sftRows > MAX_SFT_ROWS) {
+    throw new ApiError(
+      422,
+      `the datasets' weights give the sft stage ${sftRows} rows; at most ${MAX_SFT_ROWS} fit a worker`,
+      { param: "datasets", code: "invalid_value" },
     );
   }
 }
