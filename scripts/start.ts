@@ -63,7 +63,8 @@ async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
   const followed = await runCli([...urls, "runs", "follow", run.id], io);
   if (followed !== 0) throw new Error(`run ${run.id} did not succeed`);
 
-  const model = `run-${run.id}-sft`;
+  const model = (await api.getRun(run.id)).fine_tuned_model;
+  if (!model) throw new Error(`run ${run.id} succeeded but names no model to chat with`);
   const question = "What is 2 plus 3?";
   log(`asking ${model}: ${question}`);
   await runCli(

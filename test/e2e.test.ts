@@ -83,7 +83,7 @@ describe("a supervised fine-tuning run, end to end", () => {
       }),
       201,
     );
-    expect(created).toMatchObject({ object: "run", status: "queued" });
+    expect(created).toMatchObject({ object: "run", status: "queued", fine_tuned_model: null });
 
     let run = created;
     for (let i = 0; i < 600 && !["succeeded", "failed", "cancelled"].includes(run.status); i++) {
@@ -126,6 +126,7 @@ describe("a supervised fine-tuning run, end to end", () => {
       200,
     );
     const model = `run-${run.id}-sft`;
+    expect(run.fine_tuned_model).toBe(model);
     expect(models.data.map((m: { id: string }) => m.id)).toContain(model);
 
     const completion = await json<Schemas["ChatCompletion"]>(

@@ -7,3 +7,4 @@ export * from "./run-spec.ts";
 export * from "./text.ts";
 export * from "./fastify-auth.ts";
 export * from "./readiness.ts";
+export * from "./model-ids.ts";

@@ -2,7 +2,6 @@ export { buildInferenceApp, type InferenceDeps } from "./app.ts";
 export { startInferenceServer } from "./server.ts";
 export type { GenerationResult, SamplingOptions } from "./generation-queue.ts";
 export { findServedModel, listServedModels, type ServedModel } from "./model-catalog.ts";
-export { modelIdFor, parseModelId, type ServedRole } from "./model-ids.ts";
 export {
   type ModelLease,
   ModelRegistry,

@@ -1,7 +1,7 @@
 // Which checkpoints are served under which model names. A model name always means the newest
 // final checkpoint of its run and role, so a run's new actor is picked up as soon as it lands.
 import { type Db, listCheckpoints, listServableCheckpoints } from "@chatrl/db";
-import { isServedRole, modelIdFor, parseModelId, type ServedRole } from "./model-ids.ts";
+import { isServedRole, modelIdFor, parseModelId, type ServedRole } from "@chatrl/contracts";
 
 export type ServedModel = {
   id: string;

@@ -92,8 +92,7 @@ function reportEnd(ctx: CliContext, run: Run): number {
   const seconds = run.stages.reduce((sum, s) => sum + s.wall_seconds, 0);
   const cost = run.stages.reduce((sum, s) => sum + s.cost_usd, 0);
   if (run.status === "succeeded") {
-    // The PPO actor is served as run-<id>; a run without PPO serves its SFT model.
-    const model = run.stages.some((s) => s.kind === "ppo") ? `run-${run.id}` : `run-${run.id}-sft`;
+    const model = run.fine_tuned_model;
     ctx.print(
       `run ${run.id} succeeded in ${formatDuration(seconds)} ($${cost.toFixed(4)}); chat with: chatrl chat --model ${model}`,
     );

@@ -425,6 +425,11 @@ export interface components {
             object: "run";
             name: string;
             status: components["schemas"]["Status"];
+            /**
+             * @description The model to chat with on the inference service once the run has succeeded (null
+             *     before): `run-<id>` for the PPO actor, `run-<id>-sft` for a run whose last stage is SFT.
+             */
+            fine_tuned_model: string | null;
             stages: components["schemas"]["Stage"][];
             created_at: number;
             started_at: number | null;

@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from "node:util";
 import {
   ApiError,
   type components,
+  modelIdFor,
   normalizeRunSpec,
   openApiRoute,
   type RunCreateRequest,
@@ -57,11 +58,18 @@ export function toRunJson(run: RunWithStages): RunJson {
     name: run.name,
     status: run.status,
     stages: run.stages.map(toStageJson),
+    fine_tuned_model: servedModel(run),
     created_at: unixSeconds(run.createdAt),
     started_at: unixSeconds(run.startedAt),
     finished_at: unixSeconds(run.finishedAt),
     error: run.error,
   };
+}
+
+/** The model the inference service serves for a succeeded run: its last stage's output. */
+function servedModel(run: RunWithStages): string | null {
+  if (run.status !== "succeeded") return null;
+  return modelIdFor(run.id, run.stages.some((s) => s.kind === "ppo") ? "actor" : "sft");
 }
 
 function notFound(what: string, id: string, param: string): ApiError {
