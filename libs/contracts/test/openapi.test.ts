@@ -47,7 +47,7 @@ describe("openapi.yaml", () => {
         operations++;
       }
     }
-    expect(operations).toBe(16);
+    expect(operations).toBe(17);
   });
 
   it("turns an operation into Fastify route options", () => {

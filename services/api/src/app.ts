@@ -14,6 +14,7 @@ import { queuePlugin } from "./plugins/queue.ts";
 import { storableTextPlugin } from "./plugins/storable-text.ts";
 import checkpointRoutes from "./routes/checkpoints.ts";
 import dashboardRoutes from "./routes/dashboard.ts";
+import dashboardPageRoutes from "./routes/dashboard-page.ts";
 import datasetRoutes from "./routes/datasets.ts";
 import healthRoutes from "./routes/health.ts";
 import runRoutes from "./routes/runs.ts";
@@ -70,6 +71,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   await app.register(runRoutes);
   await app.register(checkpointRoutes);
   await app.register(dashboardRoutes);
+  await app.register(dashboardPageRoutes);
   await app.ready();
   return app;
 }

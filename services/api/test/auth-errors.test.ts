@@ -51,6 +51,14 @@ describe("with API keys configured", () => {
     expect(given.headers["x-request-id"]).toBe("trace-42");
   });
 
+  it("serves the dashboard page without a key, while the costs it charts need one", async () => {
+    const page = await api.app.inject({ url: "/dashboard" });
+    expect(page.statusCode).toBe(200);
+    expect(page.headers["content-type"]).toBe("text/html; charset=utf-8");
+    expect(page.body).toContain("/v1/dashboard/costs?group_by=");
+    expect((await api.app.inject({ url: "/v1/dashboard/costs" })).statusCode).toBe(401);
+  });
+
   it("keeps the health routes public", async () => {
     expect((await api.app.inject({ url: "/healthz" })).statusCode).toBe(200);
     expect((await api.app.inject({ url: "/readyz" })).json()).toEqual({
@@ -103,7 +111,7 @@ describe("openapi.yaml", () => {
           url: url.replace(/\{(\w+)\}/g, ":$1"),
         })),
     );
-    expect(operations.length).toBe(14);
+    expect(operations.length).toBe(15);
     for (const route of operations) {
       expect(api.app.hasRoute(route as { method: "GET"; url: string }), JSON.stringify(route)).toBe(
         true,
