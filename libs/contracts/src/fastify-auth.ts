@@ -1,31 +1,50 @@
 // Bearer-key authentication shared by the api and the inference service, as OpenAI clients send
-// keys. No keys configured means no authentication (a local, single-user setup). Routes whose
-// openapi.yaml operation says `security: []` (health checks) are always open.
+// keys. Keys come from CHATRL_API_KEYS and from Postgres (`storedKeys`, hashes only). With no key
+// in either, the service is open (a local, single-user setup); the first stored key closes it.
+// Routes whose openapi.yaml operation says `security: []` (health checks) are always open.
+import { createHash, timingSafeEqual } from "node:crypto";
 import bearerAuth from "@fastify/bearer-auth";
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
 import { ApiError } from "./fastify-errors.ts";
 
+export type StoredApiKeys = {
+  /** Whether any key is stored (checked per request, so a new key takes effect at once). */
+  any(): Promise<boolean>;
+  verify(key: string): Promise<boolean>;
+};
+
+const sha256 = (text: string) => createHash("sha256").update(text).digest();
+
 export const authPlugin = fp(
-  async (app: FastifyInstance, opts: { apiKeys: string[] }) => {
-    if (opts.apiKeys.length === 0) return;
-    // The library compares keys in constant time; we only decide which routes it guards.
+  async (app: FastifyInstance, opts: { apiKeys: string[]; storedKeys?: StoredApiKeys }) => {
+    const configured = opts.apiKeys.map(sha256);
+    const stored = opts.storedKeys;
+    // Comparing fixed-length hashes in constant time says nothing about a key's length or prefix.
+    const isConfigured = (key: string) => {
+      const digest = sha256(key);
+      return configured.some((known) => timingSafeEqual(known, digest));
+    };
     await app.register(bearerAuth, {
-      keys: opts.apiKeys,
+      keys: new Set<string>(),
+      auth: async (key: string) => isConfigured(key) || ((await stored?.verify(key)) ?? false),
       addHook: false,
       verifyErrorLogLevel: "info",
     });
     const verify = app.verifyBearerAuth!;
-    app.addHook("onRequest", (request, reply, done) => {
-      if (request.routeOptions.config.public) return done();
-      verify(request, reply, (error) => {
-        if (!error) return done();
-        reply.header("www-authenticate", 'Bearer realm="chatrl"');
-        done(
-          new ApiError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'", {
-            code: "invalid_api_key",
-          }),
-        );
+    app.addHook("onRequest", async (request, reply) => {
+      if (request.routeOptions.config.public) return;
+      if (configured.length === 0 && !(await stored?.any())) return;
+      await new Promise<void>((resolve, reject) => {
+        verify(request, reply, (error) => {
+          if (!error) return resolve();
+          reply.header("www-authenticate", 'Bearer realm="chatrl"');
+          reject(
+            new ApiError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'", {
+              code: "invalid_api_key",
+            }),
+          );
+        });
       });
     });
   },

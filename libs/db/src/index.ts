@@ -34,3 +34,13 @@ export { addEvent, listEvents } from "./events.ts";
 export type { CostGroup, CostRow } from "./dashboard.ts";
 export { costSummary } from "./dashboard.ts";
 export * from "./generated/prisma/client.ts";
+export type { ApiKeyRow } from "./api-keys.ts";
+export {
+  createApiKey,
+  deleteApiKey,
+  hasApiKeys,
+  hashApiKey,
+  isStoredApiKey,
+  listApiKeys,
+  storedApiKeys,
+} from "./api-keys.ts";

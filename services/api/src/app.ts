@@ -6,7 +6,7 @@ import {
   openApiPlugin,
   type StageKind,
 } from "@chatrl/contracts";
-import type { Database } from "@chatrl/db";
+import { type Database, storedApiKeys } from "@chatrl/db";
 import type { FlowProducer, Queue } from "bullmq";
 import Fastify, { type FastifyInstance } from "fastify";
 import { dbPlugin } from "./plugins/db.ts";
@@ -63,7 +63,10 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     queues: deps.queues,
     timeoutMs: deps.queueTimeoutMs ?? 5000,
   });
-  await app.register(authPlugin, { apiKeys: config.apiKeys });
+  await app.register(authPlugin, {
+    apiKeys: config.apiKeys,
+    storedKeys: storedApiKeys(deps.db.prisma),
+  });
   await app.register(storableTextPlugin);
 
   await app.register(healthRoutes, { redisUrl: config.redisUrl });

@@ -1,7 +1,7 @@
 // The inference service: OpenAI-compatible /v1/models and /v1/chat/completions over the
 // checkpoints in Postgres, plus health checks.
 import { authPlugin, type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
-import type { Database } from "@chatrl/db";
+import { type Database, storedApiKeys } from "@chatrl/db";
 import Fastify, { type FastifyInstance } from "fastify";
 import type { RegistryOptions } from "./model-registry.ts";
 import dbPlugin from "./plugins/db.ts";
@@ -23,7 +23,10 @@ export async function buildInferenceApp(
   const app = Fastify({ logger: { level: config.logLevel } });
   await app.register(errorsPlugin);
   await app.register(openApiPlugin);
-  await app.register(authPlugin, { apiKeys: config.apiKeys });
+  await app.register(authPlugin, {
+    apiKeys: config.apiKeys,
+    storedKeys: storedApiKeys(deps.db.prisma),
+  });
   await app.register(dbPlugin, { db: deps.db });
   await app.register(modelsPlugin, { ...deps.registry, backend: config.backend });
   await app.register(healthRoutes);

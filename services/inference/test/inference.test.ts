@@ -1,6 +1,6 @@
 // The inference service against a real test database holding a real (untrained) tiny model.
 import { loadConfig } from "@chatrl/contracts";
-import { createRun, saveCheckpoint } from "@chatrl/db";
+import { createApiKey, createRun, deleteApiKey, saveCheckpoint } from "@chatrl/db";
 import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -395,5 +395,23 @@ describe("inference service", () => {
     });
     expect(right.statusCode).toBe(200);
     expect((await secured.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+  });
+
+  it("accepts a key stored in Postgres, and is open again once it is deleted", async () => {
+    const prisma = testDb.db.prisma;
+    const { id, key } = await createApiKey(prisma, "inference-test");
+    try {
+      const url = "/v1/models";
+      expect((await app.inject({ method: "GET", url })).statusCode).toBe(401);
+      const right = await app.inject({
+        method: "GET",
+        url,
+        headers: { authorization: `Bearer ${key}` },
+      });
+      expect(right.statusCode).toBe(200);
+    } finally {
+      await deleteApiKey(prisma, id);
+    }
+    expect((await app.inject({ method: "GET", url: "/v1/models" })).statusCode).toBe(200);
   });
 });
