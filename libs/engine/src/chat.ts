@@ -36,29 +36,25 @@ export function renderChatPrompt(messages: readonly ChatMessage[]): string {
 }
 
 /**
- * A row of any of the three formats as a prompt (already rendered with the chat template) and
- * the response to learn: supervised rows their response, preference rows their chosen answer,
- * chat rows their last assistant message after the conversation before it.
+ * The examples a row of any of the three formats teaches, each a prompt (already rendered with
+ * the chat template) and the response to learn: supervised rows their response, preference rows
+ * their chosen answer, chat rows every assistant message after the conversation before it (as
+ * OpenAI's chat fine-tuning does), so a row of k assistant turns gives k examples.
  */
-export function rowToSftExample(row: DatasetRow): { prompt: string; response: string } {
+export function rowToSftExamples(row: DatasetRow): { prompt: string; response: string }[] {
   if ("messages" in row) {
-    const last = row.messages.at(-1);
-    if (last?.role !== "assistant") {
+    if (row.messages.at(-1)?.role !== "assistant") {
       throw new Error("chat row must end with an assistant message (the answer to train on)");
     }
-    return { prompt: renderChatPrompt(row.messages.slice(0, -1)), response: last.content };
+    return row.messages.flatMap((message, i) =>
+      message.role === "assistant"
+        ? [{ prompt: renderChatPrompt(row.messages.slice(0, i)), response: message.content }]
+        : [],
+    );
   }
-  if ("chosen" in row)
-    return {
-      prompt: renderChatPrompt([{ role: "user", content: row.prompt }]),
-      response: row.chosen,
-    };
-  if ("response" in row) {
-    return {
-      prompt: renderChatPrompt([{ role: "user", content: row.prompt }]),
-      response: row.response,
-    };
-  }
+  const prompt = renderChatPrompt([{ role: "user", content: row.prompt }]);
+  if ("chosen" in row) return [{ prompt, response: row.chosen }];
+  if ("response" in row) return [{ prompt, response: row.response }];
   throw new Error(
     "unknown row format: expected {prompt, response}, {prompt, chosen, rejected} or {messages}",
   );

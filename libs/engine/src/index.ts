@@ -5,7 +5,7 @@ export {
   CHAT_STOP_STRINGS,
   type ChatMessage,
   renderChatPrompt,
-  rowToSftExample,
+  rowToSftExamples,
 } from "./chat";
 export {
   loadModel,

@@ -4,7 +4,7 @@ import {
   buildSftBatch,
   ByteTokenizer,
   renderChatPrompt,
-  rowToSftExample,
+  rowToSftExamples,
   splitForStage,
   tokenizeSftExample,
 } from "../src/index";
@@ -98,32 +98,40 @@ describe("chat template and rows", () => {
     ).toBe("<|system|>\nBe brief.\n<|user|>\nHi!\n<|assistant|>\n");
   });
 
-  it("turns the three row formats into a templated prompt and the response to learn", () => {
+  it("turns the three row formats into templated prompts and the responses to learn", () => {
     const prompt = "<|user|>\nWhy?\n<|assistant|>\n";
-    expect(rowToSftExample({ prompt: "Why?", response: "Because." })).toEqual({
-      prompt,
-      response: "Because.",
-    });
-    expect(rowToSftExample({ prompt: "Why?", chosen: "Because.", rejected: "No." })).toEqual({
-      prompt,
-      response: "Because.",
-    });
-    expect(
-      rowToSftExample({
-        messages: [
-          { role: "user", content: "Why?" },
-          { role: "assistant", content: "Because." },
-          { role: "user", content: "Sure?" },
-          { role: "assistant", content: "Yes." },
-        ],
-      }),
-    ).toEqual({
-      prompt: "<|user|>\nWhy?\n<|assistant|>\nBecause.\n<|user|>\nSure?\n<|assistant|>\n",
-      response: "Yes.",
-    });
-    expect(() => rowToSftExample({ messages: [{ role: "user", content: "Hi" }] })).toThrow(
+    expect(rowToSftExamples({ prompt: "Why?", response: "Because." })).toEqual([
+      { prompt, response: "Because." },
+    ]);
+    expect(rowToSftExamples({ prompt: "Why?", chosen: "Because.", rejected: "No." })).toEqual([
+      { prompt, response: "Because." },
+    ]);
+    expect(() => rowToSftExamples({ messages: [{ role: "user", content: "Hi" }] })).toThrow(
       /assistant message/,
     );
+  });
+
+  it("learns every assistant turn of a chat row, each after the conversation before it", () => {
+    const examples = rowToSftExamples({
+      messages: [
+        { role: "system", content: "Be brief." },
+        { role: "user", content: "Why?" },
+        { role: "assistant", content: "Because." },
+        { role: "user", content: "Sure?" },
+        { role: "assistant", content: "Yes." },
+      ],
+    });
+    expect(examples).toEqual([
+      {
+        prompt: "<|system|>\nBe brief.\n<|user|>\nWhy?\n<|assistant|>\n",
+        response: "Because.",
+      },
+      {
+        prompt:
+          "<|system|>\nBe brief.\n<|user|>\nWhy?\n<|assistant|>\nBecause.\n<|user|>\nSure?\n<|assistant|>\n",
+        response: "Yes.",
+      },
+    ]);
   });
 });
 

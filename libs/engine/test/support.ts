@@ -3,7 +3,7 @@
 import {
   type BackendInfo,
   initBackend,
-  rowToSftExample,
+  rowToSftExamples,
   type SftConfig,
   type SftExample,
 } from "../src/index";
@@ -17,7 +17,7 @@ export const EXAMPLES: SftExample[] = [
   { prompt: "Say hi", response: "Hello there!" },
   { prompt: "Color of the sky?", response: "Blue." },
   { prompt: "Capital of France?", response: "Paris." },
-].map(rowToSftExample);
+].flatMap(rowToSftExamples);
 
 export const OVERFIT: SftConfig = {
   maxSteps: 40,

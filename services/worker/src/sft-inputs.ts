@@ -7,7 +7,7 @@ import {
   GPT,
   loadModel,
   MODEL_PRESETS,
-  rowToSftExample,
+  rowToSftExamples,
   type SftConfig,
   type SftExample,
   splitForStage,
@@ -29,7 +29,7 @@ export async function loadSftExamples(prisma: Prisma, spec: RunSpec): Promise<Sf
     const share = splitForStage(rows, spec.data_split, SFT_SPLIT_INDEX, spec.seed);
     sources.push({ rows: share, weight: dataset.weight });
   }
-  const examples = blendDatasets(sources, spec.seed).map((row) => rowToSftExample(row));
+  const examples = blendDatasets(sources, spec.seed).flatMap((row) => rowToSftExamples(row));
   if (examples.length === 0) {
     const ids = spec.datasets.map((d) => d.id).join(", ");
     throw new UnrecoverableError(
