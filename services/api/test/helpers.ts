@@ -1,5 +1,4 @@
 // Builds the api on a fresh test database and a private Redis key prefix, as main.ts would.
-import { createServer } from "node:net";
 import { loadConfig } from "@chatrl/contracts";
 import {
   closeStageQueues,
@@ -63,14 +62,6 @@ export async function startTestApi(
 }
 
 /** A localhost port nothing listens on (taken from the OS, then released). */
-export async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 export const SFT_JSONL = [
   '{"prompt":"What is 2 plus 2?","response":"4."}',
   '{"prompt":"Capital of Norway?","response":"Oslo."}',

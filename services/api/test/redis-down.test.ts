@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { closedPort, createDatasetId, runBody, startTestApi, type TestApi } from "./helpers.ts";
+import { createDatasetId, runBody, startTestApi, type TestApi } from "./helpers.ts";
+import { freePort } from "../../../test/support/process.ts";
 
 // The api on a real database but with Redis pointed at a port nothing listens on.
 let api: TestApi;
 
 beforeAll(async () => {
-  const port = await closedPort();
+  const port = await freePort();
   api = await startTestApi({}, { redisUrl: `redis://127.0.0.1:${port}`, queueTimeoutMs: 500 });
 });
 afterAll(async () => {
@@ -65,7 +66,7 @@ describe("when Postgres is unreachable", () => {
     const { buildApp } = await import("../src/app.ts");
     const { loadConfig } = await import("@chatrl/contracts");
     const { tmpdir } = await import("node:os");
-    const databaseUrl = `postgresql://postgres@127.0.0.1:${await closedPort()}/nowhere`;
+    const databaseUrl = `postgresql://postgres@127.0.0.1:${await freePort()}/nowhere`;
     const db = await openDatabase({ databaseUrl, dataDir: tmpdir() });
     const config = loadConfig({
       DATABASE_URL: databaseUrl,

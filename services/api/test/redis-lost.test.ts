@@ -4,9 +4,10 @@ import { loadConfig } from "@chatrl/contracts";
 import { Queue } from "bullmq";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { freePort } from "../../../test/support/process.ts";
 import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
 import { startApiServer } from "../src/server.ts";
-import { closedPort, runBody, SFT_JSONL } from "./helpers.ts";
+import { runBody, SFT_JSONL } from "./helpers.ts";
 
 let database: TestDatabase;
 let redis: TestRedis;
@@ -48,7 +49,7 @@ it("answers 503 to a run submitted while Redis is lost, and queues no job for it
     DATABASE_URL: database.url,
     REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
     CHATRL_QUEUE_PREFIX: redis.prefix,
-    CHATRL_API_PORT: String(await closedPort()),
+    CHATRL_API_PORT: String(await freePort()),
     CHATRL_LOG_LEVEL: "silent",
   });
   const server = await startApiServer(config);

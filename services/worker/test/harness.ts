@@ -1,7 +1,6 @@
 // Shared set-up of the worker tests: a database, a Redis prefix, a dataset, and runs submitted
 // the way the api submits them (db repositories, then enqueueRun), without the HTTP layer.
 import { type ChildProcess, spawn } from "node:child_process";
-import { type AddressInfo, createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { type ChatrlConfig, loadConfig, type RunSpec, type StageKind } from "@chatrl/contracts";
 import { createDataset, createRun, getStage } from "@chatrl/db";
@@ -184,14 +183,7 @@ export function spawnWorkerProcess(
   return child;
 }
 
-/** A TCP port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+export { freePort } from "../../../test/support/process.ts";
 
 export function exited(
   child: ChildProcess,
