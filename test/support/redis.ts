@@ -1,5 +1,6 @@
 // A unique BullMQ key prefix per call on the Redis globalSetup chose; cleanup() deletes its keys.
 import { randomBytes } from "node:crypto";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { Redis } from "ioredis";
 import { inject } from "vitest";
 
@@ -34,4 +35,36 @@ async function deleteKeys(url: string, pattern: string): Promise<void> {
   } finally {
     await redis.quit();
   }
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 (on `port`, or any free one) to the Redis at `target`; `cut()` drops
+ * every connection and refuses new ones, as a network outage would.
+ */
+export async function redisProxy(
+  target: string,
+  port = 0,
+): Promise<{ url: string; port: number; cut(): Promise<void> }> {
+  const upstreamUrl = new URL(target);
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = connect(Number(upstreamUrl.port || 6379), upstreamUrl.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => sockets.delete(s));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  const bound = (server.address() as { port: number }).port;
+  return {
+    url: `redis://127.0.0.1:${bound}`,
+    port: bound,
+    async cut() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
 }

@@ -1,8 +1,7 @@
 // Redis going away after the api connected: the connection then queues commands offline
 // (maxRetriesPerRequest: null) instead of failing them, so every call must give up on its own.
-import { createServer, connect, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
+import { createTestRedis, redisProxy, type TestRedis } from "../../../test/support/redis.ts";
 import {
   closeStageQueues,
   createFlowProducer,
@@ -13,30 +12,6 @@ import {
   removeRunJobs,
 } from "../src/index.ts";
 
-/** A TCP proxy to Redis that can be cut, as a network outage would. */
-async function startProxy(target: URL): Promise<{ url: string; cut(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("error", () => {});
-      s.on("close", () => sockets.delete(s));
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    cut: async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
-  };
-}
-
 let redis: TestRedis;
 beforeAll(async () => {
   redis = await createTestRedis();
@@ -46,7 +21,7 @@ afterAll(async () => {
 });
 
 it("gives up queueing and removing a run's jobs within the timeout when Redis is lost after connecting", async () => {
-  const proxy = await startProxy(new URL(redis.url));
+  const proxy = await redisProxy(redis.url);
   const connection = redisConnection(proxy.url);
   connection.on("error", () => {});
   const flow = createFlowProducer(connection, redis.prefix);

@@ -1,11 +1,10 @@
 // The api server as main.ts starts it, with Redis lost after it connected (a TCP proxy cut).
-import { connect, createServer, type Server, type Socket } from "node:net";
 import { loadConfig } from "@chatrl/contracts";
 import { Queue } from "bullmq";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import { freePort } from "../../../test/support/process.ts";
-import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
+import { createTestRedis, redisProxy, type TestRedis } from "../../../test/support/redis.ts";
 import { startApiServer } from "../src/server.ts";
 import { runBody, SFT_JSONL } from "./helpers.ts";
 
@@ -20,31 +19,8 @@ afterAll(async () => {
   await database?.drop();
 });
 
-/** Forwards a local port to Redis; `cut()` drops every connection and refuses new ones. */
-async function redisProxy(target: URL, port = 0) {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("error", () => {});
-      s.on("close", () => sockets.delete(s));
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as { port: number }).port,
-    async cut() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
-  };
-}
-
 it("answers 503 to a run submitted while Redis is lost, and queues no job for it when Redis is back", async () => {
-  const proxy = await redisProxy(new URL(redis.url));
+  const proxy = await redisProxy(redis.url);
   const config = loadConfig({
     DATABASE_URL: database.url,
     REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
@@ -85,7 +61,7 @@ it("answers 503 to a run submitted while Redis is lost, and queues no job for it
     await recordFailed();
 
     // Redis comes back on the same address; the api's connection reconnects within seconds.
-    const restored = await redisProxy(new URL(redis.url), proxy.port);
+    const restored = await redisProxy(redis.url, proxy.port);
     let again = await submit();
     for (let i = 0; i < 50 && again.statusCode === 503; i++) {
       await recordFailed();
