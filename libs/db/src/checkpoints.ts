@@ -27,27 +27,70 @@ export type NewCheckpoint = {
   trainer?: Uint8Array;
 };
 
+/** One model file of a checkpoint: a PPO checkpoint has several (actor, critic, ema). */
+export type CheckpointFile = {
+  role: CheckpointRole;
+  /** The model config needed to rebuild the network. */
+  config: unknown;
+  /** The safetensors file. */
+  model: Uint8Array;
+};
+
+export type NewCheckpoints = {
+  runId: string;
+  stageId: string;
+  step: number;
+  final: boolean;
+  /** At most one file per role. */
+  files: CheckpointFile[];
+  /** The trainer state (every optimizer, step, RNG, ...) for resuming, stored on the first file. */
+  trainer?: Uint8Array;
+};
+
 /** Stores the checkpoint row and its chunks in one transaction. sha256 and bytes describe `model`. */
 export async function saveCheckpoint(p: Db, input: NewCheckpoint): Promise<Checkpoint> {
-  const id = newId("ckpt");
+  const { role, config, model, ...rest } = input;
+  const [checkpoint] = await saveCheckpoints(p, { ...rest, files: [{ role, config, model }] });
+  return checkpoint;
+}
+
+/**
+ * Stores the files of one checkpoint (a row and chunks each, the trainer part on the first) in
+ * ONE transaction: a crash leaves all of them or none, never an actor without its critic. The
+ * rows share one createdAt, which tells this set from another saved at the same step.
+ * Returns the rows in file order.
+ */
+export async function saveCheckpoints(p: Db, input: NewCheckpoints): Promise<Checkpoint[]> {
+  if (input.files.length === 0) throw new Error("a checkpoint needs at least one model file");
+  const roles = input.files.map((f) => f.role);
+  const repeated = roles.find((role, i) => roles.indexOf(role) !== i);
+  if (repeated) throw new Error(`a checkpoint has one file per role; "${repeated}" is repeated`);
+  const createdAt = new Date();
   return p.$transaction(
     async (tx) => {
-      const checkpoint = await tx.checkpoint.create({
-        data: {
-          id,
-          runId: input.runId,
-          stageId: input.stageId,
-          step: input.step,
-          role: input.role,
-          final: input.final,
-          config: input.config as Prisma.InputJsonValue,
-          sha256: createHash("sha256").update(input.model).digest("hex"),
-          bytes: input.model.byteLength,
-        },
-      });
-      await writeChunks(tx, id, "model", input.model);
-      if (input.trainer) await writeChunks(tx, id, "trainer", input.trainer);
-      return checkpoint;
+      const rows: Checkpoint[] = [];
+      for (const [i, file] of input.files.entries()) {
+        const id = newId("ckpt");
+        rows.push(
+          await tx.checkpoint.create({
+            data: {
+              id,
+              runId: input.runId,
+              stageId: input.stageId,
+              step: input.step,
+              role: file.role,
+              final: input.final,
+              config: file.config as Prisma.InputJsonValue,
+              sha256: createHash("sha256").update(file.model).digest("hex"),
+              bytes: file.model.byteLength,
+              createdAt,
+            },
+          }),
+        );
+        await writeChunks(tx, id, "model", file.model);
+        if (i === 0 && input.trainer) await writeChunks(tx, id, "trainer", input.trainer);
+      }
+      return rows;
     },
     // Hundreds of MiB take a while to send; Prisma's default allows 5 s.
     { maxWait: 10_000, timeout: 600_000 },
@@ -73,6 +116,52 @@ export function latestCheckpoint(p: Db, stageId: string): Promise<Checkpoint | n
   return p.checkpoint.findFirst({
     where: { stageId },
     orderBy: [{ step: "desc" }, { createdAt: "desc" }],
+  });
+}
+
+/** A checkpoint of a stage at one step: every model file saved together, one row per role. */
+export type CheckpointSet = {
+  step: number;
+  final: boolean;
+  /** In role order (actor, critic, reward, ema, sft). */
+  checkpoints: Checkpoint[];
+};
+
+/**
+ * The stage's newest checkpoint set: the files of its highest step saved in one transaction
+ * (complete by construction), or null when the stage has none. What a resumed stage starts from.
+ */
+export async function latestCheckpointSet(p: Db, stageId: string): Promise<CheckpointSet | null> {
+  const newest = await latestCheckpoint(p, stageId);
+  if (!newest) return null;
+  return {
+    step: newest.step,
+    final: newest.final,
+    checkpoints: await setOf(p, stageId, newest.step, newest.createdAt),
+  };
+}
+
+/**
+ * The files of the stage's checkpoint at `step`, in role order; [] when there is none. Should
+ * two attempts have saved that step, the newer set (never a mix of both).
+ */
+export async function checkpointsAtStep(
+  p: Db,
+  stageId: string,
+  step: number,
+): Promise<Checkpoint[]> {
+  const newest = await p.checkpoint.findFirst({
+    where: { stageId, step },
+    orderBy: { createdAt: "desc" },
+    select: { createdAt: true },
+  });
+  return newest ? setOf(p, stageId, step, newest.createdAt) : [];
+}
+
+function setOf(p: Db, stageId: string, step: number, createdAt: Date): Promise<Checkpoint[]> {
+  return p.checkpoint.findMany({
+    where: { stageId, step, createdAt },
+    orderBy: { role: "asc" },
   });
 }
 

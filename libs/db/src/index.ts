@@ -17,15 +17,25 @@ export {
 } from "./runs.ts";
 export type { StageOutcome, StageProgress } from "./stages.ts";
 export { finishStage, getStage, recordStageProgress, startStage } from "./stages.ts";
-export type { CheckpointPart, NewCheckpoint, ServableCheckpoint } from "./checkpoints.ts";
+export type {
+  CheckpointFile,
+  CheckpointPart,
+  CheckpointSet,
+  NewCheckpoint,
+  NewCheckpoints,
+  ServableCheckpoint,
+} from "./checkpoints.ts";
 export {
   CHUNK_BYTES,
+  checkpointsAtStep,
   getCheckpoint,
   latestCheckpoint,
+  latestCheckpointSet,
   listCheckpoints,
   listServableCheckpoints,
   readCheckpointPart,
   saveCheckpoint,
+  saveCheckpoints,
 } from "./checkpoints.ts";
 export type { MetricRow } from "./metrics.ts";
 export { addMetrics, listMetrics } from "./metrics.ts";

@@ -5,9 +5,12 @@ import {
   addEvent,
   addMetrics,
   CHUNK_BYTES,
+  type CheckpointRole,
+  checkpointsAtStep,
   createRun,
   getCheckpoint,
   latestCheckpoint,
+  latestCheckpointSet,
   listCheckpoints,
   listEvents,
   listMetrics,
@@ -15,6 +18,7 @@ import {
   readCheckpointPart,
   type RunWithStages,
   saveCheckpoint,
+  saveCheckpoints,
 } from "../src/index.ts";
 
 let t: TestDatabase;
@@ -142,6 +146,109 @@ describe("checkpoints", () => {
       ["sft", 10, run.id, "sft"],
     ]);
     expect(servable.every((c) => !("chunks" in c))).toBe(true);
+  });
+});
+
+describe("checkpoints of several models (PPO: actor, critic, ema)", () => {
+  let ppo: RunWithStages["stages"][number];
+  beforeAll(async () => {
+    const ppoRun = await createRun(t.db.prisma, {
+      name: "ppo ckpt",
+      spec: {},
+      stages: [{ kind: "ppo", maxSteps: 10 }],
+    });
+    ppo = ppoRun.stages[0];
+  });
+  const file = (role: CheckpointRole, fill: number) => ({
+    role,
+    config: { role },
+    model: new Uint8Array(100).fill(fill),
+  });
+  const modelBytes = async (id: string) =>
+    Array.from((await readCheckpointPart(t.db.prisma, id, "model")) ?? []);
+
+  it("saves every file of a step with the trainer state on the first, and finds them as the newest set", async () => {
+    const trainer = randomBytes(500);
+    const rows = await saveCheckpoints(t.db.prisma, {
+      runId: ppo.runId,
+      stageId: ppo.id,
+      step: 4,
+      final: false,
+      files: [file("actor", 1), file("critic", 2), file("ema", 3)],
+      trainer,
+    });
+    expect(rows.map((r) => [r.role, r.step, r.final, r.bytes])).toEqual([
+      ["actor", 4, false, 100],
+      ["critic", 4, false, 100],
+      ["ema", 4, false, 100],
+    ]);
+    expect(rows[1].config).toEqual({ role: "critic" });
+    expect((await modelBytes(rows[2].id))[0]).toBe(3);
+    const states = await Promise.all(
+      rows.map((r) => readCheckpointPart(t.db.prisma, r.id, "trainer")),
+    );
+    expect(states[0] && Buffer.from(states[0]).equals(trainer)).toBe(true);
+    expect(states.slice(1)).toEqual([null, null]);
+
+    const set = await latestCheckpointSet(t.db.prisma, ppo.id);
+    expect(set?.step).toBe(4);
+    expect(set?.final).toBe(false);
+    expect(set?.checkpoints.map((c) => c.id)).toEqual(rows.map((r) => r.id));
+    expect((await checkpointsAtStep(t.db.prisma, ppo.id, 4)).map((c) => c.id)).toEqual(
+      rows.map((r) => r.id),
+    );
+    expect(await checkpointsAtStep(t.db.prisma, ppo.id, 5)).toEqual([]);
+    expect(await latestCheckpointSet(t.db.prisma, "stage_000000000000000000000000")).toBeNull();
+  });
+
+  it("stores nothing of a checkpoint when one of its files cannot be stored", async () => {
+    const rowsBefore = await t.db.prisma.checkpoint.count();
+    const chunksBefore = await t.db.prisma.checkpointChunk.count();
+    await expect(
+      saveCheckpoints(t.db.prisma, {
+        runId: ppo.runId,
+        stageId: ppo.id,
+        step: 8,
+        final: false,
+        // The actor and the critic are written before the third file fails.
+        files: [file("actor", 4), file("critic", 5), file("value" as CheckpointRole, 6)],
+        trainer: randomBytes(500),
+      }),
+    ).rejects.toThrow();
+    expect(await t.db.prisma.checkpoint.count()).toBe(rowsBefore);
+    expect(await t.db.prisma.checkpointChunk.count()).toBe(chunksBefore);
+    // A resume still finds the last complete checkpoint.
+    const set = await latestCheckpointSet(t.db.prisma, ppo.id);
+    expect(set?.step).toBe(4);
+    expect(set?.checkpoints.map((c) => c.role)).toEqual(["actor", "critic", "ema"]);
+  });
+
+  it("never mixes two checkpoints saved at the same step: the newer one is the step's", async () => {
+    await new Promise((r) => setTimeout(r, 5)); // createdAt has millisecond precision
+    const newer = await saveCheckpoints(t.db.prisma, {
+      runId: ppo.runId,
+      stageId: ppo.id,
+      step: 4,
+      final: false,
+      files: [file("actor", 7), file("critic", 8)],
+    });
+    const set = await latestCheckpointSet(t.db.prisma, ppo.id);
+    expect(set?.checkpoints.map((c) => c.id)).toEqual(newer.map((r) => r.id));
+    expect((await checkpointsAtStep(t.db.prisma, ppo.id, 4)).map((c) => c.role)).toEqual([
+      "actor",
+      "critic",
+    ]);
+  });
+
+  it("refuses a checkpoint without files or with a role twice, before writing anything", async () => {
+    const base = { runId: ppo.runId, stageId: ppo.id, step: 9, final: false };
+    await expect(saveCheckpoints(t.db.prisma, { ...base, files: [] })).rejects.toThrow(
+      "a checkpoint needs at least one model file",
+    );
+    await expect(
+      saveCheckpoints(t.db.prisma, { ...base, files: [file("actor", 1), file("actor", 2)] }),
+    ).rejects.toThrow('a checkpoint has one file per role; "actor" is repeated');
+    expect(await checkpointsAtStep(t.db.prisma, ppo.id, 9)).toEqual([]);
   });
 });
 
