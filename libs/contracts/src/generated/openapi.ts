@@ -91,8 +91,11 @@ export interface paths {
         /**
          * Submit a training run.
          * @description Writes the run and one row per stage, then queues one BullMQ flow whose job ids are the
-         *     stage ids. Unknown fields anywhere are refused (400). Reward and PPO stages are
-         *     described but not available yet (422). With an `Idempotency-Key`, a retried submission
+         *     stage ids (ppo is the parent of sft and reward, so it starts when both are done). Unknown
+         *     fields and values out of range are refused (400); a spec whose parts do not fit together
+         *     (a sequence length past the model's context, a stage left without rows it can use, a
+         *     checkpoint of the wrong role) is a 422 naming the parameter, and an unknown dataset or
+         *     checkpoint a 404. With an `Idempotency-Key`, a retried submission
          *     returns the first run (200) and queues nothing; the same key with a different body is
          *     a 409. When Redis is unreachable the run is recorded as failed and the answer is 503; a
          *     retry with the same key returns that failed run, so retry with a new key.
@@ -344,22 +347,48 @@ export interface components {
             id: string;
             /**
              * @description How much of the dataset's share goes into the blend: 1 takes every row once, 0.5 a
-             *     seeded half, 2 every row twice. The blended sft rows may not exceed 1,000,000 (422).
+             *     seeded half, 2 every row twice. The blended rows of a stage may not exceed 1,000,000
+             *     (422).
              * @default 1
              */
             weight?: number;
+            /**
+             * @description The stages this dataset feeds (DeepSpeed-Chat's sft_only_data_path is `["sft"]`). Its
+             *     rows are divided among the stages it feeds that the run trains, in proportion to
+             *     `data_split`. What each stage uses: sft every format (a preference row's chosen
+             *     answer), reward only preference rows, ppo the prompts of every format (and the answers
+             *     of supervised and chat rows for the pretraining mix, `unsup_coef`).
+             * @default [
+             *       "sft",
+             *       "reward",
+             *       "ppo"
+             *     ]
+             */
+            stages?: [
+            ] | [
+                components["schemas"]["StageKind"]
+            ] | [
+                components["schemas"]["StageKind"],
+                components["schemas"]["StageKind"]
+            ];
         };
+        /**
+         * @description Step 1, supervised fine-tuning. `max_steps` as Hugging Face's Trainer reads it: when given
+         *     it is the number of optimizer steps (the data repeats as needed); when absent, `epochs`
+         *     passes over the stage's rows decide. `max_seq_len` may not exceed the model's context
+         *     (422). An example longer than `max_seq_len` keeps its start (its answer's end is cut); one
+         *     whose prompt alone does not fit is dropped (counted on the stage).
+         */
         SftHyperparameters: {
-            /** @default 100 */
             max_steps?: number;
+            /** @default 1 */
+            epochs?: number;
             /** @default 8 */
             batch_size?: number;
             /** @default 0.001 */
             learning_rate?: number;
             /** @default 128 */
             max_seq_len?: number;
-            /** @default 1 */
-            epochs?: number;
             /** @default 25 */
             checkpoint_every?: number;
             /** @default 10 */
@@ -369,23 +398,124 @@ export interface components {
             /** @default 1 */
             grad_clip?: number;
         };
-        /** @description Not available yet; a run that asks for it is refused with 422. */
+        /**
+         * @description Step 2, the reward model: pairwise loss on preference rows (`{"prompt","chosen","rejected"}`),
+         *     the score at the last real token. A share `eval_fraction` of the stage's pairs is held out
+         *     and never trained on; accuracy (chosen scored above rejected) and mean scores on it are
+         *     reported every `eval_every` steps and at the end (the stage's `summary`). `max_seq_len`
+         *     may not exceed the reward model's context (422). Defaults follow DeepSpeed-Chat's step 2
+         *     (learning rate 5e-5, no warm-up, no weight decay). `model` is the reward model's starting
+         *     weights (default the run's `model`; DeepSpeed-Chat often uses a smaller one).
+         */
         RewardHyperparameters: {
+            model?: components["schemas"]["ModelSource"];
             max_steps?: number;
+            /** @default 1 */
+            epochs?: number;
+            /** @default 8 */
             batch_size?: number;
+            /** @default 0.00005 */
             learning_rate?: number;
+            /** @default 128 */
             max_seq_len?: number;
+            /** @default 25 */
+            checkpoint_every?: number;
+            /** @default 0 */
+            warmup_steps?: number;
+            /** @default 0 */
+            weight_decay?: number;
+            /** @default 1 */
+            grad_clip?: number;
+            /**
+             * @description Share of the stage's pairs held out for evaluation.
+             * @default 0.1
+             */
+            eval_fraction?: number;
+            /** @default 25 */
+            eval_every?: number;
         };
-        /** @description Not available yet; a run that asks for it is refused with 422. */
+        /**
+         * @description Adaptive KL controller (Ziegler et al. 2019): after each step kl_ctl is multiplied by
+         *     1 + clip(KL / target - 1, -0.2, 0.2) * batch / horizon. Absent: kl_ctl stays fixed.
+         */
+        AdaptiveKl: {
+            target: number;
+            horizon: number;
+        };
+        /**
+         * @description Step 3, PPO, under DeepSpeed-Chat's argument names and with its defaults. Each step the
+         *     actor samples answers for `per_device_generation_batch_size` prompts; `ppo_epochs`
+         *     passes over them in minibatches of `per_device_training_batch_size` (at most the
+         *     generation batch, 422 otherwise). `max_prompt_seq_len` and `max_answer_seq_len` default
+         *     to min(256, context / 2) each, where context is the shortest of the actor's and the
+         *     reward model's; given values whose sum exceeds it are a 422. A run trains PPO alone, or
+         *     without one of its parent stages, from finished checkpoints of earlier runs:
+         *     `sft_checkpoint_id` stands in for the sft stage, `reward_checkpoint_id` for the reward
+         *     stage; naming one while that stage is in the same run is a 422.
+         */
         PpoHyperparameters: {
+            /** @description Actor and reference start from this checkpoint (role sft or actor). */
+            sft_checkpoint_id?: string;
+            /** @description Reward model and critic start from this checkpoint (role reward). */
+            reward_checkpoint_id?: string;
             max_steps?: number;
-            batch_size?: number;
+            /** @default 1 */
+            epochs?: number;
+            /** @default 25 */
+            checkpoint_every?: number;
+            /** @default 1 */
+            grad_clip?: number;
+            /** @default 16 */
+            per_device_generation_batch_size?: number;
+            /** @default 16 */
+            per_device_training_batch_size?: number;
+            /** @default 1 */
+            ppo_epochs?: number;
+            max_prompt_seq_len?: number;
+            max_answer_seq_len?: number;
+            /** @default 0.00000965 */
             actor_learning_rate?: number;
+            /** @default 0.000005 */
             critic_learning_rate?: number;
-            kl_coef?: number;
-            clip_range?: number;
-            max_new_tokens?: number;
+            /** @default 0 */
+            actor_weight_decay?: number;
+            /** @default 0 */
+            critic_weight_decay?: number;
+            /** @default 100 */
+            num_warmup_steps?: number;
+            /**
+             * @description Weight of the per-token KL penalty to the reference model.
+             * @default 0.1
+             */
+            kl_ctl?: number;
+            /**
+             * @description The reward model's score is clipped to +-clip_reward_value.
+             * @default 5
+             */
+            clip_reward_value?: number;
+            /** @default 0.2 */
+            cliprange?: number;
+            /** @default 0.2 */
+            cliprange_value?: number;
+            /** @default 1 */
+            gamma?: number;
+            /** @default 0.95 */
+            lam?: number;
+            /** @default 1 */
+            temperature?: number;
+            /** @default 1 */
+            top_p?: number;
+            /** @default false */
             enable_ema?: boolean;
+            /** @default 0.992 */
+            ema_beta?: number;
+            /**
+             * @description Weight of the pretraining mix: the language-model loss on the answers of supervised
+             *     and chat rows routed to ppo, added to each actor update (0 turns it off).
+             * @default 27.8
+             */
+            unsup_coef?: number;
+            adaptive_kl?: components["schemas"]["AdaptiveKl"];
         };
         Compute: {
             /** @default cpu */
@@ -402,9 +532,13 @@ export interface components {
             /** @description Each dataset at most once (a repeated id is a 422); weights blend them. */
             datasets: components["schemas"]["DatasetRef"][];
             /**
-             * @description Each stage's share of the data, DeepSpeed-Chat style: [sft, reward, ppo]. The sft
-             *     share must be above 0 and give the sft stage at least one row of the datasets (each
-             *     dataset gives it round(rows * sft / sum)); otherwise the run is refused with 422.
+             * @description Each stage's share of the data, DeepSpeed-Chat style: [sft, reward, ppo]. Each
+             *     dataset's rows are shuffled with the seed and divided among the stages it feeds
+             *     (`datasets[].stages`) that the run trains, in proportion to these shares (the shares
+             *     of the other stages count as 0): stage k gets rows round(n * c(k-1) / s) up to
+             *     round(n * c(k) / s), c being the cumulative shares and s their sum. A stage the run
+             *     trains must have a share above 0 and get at least one row it can use (reward: rows of
+             *     preference datasets); otherwise the run is refused with 422.
              * @default [
              *       2,
              *       4,
@@ -416,6 +550,11 @@ export interface components {
                 number,
                 number
             ];
+            /**
+             * @description The stages the run trains are the keys present: sft only, reward only, sft and reward,
+             *     all three, or ppo with sft, with reward or alone (the missing parents named by
+             *     `stages.ppo.sft_checkpoint_id` / `reward_checkpoint_id`). Absent or `{}`: sft only.
+             */
             stages?: {
                 sft?: components["schemas"]["SftHyperparameters"];
                 reward?: components["schemas"]["RewardHyperparameters"];
@@ -439,6 +578,18 @@ export interface components {
             tokens: number;
             cost_usd: number;
             error: string | null;
+            /** @description Examples longer than the stage's sequence length, whose ends were cut. */
+            examples_truncated: number;
+            /** @description Examples left out because their prompt alone did not fit. */
+            examples_dropped: number;
+            /**
+             * @description The stage's final figures, name -> number ({} until it has some): the reward model's
+             *     {"accuracy", "chosen_score", "rejected_score"} on its held-out pairs, PPO's
+             *     {"reward_score", "kl"}.
+             */
+            summary: {
+                [key: string]: number;
+            };
         };
         Run: {
             id: string;
@@ -448,9 +599,15 @@ export interface components {
             status: components["schemas"]["Status"];
             /**
              * @description The model to chat with on the inference service once the run has succeeded (null
-             *     before): `run-<id>` for the PPO actor, `run-<id>-sft` for a run whose last stage is SFT.
+             *     before): `run-<id>` for the PPO actor, `run-<id>-sft` for a run whose last chat model
+             *     is the SFT one (it trained SFT but not PPO). A reward-only run has none (null).
              */
             fine_tuned_model: string | null;
+            /**
+             * @description What the api noticed at submission without refusing the run, e.g. a dataset whose
+             *     longest example exceeds a stage's max_seq_len (its end will be cut).
+             */
+            warnings: string[];
             stages: components["schemas"]["Stage"][];
             created_at: number;
             started_at: number | null;
