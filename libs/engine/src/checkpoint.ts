@@ -5,9 +5,17 @@ import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig } from "./config";
 import { GPT } from "./model";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor } from "./safetensors";
+import { V_HEAD, ValueModel } from "./value-model";
 
 /** Metadata key holding the ModelConfig as JSON. */
 export const MODEL_CONFIG_KEY = "chatrl.model_config";
+/** Metadata key naming what the file is: a policy (sft, actor, ema) or a value model (reward, critic). */
+export const MODEL_ROLE_KEY = "chatrl.role";
+
+export type PolicyRole = "sft" | "actor" | "ema";
+export type ValueRole = "reward" | "critic";
+export type ModelRole = PolicyRole | ValueRole;
+const POLICY_ROLES: readonly string[] = ["sft", "actor", "ema"];
 
 /** Reads tensors into plain arrays (the tensors stay owned by the caller). */
 export async function tensorsToStored(
@@ -23,18 +31,30 @@ export async function tensorsToStored(
   return out;
 }
 
-/** The model as safetensors bytes: HF GPT-2 names, config in __metadata__. */
-export async function saveModel(model: GPT): Promise<Uint8Array> {
+/**
+ * The model as safetensors bytes: HF GPT-2 names (plus v_head.weight for a value model), config
+ * and role in __metadata__.
+ */
+export async function saveModel(model: GPT | ValueModel, role?: ModelRole): Promise<Uint8Array> {
+  const isValue = model instanceof ValueModel;
+  if (role && isValue !== !POLICY_ROLES.includes(role)) {
+    throw new Error(
+      `cannot save a ${isValue ? "value model" : "policy"} as role "${role}" ` +
+        `(policies: ${POLICY_ROLES.join(", ")}; value models: reward, critic)`,
+    );
+  }
   const tensors = await tensorsToStored(model.namedWeights());
   // "format": "pt" is what Hugging Face transformers checks before loading a safetensors file.
   return encodeSafetensors(tensors, {
     format: "pt",
     [MODEL_CONFIG_KEY]: JSON.stringify(model.config),
+    ...(role ? { [MODEL_ROLE_KEY]: role } : {}),
   });
 }
 
-/** A model rebuilt from saveModel bytes; the caller owns it (dispose()). */
-export async function loadModel(bytes: Uint8Array): Promise<GPT> {
+type ParsedFile = { tensors: Map<string, StoredTensor>; config: ModelConfig; role: string };
+
+function parseModelFile(bytes: Uint8Array): ParsedFile {
   const { tensors, metadata } = decodeSafetensors(bytes);
   const configJson = metadata[MODEL_CONFIG_KEY];
   if (!configJson)
@@ -45,6 +65,23 @@ export async function loadModel(bytes: Uint8Array): Promise<GPT> {
   } catch {
     throw new Error(`checkpoint model config (metadata "${MODEL_CONFIG_KEY}") is not valid JSON`);
   }
+  // Files from before roles were recorded: a value head says what the file is.
+  const role = metadata[MODEL_ROLE_KEY] ?? (tensors.has(V_HEAD) ? "reward" : "sft");
+  return { tensors, config, role };
+}
+
+/**
+ * A policy (sft, actor or ema file) rebuilt from saveModel bytes; the caller owns it (dispose()).
+ * A reward or critic file is refused, naming both roles.
+ */
+export async function loadModel(bytes: Uint8Array, expected?: PolicyRole): Promise<GPT> {
+  const { tensors, config, role } = parseModelFile(bytes);
+  if (!POLICY_ROLES.includes(role)) {
+    throw new Error(
+      `checkpoint is a "${role}" model (a value model with ${V_HEAD}); ` +
+        `expected a policy (${expected ?? POLICY_ROLES.join(", ")})`,
+    );
+  }
   const model = new GPT(config, 0);
   try {
     loadWeights(model, tensors);
@@ -53,6 +90,29 @@ export async function loadModel(bytes: Uint8Array): Promise<GPT> {
     throw err;
   }
   return model;
+}
+
+/**
+ * A value model from a reward or critic file (with its head), or from a policy file (the
+ * reward model's usual start, as DeepSpeed-Chat starts step 2 from a pretrained model): the
+ * body's weights and a fresh head drawn from `seed`. The caller owns it.
+ */
+export async function loadValueModel(bytes: Uint8Array, seed = 0): Promise<ValueModel> {
+  const { tensors, config } = parseModelFile(bytes);
+  const stored = tensors.get(V_HEAD);
+  const body = new GPT(config, seed);
+  const bodyTensors = new Map(tensors);
+  bodyTensors.delete(V_HEAD);
+  const head = stored ? tf.tensor(stored.data, stored.shape, "float32") : undefined;
+  try {
+    loadWeights(body, bodyTensors, { allowMissingLmHead: true });
+    return new ValueModel(body, seed, head as tf.Tensor2D | undefined);
+  } catch (err) {
+    body.dispose();
+    throw err;
+  } finally {
+    head?.dispose(); // the head variable holds its own copy
+  }
 }
 
 /**
@@ -72,15 +132,26 @@ function ourName(fileName: string): string | undefined {
  * its exact shape and that no unknown tensor is left over. No transposes are needed: the
  * projections use GPT-2's Conv1D layout [in, out] in both.
  */
-export function loadWeights(model: GPT, tensors: Map<string, StoredTensor>): void {
+export function loadWeights(
+  model: GPT,
+  tensors: Map<string, StoredTensor>,
+  opts: { allowMissingLmHead?: boolean } = {},
+): void {
   const weights = model.namedWeights();
+  // A value model's file has no untied LM head (it never uses one): keep the fresh one.
+  if (opts.allowMissingLmHead && !tensors.has("lm_head.weight")) weights.delete("lm_head.weight");
   const byOurName = new Map<string, StoredTensor>();
   for (const [fileName, t] of tensors) {
     const name = ourName(fileName);
     if (name === undefined) continue;
     if (name === "lm_head.weight" && model.config.tiedEmbeddings) continue; // tied to wte.weight
-    if (!weights.has(name))
-      throw new Error(`checkpoint tensor ${fileName} is not a weight of this model`);
+    if (!weights.has(name)) {
+      throw new Error(
+        name === V_HEAD
+          ? `checkpoint tensor ${V_HEAD} belongs to a value model (reward or critic), not a policy`
+          : `checkpoint tensor ${fileName} is not a weight of this model`,
+      );
+    }
     byOurName.set(name, t);
   }
   for (const [name, variable] of weights) {

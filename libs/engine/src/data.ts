@@ -72,33 +72,54 @@ export type TokenizedExample = {
   ids: number[];
   /** How many leading ids are prompt; the targets from there on are trained. */
   promptLength: number;
+  /** The end of the response (and its eos) was cut to fit maxSeqLen. */
+  truncated: boolean;
 };
 
 /**
- * prompt + response + eos, cut to maxSeqLen tokens. When too long, the prompt keeps its end
- * (the part next to the answer) and at least half of the budget if it is that long; the
- * response keeps its start.
+ * prompt + response + eos in at most maxSeqLen tokens, or null when the prompt alone leaves no
+ * room for one response token. A long example loses the END of its response (as DeepSpeed-Chat's
+ * tokenizer truncation does), never the start of its prompt: with learned positions, cutting the
+ * prompt would train the answer at positions where serving never puts it.
  */
 export function tokenizeSftExample(
   example: SftExample,
   tokenizer: Tokenizer,
   maxSeqLen: number,
-): TokenizedExample {
+): TokenizedExample | null {
   if (!Number.isInteger(maxSeqLen) || maxSeqLen < 2)
     throw new Error(`maxSeqLen must be an integer >= 2, got ${maxSeqLen}`);
   const prompt = tokenizer.encode(example.prompt);
-  const response = [...tokenizer.encode(example.response), tokenizer.eosId];
-  const promptBudget = Math.min(
-    prompt.length,
-    Math.max(1, Math.floor(maxSeqLen / 2)),
-    maxSeqLen - 1,
-  );
-  const responseKept = response.slice(
-    0,
-    Math.max(maxSeqLen - prompt.length, maxSeqLen - promptBudget),
-  );
-  const promptKept = prompt.slice(Math.max(0, prompt.length - (maxSeqLen - responseKept.length)));
-  return { ids: [...promptKept, ...responseKept], promptLength: promptKept.length };
+  if (prompt.length + 1 > maxSeqLen) return null;
+  const ids = [...prompt, ...tokenizer.encode(example.response), tokenizer.eosId];
+  return {
+    ids: ids.slice(0, maxSeqLen),
+    promptLength: prompt.length,
+    truncated: ids.length > maxSeqLen,
+  };
+}
+
+/** Examples that fit, and how many were cut or dropped on the way. */
+export type TokenizedSet<T> = { examples: T[]; truncated: number; dropped: number };
+
+/** tokenizeSftExample over a list, counting what was cut and what did not fit at all. */
+export function tokenizeSftExamples(
+  examples: readonly SftExample[],
+  tokenizer: Tokenizer,
+  maxSeqLen: number,
+): TokenizedSet<TokenizedExample> {
+  const out: TokenizedExample[] = [];
+  let truncated = 0;
+  let dropped = 0;
+  for (const example of examples) {
+    const tokenized = tokenizeSftExample(example, tokenizer, maxSeqLen);
+    if (!tokenized) dropped++;
+    else {
+      if (tokenized.truncated) truncated++;
+      out.push(tokenized);
+    }
+  }
+  return { examples: out, truncated, dropped };
 }
 
 /** Model inputs, next-token targets and a 0/1 loss mask, each [B, T] row-major. */
@@ -118,7 +139,10 @@ export type SftBatch = {
  * Padding at the end never changes earlier positions under causal attention, so this trains
  * exactly as padding to maxSeqLen would, with less work.
  */
-export function buildSftBatch(examples: readonly TokenizedExample[], padId: number): SftBatch {
+export function buildSftBatch(
+  examples: readonly Omit<TokenizedExample, "truncated">[],
+  padId: number,
+): SftBatch {
   if (examples.length === 0) throw new Error("an SFT batch needs at least one example");
   const length = Math.max(...examples.map((e) => e.ids.length)) - 1;
   const batchSize = examples.length;

@@ -1,10 +1,10 @@
-// Batched sampling with a KV cache: all prompts advance one token per forward pass, each
-// prompt left-padded to the longest so the new tokens line up in one column.
-import * as tf from "@tensorflow/tfjs";
-import { KVCache } from "./kv-cache";
+// Text generation for chat: the token-level sampler (./sampler) plus text: decoding, stop strings,
+// streaming only what is final.
 import type { GPT } from "./model";
-import { Rng } from "./rng";
+import { sampleTokens } from "./sampler";
 import type { Tokenizer } from "./tokenizer";
+
+export { sampleToken } from "./sampler";
 
 export type GenerateOptions = {
   /** Most new tokens per prompt. */
@@ -40,7 +40,6 @@ class Row {
   constructor(
     readonly index: number,
     readonly promptTokens: number,
-    readonly rng: Rng,
   ) {}
 
   /** Cuts the text at the first stop string; returns whether one was found. */
@@ -97,7 +96,7 @@ export async function generate(
 ): Promise<GenerateResult[]> {
   validateOptions(opts);
   if (prompts.length === 0) return [];
-  const { contextLength, vocabSize } = model.config;
+  const { contextLength } = model.config;
   const stop = (opts.stop ?? []).filter((s) => s.length > 0);
   const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 32);
   const promptBudget = contextLength - Math.min(opts.maxTokens, Math.floor(contextLength / 2));
@@ -107,59 +106,27 @@ export async function generate(
     const kept = ids.slice(Math.max(0, ids.length - promptBudget));
     return kept.length > 0 ? kept : [tokenizer.eosId]; // an empty prompt starts from end-of-text, as GPT-2 does
   });
-  // Each row samples from its own stream, so a prompt's output does not depend on its neighbours'.
-  const rows = encoded.map((ids, i) => new Row(i, ids.length, Rng.create(`generate:${seed}:${i}`)));
-  const width = Math.max(...encoded.map((ids) => ids.length));
-  const padLeft = encoded.map((ids) => width - ids.length);
-  const padded = encoded.flatMap((ids, i) => [
-    ...new Array(padLeft[i]).fill(tokenizer.padId),
-    ...ids,
-  ]);
-  const forwardOpts = { padLeft: padLeft.some((n) => n > 0) ? padLeft : undefined };
-
-  const cache = new KVCache(model.config.nLayers);
-  let logits: tf.Tensor2D | undefined;
-  try {
-    logits = tf.tidy(() => {
-      const ids = tf.tensor2d(padded, [rows.length, width], "int32");
-      const all = model.forward(ids, { ...forwardOpts, cache }); // [B, width, V]
-      return all
-        .slice([0, width - 1, 0], [rows.length, 1, vocabSize])
-        .reshape([rows.length, vocabSize]) as tf.Tensor2D;
-    });
-    for (;;) {
-      const scores = (await logits.data()) as Float32Array;
-      logits.dispose();
-      logits = undefined;
-      const next = rows.map((row) => {
-        if (row.done) return tokenizer.padId;
-        const token = sampleToken(
-          scores.subarray(row.index * vocabSize, (row.index + 1) * vocabSize),
-          opts,
-          row.rng,
-        );
-        advance(row, token, tokenizer, stop, opts);
-        return token;
-      });
-      if (rows.every((row) => row.done)) break;
-      if (cache.length >= contextLength) {
-        for (const row of rows.filter((r) => !r.done)) finish(row, "length", opts, stop);
-        break;
-      }
-      // Let the event loop run between tokens: on CPU backends data() resolves without yielding,
-      // so streamed text would otherwise reach its socket, and a server read new requests, only
-      // once the whole generation is done.
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      logits = tf.tidy(() => {
-        const ids = tf.tensor2d(next, [rows.length, 1], "int32");
-        return model
-          .forward(ids, { ...forwardOpts, cache })
-          .reshape([rows.length, vocabSize]) as tf.Tensor2D;
-      });
-    }
-  } finally {
-    logits?.dispose();
-    cache.dispose();
+  const rows = encoded.map((ids, i) => new Row(i, ids.length));
+  const sampled = await sampleTokens(
+    model,
+    encoded,
+    {
+      maxNewTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topP: opts.topP,
+      // Each row samples from its own stream, so a prompt's output does not depend on its neighbours'.
+      seed: `generate:${seed}`,
+      eosId: tokenizer.eosId,
+      padId: tokenizer.padId,
+    },
+    (i, token) => advance(rows[i], token, tokenizer, stop, opts),
+  );
+  for (const [i, row] of rows.entries()) {
+    if (row.done) continue;
+    if (sampled[i].finish === "eos") {
+      row.ids.push(tokenizer.eosId);
+      finish(row, "stop", opts, stop);
+    } else finish(row, "length", opts, stop); // the context ran out
   }
   return rows.map((row) => ({
     text: row.text,
@@ -169,22 +136,20 @@ export async function generate(
   }));
 }
 
+/** Takes one new token; returns whether the row is done (a stop string or maxTokens). */
 function advance(
   row: Row,
   token: number,
   tokenizer: Tokenizer,
   stop: readonly string[],
   opts: GenerateOptions,
-): void {
+): boolean {
   row.ids.push(token);
-  if (token === tokenizer.eosId) {
-    finish(row, "stop", opts, stop);
-    return;
-  }
   row.text = tokenizer.decode(row.ids);
   if (row.applyStop(stop)) finish(row, "stop", opts, stop);
   else if (row.ids.length >= opts.maxTokens) finish(row, "length", opts, stop);
   else row.stream(stop, opts.onToken);
+  return row.done;
 }
 
 function finish(
@@ -196,38 +161,6 @@ function finish(
   row.done = true;
   row.finishReason = reason;
   row.stream(stop, opts.onToken);
-}
-
-/**
- * Picks a token from one row of logits: argmax at temperature 0, otherwise a draw from the
- * softmax at that temperature restricted to the top-p nucleus.
- */
-export function sampleToken(
-  logits: Float32Array,
-  opts: { temperature: number; topP: number },
-  rng: Rng,
-): number {
-  if (opts.temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-    return best;
-  }
-  let max = Number.NEGATIVE_INFINITY;
-  for (const x of logits) max = Math.max(max, x);
-  const probs = Array.from(logits, (x) => Math.exp((x - max) / opts.temperature));
-  const order = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
-  const total = probs.reduce((a, b) => a + b, 0);
-  // The nucleus: most likely tokens until their share reaches topP (always at least one).
-  let kept = 0;
-  let mass = 0;
-  while (kept < order.length && (kept === 0 || mass < opts.topP * total))
-    mass += probs[order[kept++]];
-  let r = rng.next() * mass;
-  for (let i = 0; i < kept; i++) {
-    r -= probs[order[i]];
-    if (r < 0) return order[i];
-  }
-  return order[kept - 1];
 }
 
 function validateOptions(opts: GenerateOptions): void {

@@ -9,8 +9,13 @@ export {
 } from "./chat";
 export {
   loadModel,
+  loadValueModel,
   loadWeights,
   MODEL_CONFIG_KEY,
+  MODEL_ROLE_KEY,
+  type ModelRole,
+  type PolicyRole,
+  type ValueRole,
   saveModel,
   sha256Hex,
   tensorsToStored,
@@ -30,7 +35,9 @@ export {
   type SftExample,
   splitForStage,
   type TokenizedExample,
+  type TokenizedSet,
   tokenizeSftExample,
+  tokenizeSftExamples,
 } from "./data";
 export { type GenerateOptions, type GenerateResult, generate, sampleToken } from "./generate";
 export { KVCache } from "./kv-cache";
@@ -53,5 +60,13 @@ export {
   type StoredTensor,
   type TensorDtype,
 } from "./safetensors";
-export { type SftConfig, SFTTrainer, type SftStepResult } from "./sft";
+export { type SftConfig, SFTTrainer, stepsFor } from "./sft";
+export {
+  decodeTrainerState,
+  encodeTrainerState,
+  TrainState,
+  type TrainStateConfig,
+} from "./train-state";
+export type { StageTrainer, StepReport } from "./trainer";
+export { V_HEAD, ValueModel } from "./value-model";
 export { ByteTokenizer, type Tokenizer } from "./tokenizer";

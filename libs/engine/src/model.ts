@@ -212,10 +212,10 @@ export class GPT {
   }
 
   /**
-   * ids: [B, T] int32 token ids -> logits [B, T, V] (owned by the caller).
-   * With a cache, ids continue the cached positions and their keys/values are appended.
+   * ids: [B, T] int32 token ids -> final hidden states [B, T, C] (after ln_f), owned by the
+   * caller. With a cache, ids continue the cached positions and their keys/values are appended.
    */
-  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
+  hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
     if (this.disposed) throw new Error("GPT.forward on a disposed model");
     const { training = false, cache, padLeft, rng = this.ownRng } = opts;
     if (training && cache)
@@ -234,7 +234,15 @@ export class GPT {
       const pos = embedding(this.wpe, this.positions(batch, time, past, padLeft)); // [B, T, C] or [T, C]
       let x = dropout(tf.add(tok, pos), this.config.dropout, ctx) as tf.Tensor3D;
       for (const block of this.blocks) x = block.forward(x, ctx);
-      const normed = this.lnF.forward(x); // [B, T, C]
+      return this.lnF.forward(x) as tf.Tensor3D; // [B, T, C]
+    });
+  }
+
+  /** ids: [B, T] int32 -> logits [B, T, V]: hidden() through the LM head. Same options. */
+  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
+    return tf.tidy(() => {
+      const normed = this.hidden(ids, opts); // [B, T, C]
+      const [batch, time] = ids.shape;
       const head = this.lmHead ?? this.wte; // [V, C]
       const flat = normed.reshape([batch * time, this.config.dModel]) as tf.Tensor2D; // [B*T, C]
       const logits = tf.matMul(flat, head, false, true); // [B*T, V]

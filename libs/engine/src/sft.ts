@@ -2,29 +2,32 @@
 // response tokens of prompt + response + eos examples, AdamW, warmup + cosine schedule,
 // global-norm clipping. Resumable exactly from exportState().
 import * as tf from "@tensorflow/tfjs";
-import { tensorsToStored } from "./checkpoint";
 import {
   buildSftBatch,
   type SftBatch,
   type SftExample,
   type TokenizedExample,
-  tokenizeSftExample,
+  tokenizeSftExamples,
 } from "./data";
 import type { GPT } from "./model";
 import { crossEntropy } from "./ops";
-import { AdamW, clipByGlobalNorm, lrAt } from "./optim";
 import { Rng, type RngState, seededPermutation } from "./rng";
-import { decodeSafetensors, encodeSafetensors } from "./safetensors";
 import type { Tokenizer } from "./tokenizer";
+import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
+import type { StageTrainer, StepReport } from "./trainer";
 
 export type SftConfig = {
-  maxSteps: number;
+  /**
+   * Optimizer steps, as Hugging Face's Trainer reads max_steps: when given it is the number of
+   * steps (the examples repeat as needed); when absent, `epochs` passes decide.
+   */
+  maxSteps?: number;
   batchSize: number;
   /** Peak learning rate, reached at the end of warmup. */
   learningRate: number;
   /** Longest example in tokens (prompt + response + eos); at most the model's context length. */
   maxSeqLen: number;
-  /** Passes over the examples; training stops at maxSteps or after this many, whichever is first. */
+  /** Passes over the examples when maxSteps is absent. */
   epochs: number;
   warmupSteps: number;
   weightDecay: number;
@@ -35,33 +38,29 @@ export type SftConfig = {
   log?: (message: string) => void;
 };
 
-export type SftStepResult = {
-  /** Optimizer steps done, counting this one. */
-  step: number;
-  /** Mean cross-entropy over the batch's response tokens. */
-  loss: number;
-  /** Learning rate used for this step. */
-  lr: number;
-  /** Real (non-pad) tokens the model read in this step. */
-  tokens: number;
-  /** Global gradient norm before clipping. */
-  gradNorm: number;
-};
+/** Steps of a trainer: max_steps when given, else enough batches for `epochs` passes over n items. */
+export function stepsFor(
+  config: { maxSteps?: number; epochs: number },
+  items: number,
+  batchSize: number,
+): number {
+  return config.maxSteps ?? Math.max(1, Math.ceil((config.epochs * items) / batchSize));
+}
 
 const STATE_KIND = "chatrl.sft-trainer";
 
-export class SFTTrainer {
+export class SFTTrainer implements StageTrainer {
   /** Optimizer steps done. */
   step = 0;
   readonly totalSteps: number;
+  /** Examples whose response end was cut, and examples dropped because their prompt did not fit. */
+  readonly truncated: number;
+  readonly dropped: number;
   private readonly model: GPT;
   private readonly config: SftConfig;
   private readonly examples: TokenizedExample[];
   private readonly padId: number;
-  private readonly optimizer: AdamW;
-  /** HF weight name of each trainable variable, by the variable's tfjs name (which gradients use). */
-  private readonly nameOf = new Map<string, string>();
-  private readonly variables: tf.Variable[];
+  private readonly state: TrainState;
   /** Dropout seeds; its state is part of exportState so a resumed run drops the same units. */
   private rng: Rng;
   private readonly epochOrders = new Map<number, number[]>();
@@ -82,49 +81,41 @@ export class SFTTrainer {
     this.model = model;
     this.config = { ...config };
     this.padId = tokenizer.padId;
-    this.examples = examples.map((e) => tokenizeSftExample(e, tokenizer, config.maxSeqLen));
-    const stepsPerEpochs = Math.ceil((config.epochs * this.examples.length) / config.batchSize);
-    this.totalSteps = Math.min(config.maxSteps, stepsPerEpochs);
+    const tokenized = tokenizeSftExamples(examples, tokenizer, config.maxSeqLen);
+    if (tokenized.examples.length === 0) {
+      throw new Error(
+        `no SFT example fits max_seq_len ${config.maxSeqLen}: all ${examples.length} prompts are longer`,
+      );
+    }
+    this.examples = tokenized.examples;
+    this.truncated = tokenized.truncated;
+    this.dropped = tokenized.dropped;
+    this.totalSteps = stepsFor(config, this.examples.length, config.batchSize);
     this.rng = Rng.create(`sft:${config.seed}`);
-
-    const weights = model.namedWeights();
-    this.variables = [...weights.values()];
-    for (const [name, variable] of weights) this.nameOf.set(variable.name, name);
-    this.optimizer = new AdamW(weights, { weightDecay: config.weightDecay });
-    const { decay, noDecay } = this.optimizer.groups();
-    config.log?.(
-      `AdamW: ${decay.tensors} decayed tensors (${decay.parameters} parameters), ` +
-        `${noDecay.tensors} non-decayed tensors (${noDecay.parameters} parameters)`,
+    this.state = new TrainState(
+      "",
+      model.namedWeights(),
+      {
+        schedule: {
+          peak: config.learningRate,
+          warmupSteps: config.warmupSteps,
+          totalSteps: this.totalSteps,
+        },
+        weightDecay: config.weightDecay,
+        gradClip: config.gradClip,
+      },
+      config.log,
     );
   }
 
-  /** One optimizer step on the next batch. Synchronous tensor work; every tensor it makes is released. */
-  trainStep(): SftStepResult {
+  /** One optimizer step on the next batch; every tensor it makes is released. */
+  async trainStep(): Promise<StepReport> {
     if (this.step >= this.totalSteps)
       throw new Error(`SFT is finished: all ${this.totalSteps} steps are done`);
     const batch = this.batchAt(this.step);
-    const lr = lrAt(this.step, {
-      peak: this.config.learningRate,
-      warmupSteps: this.config.warmupSteps,
-      totalSteps: this.totalSteps,
-      minRatio: 0.1,
-    });
-    const [loss, gradNorm] = tf.tidy(() => {
-      const { value, grads } = tf.variableGrads(() => this.loss(batch), this.variables);
-      const named = new Map<string, tf.Tensor>();
-      for (const [varName, g] of Object.entries(grads))
-        named.set(this.nameOf.get(varName) as string, g);
-      const clipped = clipByGlobalNorm(named, this.config.gradClip);
-      try {
-        this.optimizer.apply(clipped.grads, lr);
-        return [value.dataSync()[0], clipped.norm.dataSync()[0]];
-      } finally {
-        // Kept for us by clipByGlobalNorm, so tidy would not release them, not even on a throw.
-        for (const g of [...clipped.grads.values(), clipped.norm]) g.dispose();
-      }
-    });
+    const { loss, gradNorm, lr } = this.state.update(() => this.loss(batch));
     this.step += 1;
-    return { step: this.step, loss, lr, tokens: batch.tokens, gradNorm };
+    return { step: this.step, tokens: batch.tokens, metrics: { loss, lr, grad_norm: gradNorm } };
   }
 
   /** Mean next-token cross-entropy over the response tokens of a batch. */
@@ -149,7 +140,7 @@ export class SFTTrainer {
    */
   private batchAt(step: number): SftBatch {
     const n = this.examples.length;
-    const end = Math.min((step + 1) * this.config.batchSize, this.config.epochs * n);
+    const end = (step + 1) * this.config.batchSize;
     const picked: TokenizedExample[] = [];
     for (let k = step * this.config.batchSize; k < end; k++) {
       picked.push(this.examples[this.epochOrder(Math.floor(k / n))[k % n]]);
@@ -167,16 +158,10 @@ export class SFTTrainer {
     return order;
   }
 
-  /**
-   * Optimizer moments (safetensors, torch names exp_avg.<weight>, exp_avg_sq.<weight>) with step
-   * and RNG state in the metadata. The weights themselves are saved with saveModel().
-   */
+  /** Optimizer moments (torch names exp_avg.<weight>, exp_avg_sq.<weight>), step and RNG state. */
   async exportState(): Promise<Uint8Array> {
-    const tensors = await tensorsToStored(this.optimizer.stateTensors());
-    return encodeSafetensors(tensors, {
-      kind: STATE_KIND,
+    return encodeTrainerState(STATE_KIND, [this.state], {
       step: String(this.step),
-      optimizer_step: String(this.optimizer.step),
       rng: JSON.stringify(this.rng.exportState()),
       seed: String(this.config.seed),
       batch_size: String(this.config.batchSize),
@@ -185,43 +170,28 @@ export class SFTTrainer {
 
   /** Continues from exportState() bytes: the next trainStep is the one the exporter would have taken. */
   async importState(bytes: Uint8Array): Promise<void> {
-    const { tensors, metadata } = decodeSafetensors(bytes);
-    if (metadata.kind !== STATE_KIND)
-      throw new Error("not an SFT trainer state (metadata kind is missing or different)");
-    for (const [key, ours] of [
-      ["seed", this.config.seed],
-      ["batch_size", this.config.batchSize],
-    ] as const) {
-      if (Number(metadata[key]) !== ours) {
-        throw new Error(
-          `trainer state was saved with ${key} ${metadata[key]}, this trainer has ${ours}`,
-        );
-      }
-    }
+    const metadata = decodeTrainerState(bytes, STATE_KIND, [this.state], {
+      seed: this.config.seed,
+      batch_size: this.config.batchSize,
+    });
     const step = Number(metadata.step);
     if (!Number.isInteger(step) || step < 0 || step > this.totalSteps) {
       throw new Error(`trainer state step ${metadata.step} is not within 0..${this.totalSteps}`);
     }
-    const rng = Rng.fromState(JSON.parse(metadata.rng) as RngState);
-    const asTensors = new Map<string, tf.Tensor>();
-    try {
-      for (const [name, t] of tensors) asTensors.set(name, tf.tensor(t.data, t.shape, t.dtype));
-      this.optimizer.loadState(asTensors, Number(metadata.optimizer_step));
-    } finally {
-      for (const t of asTensors.values()) t.dispose();
-    }
     this.step = step;
-    this.rng = rng;
+    this.rng = Rng.fromState(JSON.parse(metadata.rng) as RngState);
   }
 
   /** Releases the optimizer state. The model stays owned by the caller. */
   dispose(): void {
-    this.optimizer.dispose();
+    this.state.dispose();
   }
 }
 
 function validateSftConfig(config: SftConfig, model: GPT): void {
-  const positiveInts = ["maxSteps", "batchSize", "maxSeqLen", "epochs"] as const;
+  const positiveInts = ["batchSize", "maxSeqLen", "epochs"] as const;
+  if (config.maxSteps !== undefined && !(Number.isInteger(config.maxSteps) && config.maxSteps > 0))
+    throw new Error(`SFT config: maxSteps must be a positive integer, got ${config.maxSteps}`);
   for (const key of positiveInts) {
     if (!Number.isInteger(config[key]) || config[key] <= 0) {
       throw new Error(`SFT config: ${key} must be a positive integer, got ${config[key]}`);

@@ -7,6 +7,7 @@ import {
   rowToSftExamples,
   splitForStage,
   tokenizeSftExample,
+  tokenizeSftExamples,
 } from "../src/index";
 
 const rows = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
@@ -155,6 +156,7 @@ describe("SFT examples and batches", () => {
   it("puts prompt, response and eos in one sequence and trains only on the response", () => {
     const long = tokenizeSftExample({ prompt: "abcd", response: "xyz" }, tok, 64);
     const short = tokenizeSftExample({ prompt: "ab", response: "q" }, tok, 64);
+    if (!long || !short) throw new Error("both examples fit");
     expect(long.ids).toEqual([...tok.encode("abcdxyz"), tok.eosId]);
     expect(long.promptLength).toBe(4);
     const batch = buildSftBatch([long, short], tok.padId);
@@ -176,13 +178,30 @@ describe("SFT examples and batches", () => {
     expect(batch.tokens).toBe(7 + 3);
   });
 
-  it("keeps the end of a long prompt and the start of a long response within maxSeqLen", () => {
-    const example = tokenizeSftExample({ prompt: "0123456789", response: "abcdefghij" }, tok, 8);
-    expect(example.ids).toEqual(tok.encode("6789abcd"));
-    expect(example.promptLength).toBe(4);
-    const shortPrompt = tokenizeSftExample({ prompt: "01", response: "abcdefghij" }, tok, 8);
-    expect(shortPrompt.ids).toEqual(tok.encode("01abcdef"));
-    const shortResponse = tokenizeSftExample({ prompt: "0123456789", response: "a" }, tok, 8);
-    expect(shortResponse.ids).toEqual([...tok.encode("456789a"), tok.eosId]);
+  it("cuts the end of a long response, never the prompt, and drops an example whose prompt does not fit", () => {
+    const cut = tokenizeSftExample({ prompt: "0123", response: "abcdefghij" }, tok, 8);
+    expect(cut).toEqual({ ids: tok.encode("0123abcd"), promptLength: 4, truncated: true });
+    const fits = tokenizeSftExample({ prompt: "0123", response: "abc" }, tok, 8);
+    expect(fits).toEqual({
+      ids: [...tok.encode("0123abc"), tok.eosId],
+      promptLength: 4,
+      truncated: false,
+    });
+    // Seven prompt tokens leave room for one response token; eight leave none.
+    expect(tokenizeSftExample({ prompt: "0123456", response: "ab" }, tok, 8)?.ids).toEqual(
+      tok.encode("0123456a"),
+    );
+    expect(tokenizeSftExample({ prompt: "01234567", response: "ab" }, tok, 8)).toBeNull();
+    const set = tokenizeSftExamples(
+      [
+        { prompt: "0123", response: "abcdefghij" },
+        { prompt: "01", response: "a" },
+        { prompt: "0123456789", response: "a" },
+      ],
+      tok,
+      8,
+    );
+    expect(set).toMatchObject({ truncated: 1, dropped: 1 });
+    expect(set.examples).toHaveLength(2);
   });
 });

@@ -34,9 +34,9 @@ describe("SFTTrainer on the tiny model", () => {
     model.dispose();
   });
 
-  it("lowers the loss when overfitting four examples, without leaking tensors", () => {
+  it("lowers the loss when overfitting four examples, without leaking tensors", async () => {
     const tensorsBefore = tf.memory().numTensors;
-    while (trainer.step < trainer.totalSteps) losses.push(trainer.trainStep().loss);
+    while (trainer.step < trainer.totalSteps) losses.push((await trainer.trainStep()).metrics.loss);
     expect(tf.memory().numTensors).toBe(tensorsBefore);
     expect(trainer.step).toBe(40);
     const first = losses.slice(0, 3).reduce((a, b) => a + b) / 3;
@@ -45,21 +45,21 @@ describe("SFTTrainer on the tiny model", () => {
     expect(last).toBeLessThan(first / 4);
   });
 
-  it("reports the step, learning rate, tokens and gradient norm of each step", () => {
+  it("reports the step, learning rate, tokens and gradient norm of each step", async () => {
     const fresh = new GPT(MODEL_PRESETS.tiny, 1);
     const t = new SFTTrainer(fresh, tokenizer, EXAMPLES, { ...OVERFIT, maxSteps: 2 });
-    const first = t.trainStep();
+    const first = await t.trainStep();
     expect(first.step).toBe(1);
-    expect(first.lr).toBeCloseTo(OVERFIT.learningRate / OVERFIT.warmupSteps, 10);
+    expect(first.metrics.lr).toBeCloseTo(OVERFIT.learningRate / OVERFIT.warmupSteps, 10);
     // Every example is prompt + response + eos in bytes; the model reads all but the last token.
     const expectedTokens = EXAMPLES.reduce(
       (sum, e) => sum + tokenizer.encode(e.prompt).length + tokenizer.encode(e.response).length,
       0,
     );
     expect(first.tokens).toBe(expectedTokens);
-    expect(first.gradNorm).toBeGreaterThan(0);
-    t.trainStep();
-    expect(() => t.trainStep()).toThrow(/finished/);
+    expect(first.metrics.grad_norm).toBeGreaterThan(0);
+    await t.trainStep();
+    await expect(t.trainStep()).rejects.toThrow(/finished/);
     t.dispose();
     fresh.dispose();
   });
@@ -84,7 +84,7 @@ describe("SFTTrainer on the tiny model", () => {
 });
 
 describe("a training step that fails", () => {
-  it("releases every tensor it made when the optimizer update throws (e.g. out of device memory)", () => {
+  it("releases every tensor it made when the optimizer update throws (e.g. out of device memory)", async () => {
     const model = new GPT(MODEL_PRESETS.tiny, 1);
     const trainer = new SFTTrainer(model, tokenizer, EXAMPLES, OVERFIT);
     const tensorsBefore = tf.memory().numTensors;
@@ -92,7 +92,7 @@ describe("a training step that fails", () => {
       throw new Error("out of device memory");
     });
     try {
-      expect(() => trainer.trainStep()).toThrow(/out of device memory/);
+      await expect(trainer.trainStep()).rejects.toThrow(/out of device memory/);
     } finally {
       apply.mockRestore();
     }
@@ -111,14 +111,16 @@ describe("resuming SFT from a checkpoint", () => {
   it("continues with exactly the losses and weights of an uninterrupted run", async () => {
     const straight = new GPT(config, 3);
     const straightTrainer = new SFTTrainer(straight, tokenizer, EXAMPLES, sft);
-    const expected = Array.from({ length: 6 }, () => straightTrainer.trainStep().loss);
+    const expected: number[] = [];
+    for (let i = 0; i < 6; i++) expected.push((await straightTrainer.trainStep()).metrics.loss);
 
     const first = new GPT(config, 3);
     const firstTrainer = new SFTTrainer(first, tokenizer, EXAMPLES, sft);
-    const got = Array.from({ length: 3 }, () => firstTrainer.trainStep().loss);
+    const got: number[] = [];
+    for (let i = 0; i < 3; i++) got.push((await firstTrainer.trainStep()).metrics.loss);
     const modelBytes = await saveModel(first);
     const stateBytes = await firstTrainer.exportState();
-    firstTrainer.trainStep(); // the interrupted process moves on; its state was saved before
+    await firstTrainer.trainStep(); // the interrupted process moves on; its state was saved before
     firstTrainer.dispose();
     first.dispose();
 
@@ -127,7 +129,7 @@ describe("resuming SFT from a checkpoint", () => {
     await resumedTrainer.importState(stateBytes);
     expect(resumedTrainer.step).toBe(3);
     while (resumedTrainer.step < resumedTrainer.totalSteps)
-      got.push(resumedTrainer.trainStep().loss);
+      got.push((await resumedTrainer.trainStep()).metrics.loss);
 
     expect(got).toEqual(expected);
     const a = straight.namedWeights();

@@ -1,0 +1,158 @@
+// The token-level sampler under generate() and PPO's rollouts: every prompt advances one token per
+// forward pass, prompts left-padded to the longest so new tokens line up in one column, keys and
+// values of earlier positions kept in a KV cache (or, to measure what the cache saves, the whole
+// sequence recomputed every step). No gradient tape: this is inference.
+import * as tf from "@tensorflow/tfjs";
+import { KVCache } from "./kv-cache";
+import type { GPT } from "./model";
+import { Rng } from "./rng";
+
+export type SampleOptions = {
+  /** Most new tokens per prompt (fewer when the context runs out first). */
+  maxNewTokens: number;
+  /** 0 picks the most likely token (greedy); higher flattens the distribution. */
+  temperature: number;
+  /** Nucleus sampling: sample among the most likely tokens whose probabilities add up to topP. */
+  topP: number;
+  /** Each row draws from its own stream named by the seed and its index. */
+  seed: number | string;
+  /** A row that samples this token is finished (the token is kept). */
+  eosId: number;
+  /** Fills the left of shorter prompts and the steps of finished rows; never attended to. */
+  padId: number;
+  /** Default true. False recomputes the whole sequence each step (the slow path, for benchmarks). */
+  useCache?: boolean;
+};
+
+export type SampledRow = {
+  prompt: readonly number[];
+  /** New tokens, the eos included when the row ended with it. */
+  tokens: number[];
+  /** log p(token) under the sampling distribution's softmax(logits / temperature) (temperature 1 when greedy). */
+  logprobs: number[];
+  /** "eos": ended with eosId; "stop": the caller ended it; "length": out of tokens or context. */
+  finish: "eos" | "stop" | "length";
+};
+
+/**
+ * Samples continuations of token-id prompts. `onToken(row, token)` sees each new token of an
+ * unfinished row and returns true to end that row (stop strings, a caller's own limit). Releases
+ * every tensor it makes.
+ */
+export async function sampleTokens(
+  model: GPT,
+  prompts: readonly (readonly number[])[],
+  opts: SampleOptions,
+  onToken?: (row: number, token: number) => boolean,
+): Promise<SampledRow[]> {
+  if (prompts.length === 0) return [];
+  if (prompts.some((p) => p.length === 0)) throw new Error("every prompt needs at least one token");
+  const { contextLength, vocabSize } = model.config;
+  const useCache = opts.useCache ?? true;
+  const batch = prompts.length;
+  const width = Math.max(...prompts.map((p) => p.length));
+  if (width >= contextLength) {
+    throw new Error(
+      `a prompt of ${width} tokens leaves no room in the context of ${contextLength}`,
+    );
+  }
+  const padLeft = prompts.map((p) => width - p.length);
+  const forwardOpts = { padLeft: padLeft.some((n) => n > 0) ? padLeft : undefined };
+  const rows: (SampledRow & { done: boolean; rng: Rng })[] = prompts.map((prompt, i) => ({
+    prompt,
+    tokens: [],
+    logprobs: [],
+    finish: "length",
+    done: false,
+    rng: Rng.create(`sample:${opts.seed}:${i}`),
+  }));
+  // Every row as it stands, left-padded: [B, width + steps] (only the no-cache path reads it all).
+  const sequences = prompts.map((p, i) => [...new Array(padLeft[i]).fill(opts.padId), ...p]);
+
+  const cache = useCache ? new KVCache(model.config.nLayers) : undefined;
+  const lastLogits = (ids: number[][]): tf.Tensor2D =>
+    tf.tidy(() => {
+      const time = ids[0].length;
+      const input = tf.tensor2d(ids.flat(), [batch, time], "int32");
+      const all = model.forward(input, { ...forwardOpts, cache }); // [B, time, V]
+      return all.slice([0, time - 1, 0], [batch, 1, vocabSize]).reshape([batch, vocabSize]);
+    });
+  let logits: tf.Tensor2D | undefined;
+  try {
+    logits = lastLogits(sequences);
+    for (let step = 0; ; step++) {
+      const scores = (await logits.data()) as Float32Array;
+      logits.dispose();
+      logits = undefined;
+      const next = rows.map((row, i) => {
+        if (row.done) return opts.padId;
+        const own = scores.subarray(i * vocabSize, (i + 1) * vocabSize);
+        const token = sampleToken(own, opts, row.rng);
+        row.tokens.push(token);
+        row.logprobs.push(logSoftmaxAt(own, token, opts.temperature || 1));
+        if (token === opts.eosId) {
+          row.done = true;
+          row.finish = "eos";
+        } else if (onToken?.(i, token)) {
+          row.done = true;
+          row.finish = "stop";
+        } else if (row.tokens.length >= opts.maxNewTokens) {
+          row.done = true;
+        }
+        return token;
+      });
+      for (const [i, token] of next.entries()) sequences[i].push(token);
+      // The next pass feeds the token just sampled at position width + step.
+      if (rows.every((row) => row.done) || width + step >= contextLength) break;
+      // Let the event loop run between tokens: on CPU backends data() resolves without yielding,
+      // so a server would otherwise stream nothing and read no new request until the end.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      logits = lastLogits(useCache ? next.map((t) => [t]) : sequences);
+    }
+  } finally {
+    logits?.dispose();
+    cache?.dispose();
+  }
+  return rows.map(({ prompt, tokens, logprobs, finish }) => ({ prompt, tokens, logprobs, finish }));
+}
+
+/** log softmax(logits / temperature)[token], computed stably. */
+export function logSoftmaxAt(logits: Float32Array, token: number, temperature: number): number {
+  let max = Number.NEGATIVE_INFINITY;
+  for (const x of logits) max = Math.max(max, x / temperature);
+  let sum = 0;
+  for (const x of logits) sum += Math.exp(x / temperature - max);
+  return logits[token] / temperature - max - Math.log(sum);
+}
+
+/**
+ * Picks a token from one row of logits: argmax at temperature 0, otherwise a draw from the
+ * softmax at that temperature restricted to the top-p nucleus.
+ */
+export function sampleToken(
+  logits: Float32Array,
+  opts: { temperature: number; topP: number },
+  rng: Rng,
+): number {
+  if (opts.temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  let max = Number.NEGATIVE_INFINITY;
+  for (const x of logits) max = Math.max(max, x);
+  const probs = Array.from(logits, (x) => Math.exp((x - max) / opts.temperature));
+  const order = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
+  const total = probs.reduce((a, b) => a + b, 0);
+  // The nucleus: most likely tokens until their share reaches topP (always at least one).
+  let kept = 0;
+  let mass = 0;
+  while (kept < order.length && (kept === 0 || mass < opts.topP * total))
+    mass += probs[order[kept++]];
+  let r = rng.next() * mass;
+  for (let i = 0; i < kept; i++) {
+    r -= probs[order[i]];
+    if (r < 0) return order[i];
+  }
+  return order[kept - 1];
+}
