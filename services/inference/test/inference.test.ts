@@ -98,6 +98,7 @@ describe("inference service", () => {
       object: "model",
       created: expect.any(Number),
       owned_by: "chatrl",
+      root: checkpointId,
       max_model_len: MODEL_PRESETS.tiny.contextLength,
     });
   });

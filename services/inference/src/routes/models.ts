@@ -1,4 +1,6 @@
-// OpenAI's model list: every servable checkpoint under its public model name.
+// OpenAI's model list: every servable checkpoint under its public model name (the PPO actor,
+// its EMA copy and the SFT model of each run; never a reward model or critic). `root` is the
+// checkpoint behind the name, as vLLM's `root` names the weights a model was loaded from.
 import { ApiError, openApiRoute } from "@chatrl/contracts";
 import type { FastifyInstance } from "fastify";
 import { listServedModels } from "../model-catalog.ts";
@@ -15,6 +17,7 @@ export default async function modelRoutes(app: FastifyInstance) {
           object: "model",
           created: model.created,
           owned_by: "chatrl",
+          root: model.checkpointId,
           ...(model.contextLength ? { max_model_len: model.contextLength } : {}),
         })),
       };
