@@ -4,8 +4,15 @@ export { ensureDatabaseExists, openDatabase } from "./database.ts";
 export { migrate } from "./migrate.ts";
 export { newId } from "./ids.ts";
 export type { IdPrefix } from "./ids.ts";
-export type { Db, Page, PageQuery, RunWithStages, StageRow } from "./rows.ts";
-export { createDataset, getDataset, listDatasets, loadDatasetRows } from "./datasets.ts";
+export type { Db, Page, PageQuery, RunWithStages, StageRow, StageSummary } from "./rows.ts";
+export type { DatasetLengths } from "./datasets.ts";
+export {
+  createDataset,
+  datasetLengths,
+  getDataset,
+  listDatasets,
+  loadDatasetRows,
+} from "./datasets.ts";
 export type { NewRun } from "./runs.ts";
 export {
   cancelRun,
@@ -15,8 +22,15 @@ export {
   listRuns,
   markRunFailed,
 } from "./runs.ts";
-export type { StageOutcome, StageProgress } from "./stages.ts";
-export { finishStage, getStage, recordStageProgress, startStage } from "./stages.ts";
+export type { StageData, StageOutcome, StageProgress } from "./stages.ts";
+export {
+  finishStage,
+  getStage,
+  getStageByRunAndKind,
+  recordStageData,
+  recordStageProgress,
+  startStage,
+} from "./stages.ts";
 export type {
   CheckpointFile,
   CheckpointPart,

@@ -6,14 +6,27 @@ import type { Prisma, PrismaClient, Run, Stage } from "./generated/prisma/client
 export type Db = PrismaClient;
 export type Tx = Prisma.TransactionClient;
 
-export type StageRow = Omit<Stage, "tokens"> & { tokens: number };
+/** A stage's final figures, name -> number (`{}` until the worker records some). */
+export type StageSummary = Record<string, number>;
+export type StageRow = Omit<Stage, "tokens" | "summary"> & {
+  tokens: number;
+  summary: StageSummary;
+};
 export type RunWithStages = Run & { stages: StageRow[] };
 
 export type Page<T> = { data: T[]; hasMore: boolean };
 export type PageQuery<C = string> = { after?: C; limit: number };
 
 export function toStageRow(stage: Stage): StageRow {
-  return { ...stage, tokens: Number(stage.tokens) };
+  return { ...stage, tokens: Number(stage.tokens), summary: toSummary(stage.summary) };
+}
+
+/** The stored JSON object as numbers by name (anything else, never written by finishStage, is left out). */
+function toSummary(value: Prisma.JsonValue): StageSummary {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return {};
+  const summary: StageSummary = {};
+  for (const [name, v] of Object.entries(value)) if (typeof v === "number") summary[name] = v;
+  return summary;
 }
 
 export function toRunWithStages(run: Run & { stages: Stage[] }): RunWithStages {

@@ -20,6 +20,8 @@ export type NewRun = {
   spec: unknown;
   idempotencyKey?: string;
   stages: { kind: StageKind; maxSteps: number }[];
+  /** What the api noticed at submission without refusing the run (default none). */
+  warnings?: string[];
 };
 
 /**
@@ -35,6 +37,7 @@ export async function createRun(p: Db, input: NewRun): Promise<RunWithStages> {
         name: input.name,
         spec: input.spec as Prisma.InputJsonValue,
         idempotencyKey: input.idempotencyKey ?? null,
+        warnings: input.warnings ?? [],
         stages: {
           create: input.stages.map((s) => ({
             id: newId("stage"),

@@ -1,9 +1,10 @@
-import type { Status } from "./generated/prisma/client.ts";
+import type { StageKind, Status } from "./generated/prisma/client.ts";
 import { isFinal, lockRun } from "./run-lock.ts";
 import {
   type Db,
   type RunWithStages,
   type StageRow,
+  type StageSummary,
   stagesInOrder,
   toRunWithStages,
   toStageRow,
@@ -11,6 +12,16 @@ import {
 
 export async function getStage(p: Db, id: string): Promise<StageRow | null> {
   const stage = await p.stage.findUnique({ where: { id } });
+  return stage && toStageRow(stage);
+}
+
+/** The run's stage of that kind (a run has at most one of each), or null. */
+export async function getStageByRunAndKind(
+  p: Db,
+  runId: string,
+  kind: StageKind,
+): Promise<StageRow | null> {
+  const stage = await p.stage.findUnique({ where: { runId_kind: { runId, kind } } });
   return stage && toStageRow(stage);
 }
 
@@ -68,18 +79,51 @@ export async function recordStageProgress(
   return toStageRow(stage);
 }
 
-export type StageOutcome = { status: "succeeded" | "failed" | "cancelled"; error?: string };
+export type StageData = {
+  /** Examples longer than the stage's sequence length whose ends were cut. */
+  examplesTruncated: number;
+  /** Examples left out because their prompt alone did not fit. */
+  examplesDropped: number;
+};
+
+/** Records what tokenizing the stage's data cut and dropped (totals, not increments). */
+export async function recordStageData(p: Db, stageId: string, data: StageData): Promise<StageRow> {
+  for (const [name, value] of Object.entries(data)) {
+    if (!Number.isInteger(value) || value < 0) {
+      throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+    }
+  }
+  const stage = await p.stage.update({
+    where: { id: stageId },
+    data: { examplesTruncated: data.examplesTruncated, examplesDropped: data.examplesDropped },
+  });
+  return toStageRow(stage);
+}
+
+export type StageOutcome = {
+  status: "succeeded" | "failed" | "cancelled";
+  error?: string;
+  /** The stage's final figures (reward accuracy and scores, PPO reward and KL); kept when absent. */
+  summary?: StageSummary;
+};
 
 /**
  * Finishes a stage and derives its run's status from all stages: failed if any failed, else
  * cancelled if any was cancelled, else succeeded once all succeeded; otherwise it stays running.
  * A run that is already final (cancelled by a user, failed to queue) keeps its status.
+ * A summary value that is not a finite number is a RangeError naming it, and nothing is stored.
  */
 export async function finishStage(
   p: Db,
   id: string,
   outcome: StageOutcome,
 ): Promise<{ stage: StageRow; run: RunWithStages }> {
+  for (const [name, value] of Object.entries(outcome.summary ?? {})) {
+    // JSON has no NaN or Infinity: Postgres would store null.
+    if (typeof value !== "number" || !Number.isFinite(value)) {
+      throw new RangeError(`summary ${name} must be a finite number, got ${value}`);
+    }
+  }
   return p.$transaction(async (tx) => {
     const { runId } = await tx.stage.findUniqueOrThrow({ where: { id }, select: { runId: true } });
     // Stages of one run finish on different workers, and users cancel runs meanwhile; the row
@@ -89,7 +133,12 @@ export async function finishStage(
     const now = new Date();
     const stage = await tx.stage.update({
       where: { id },
-      data: { status: outcome.status, error: outcome.error ?? null, finishedAt: now },
+      data: {
+        status: outcome.status,
+        error: outcome.error ?? null,
+        finishedAt: now,
+        ...(outcome.summary ? { summary: outcome.summary } : {}),
+      },
     });
     const stages = await tx.stage.findMany({ where: { runId }, ...stagesInOrder });
     const failed = stages.find((s) => s.status === "failed");

@@ -1,6 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
-import { createDataset, getDataset, listDatasets, loadDatasetRows } from "../src/index.ts";
+import {
+  createDataset,
+  datasetLengths,
+  getDataset,
+  listDatasets,
+  loadDatasetRows,
+} from "../src/index.ts";
 
 let t: TestDatabase;
 beforeAll(async () => {
@@ -66,5 +72,72 @@ describe("datasets", () => {
     const exact = await listDatasets(t.db.prisma, { limit: seen.length });
     expect(exact.hasMore).toBe(false);
     await expect(listDatasets(t.db.prisma, { limit: 0 })).rejects.toThrow(/limit/);
+  });
+
+  it("measures each dataset's longest prompt, sft example and preference pair in byte tokens, in SQL", async () => {
+    const bytes = (text: string) => new TextEncoder().encode(text).length;
+    // The engine's chat template (renderChatPrompt), written out by hand.
+    const user = (prompt: string) => `<|user|>\n${prompt}\n<|assistant|>\n`;
+    const supervised = await createDataset(t.db.prisma, {
+      name: "sup",
+      format: "supervised",
+      rows: [
+        { prompt: "Hi", response: "Hello there, friend." },
+        { prompt: "A much longer question about ünïcode?", response: "Yes." },
+      ],
+    });
+    const preference = await createDataset(t.db.prisma, {
+      name: "pref",
+      format: "preference",
+      rows: [
+        { prompt: "Q", chosen: "short", rejected: "a far longer rejected answer" },
+        { prompt: "Question two", chosen: "a longer chosen answer", rejected: "no" },
+      ],
+    });
+    const messages = [
+      { role: "system", content: "Be brief." },
+      { role: "user", content: "Hi ☺" },
+      { role: "assistant", content: "Hello." },
+      { role: "user", content: "Bye" },
+      { role: "assistant", content: "Goodbye, see you." },
+    ];
+    const chat = await createDataset(t.db.prisma, {
+      name: "chat",
+      format: "chat",
+      rows: [{ messages }, { messages: messages.slice(0, 3) }],
+    });
+
+    const lengths = await datasetLengths(t.db.prisma, [
+      supervised.id,
+      preference.id,
+      chat.id,
+      "ds_000000000000000000000000",
+    ]);
+    expect(lengths.get(supervised.id)).toEqual({
+      prompt: bytes(user("A much longer question about ünïcode?")),
+      sft: Math.max(
+        bytes(user("Hi")) + bytes("Hello there, friend.") + 1,
+        bytes(user("A much longer question about ünïcode?")) + bytes("Yes.") + 1,
+      ),
+      pair: 0,
+    });
+    expect(lengths.get(preference.id)).toEqual({
+      prompt: bytes(user("Question two")),
+      sft: bytes(user("Question two")) + bytes("a longer chosen answer") + 1,
+      // the longer side of each pair: the first row's rejected answer, the second's chosen
+      pair: Math.max(
+        bytes(user("Q")) + bytes("a far longer rejected answer") + 1,
+        bytes(user("Question two")) + bytes("a longer chosen answer") + 1,
+      ),
+    });
+    const beforeLastAnswer =
+      "<|system|>\nBe brief.\n<|user|>\nHi ☺\n<|assistant|>\nHello.\n<|user|>\nBye\n<|assistant|>\n";
+    expect(lengths.get(chat.id)).toEqual({
+      prompt: bytes(beforeLastAnswer),
+      sft: bytes(beforeLastAnswer) + bytes("Goodbye, see you.") + 1,
+      pair: 0,
+    });
+    expect(lengths.has("ds_000000000000000000000000")).toBe(false);
+    expect(await datasetLengths(t.db.prisma, [])).toEqual(new Map());
   });
 });

@@ -8,8 +8,10 @@ import {
   finishStage,
   getRun,
   getStage,
+  getStageByRunAndKind,
   listRuns,
   markRunFailed,
+  recordStageData,
   recordStageProgress,
   startStage,
 } from "../src/index.ts";
@@ -50,8 +52,22 @@ describe("runs", () => {
       ["ppo", "queued", 30, 0],
     ]);
     expect(run.stages.every((s) => /^stage_[0-9a-f]{24}$/.test(s.id))).toBe(true);
+    expect(run.warnings).toEqual([]);
+    expect(run.stages[0]).toMatchObject({ examplesTruncated: 0, examplesDropped: 0, summary: {} });
     expect(await getRun(t.db.prisma, run.id)).toEqual(run);
     expect(await getRun(t.db.prisma, "run_000000000000000000000000")).toBeNull();
+  });
+
+  it("stores the warnings given at submission with the run", async () => {
+    const warnings = ["dataset ds_x has examples of up to 300 tokens", "another"];
+    const run = await createRun(t.db.prisma, {
+      name: "warned",
+      spec: {},
+      warnings,
+      stages: [{ kind: "sft", maxSteps: 1 }],
+    });
+    expect(run.warnings).toEqual(warnings);
+    expect((await getRun(t.db.prisma, run.id))?.warnings).toEqual(warnings);
   });
 
   it("finds a run by its idempotency key and never stores a second one under the same key", async () => {
@@ -134,6 +150,54 @@ describe("stages and run status", () => {
     expect(result.run.status).toBe("succeeded");
     expect(result.run.finishedAt).toBeInstanceOf(Date);
     expect(result.run.stages.map((s) => s.status)).toEqual(["succeeded", "succeeded", "succeeded"]);
+  });
+
+  it("finds a run's stage by kind, and null for a kind the run does not train", async () => {
+    const run = await createRun(t.db.prisma, {
+      name: "by-kind",
+      spec: {},
+      stages: [{ kind: "reward", maxSteps: 5 }],
+    });
+    expect(await getStageByRunAndKind(t.db.prisma, run.id, "reward")).toEqual(run.stages[0]);
+    expect(await getStageByRunAndKind(t.db.prisma, run.id, "sft")).toBeNull();
+  });
+
+  it("records the examples a stage cut and dropped, and refuses counts that are not counts", async () => {
+    const run = await newRun("data");
+    const sft = run.stages[0];
+    const stage = await recordStageData(t.db.prisma, sft.id, {
+      examplesTruncated: 12,
+      examplesDropped: 3,
+    });
+    expect(stage).toMatchObject({ examplesTruncated: 12, examplesDropped: 3 });
+    expect(await getStage(t.db.prisma, sft.id)).toEqual(stage);
+    await expect(
+      recordStageData(t.db.prisma, sft.id, { examplesTruncated: -1, examplesDropped: 0 }),
+    ).rejects.toThrow(/examplesTruncated must be a non-negative integer/);
+    expect((await getStage(t.db.prisma, sft.id))?.examplesTruncated).toBe(12);
+  });
+
+  it("stores a finished stage's summary and keeps it when a later finish gives none", async () => {
+    const run = await newRun("summary");
+    const reward = run.stages[1];
+    await startStage(t.db.prisma, reward.id, "cpu");
+    await expect(
+      finishStage(t.db.prisma, reward.id, {
+        status: "succeeded",
+        summary: { accuracy: Number.NaN },
+      }),
+    ).rejects.toThrow(/summary accuracy must be a finite number/);
+    expect((await getStage(t.db.prisma, reward.id))?.status).toBe("running");
+    const summary = { accuracy: 0.8125, chosen_score: 1.25, rejected_score: -0.75 };
+    const { stage, run: after } = await finishStage(t.db.prisma, reward.id, {
+      status: "succeeded",
+      summary,
+    });
+    expect(stage.summary).toEqual(summary);
+    expect(after.stages[1].summary).toEqual(summary);
+    expect((await getStage(t.db.prisma, reward.id))?.summary).toEqual(summary);
+    await finishStage(t.db.prisma, reward.id, { status: "succeeded" });
+    expect((await getStage(t.db.prisma, reward.id))?.summary).toEqual(summary);
   });
 
   it("a run fails when any stage fails, with the stage's error", async () => {

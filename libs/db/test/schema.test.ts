@@ -80,6 +80,7 @@ describe.each(targets)("every model and field on $name", (target) => {
       spec: { model: { preset: "tiny" }, data_split: [2, 4, 4], nested: { ok: true, n: null } },
       idempotencyKey: `key-${i}`,
       error: status === "failed" ? "out of memory" : null,
+      warnings: i === 0 ? [] : ["dataset ds_x has examples of up to 300 tokens", "ünïcode"],
       createdAt: t0,
       startedAt: t0,
       finishedAt: t1,
@@ -110,6 +111,9 @@ describe.each(targets)("every model and field on $name", (target) => {
       costUsd: 0.0123,
       device: "cuda:0",
       error: i === 1 ? "diverged" : null,
+      examplesTruncated: 3 * i,
+      examplesDropped: i,
+      summary: i === 1 ? { accuracy: 0.75, chosen_score: 1.5, rejected_score: -0.5 } : {},
     }));
     for (const stage of stages) {
       await p.stage.create({ data: stage });
