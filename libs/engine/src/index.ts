@@ -70,3 +70,23 @@ export {
 export type { StageTrainer, StepReport } from "./trainer";
 export { V_HEAD, ValueModel } from "./value-model";
 export { ByteTokenizer, type Tokenizer } from "./tokenizer";
+export {
+  adaptKlCoefficient,
+  clippedSurrogateLoss,
+  clippedValueLoss,
+  gae,
+  maskedMean,
+  pairwiseRewardLoss,
+  tokenRewards,
+  whiten,
+} from "./losses";
+export { makeExperience, type Rollout, tokenLogprobs } from "./experience";
+export { HybridEngine, type HybridMode } from "./hybrid";
+export { emaUpdate, type PpoConfig, type PpoModels, PPOTrainer } from "./ppo";
+export {
+  type PreferencePair,
+  type RewardConfig,
+  type RewardEvaluation,
+  RewardModelTrainer,
+} from "./reward";
+export { logSoftmaxAt, type SampledRow, type SampleOptions, sampleTokens } from "./sampler";
