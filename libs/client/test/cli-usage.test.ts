@@ -15,7 +15,7 @@ describe("chatrl usage", () => {
       cliPath,
       "--help",
     ]);
-    for (const command of ["datasets", "runs", "chat", "--api-url", "--inference-url"]) {
+    for (const command of ["datasets", "runs", "chat", "eval", "--api-url", "--inference-url"]) {
       expect(stdout).toContain(command);
     }
   });

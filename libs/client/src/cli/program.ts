@@ -6,6 +6,7 @@ import { describeError } from "../errors.ts";
 import { registerChatCommand } from "./chat.ts";
 import { type CliContext, type CliIo, createContext, type GlobalOptions } from "./context.ts";
 import { registerDatasetCommands } from "./datasets.ts";
+import { registerEvalCommand } from "./eval.ts";
 import { registerRunCommands } from "./runs.ts";
 
 export type { CliIo };
@@ -35,6 +36,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     exitCode = code;
   });
   registerChatCommand(program, context);
+  registerEvalCommand(program, context);
   program.showHelpAfterError("(run with --help for usage)");
 
   try {
