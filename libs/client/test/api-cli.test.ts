@@ -8,7 +8,13 @@ import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import { buildApp } from "@chatrl/api";
 import { loadConfig } from "@chatrl/contracts";
-import { addMetrics, finishStage, recordStageProgress, startStage } from "@chatrl/db";
+import {
+  addMetrics,
+  createRun as createRunRow,
+  finishStage,
+  recordStageProgress,
+  startStage,
+} from "@chatrl/db";
 import {
   closeStageQueues,
   createFlowProducer,
@@ -165,7 +171,9 @@ describe("chatrl runs", () => {
     const run = JSON.parse(result.stdout);
     expect(run).toMatchObject({ name: "example-sft-tiny", status: "queued" });
     const stored = await database.db.prisma.run.findUniqueOrThrow({ where: { id: run.id } });
-    expect((stored.spec as { datasets: unknown }).datasets).toEqual([{ id: datasetId, weight: 1 }]);
+    expect((stored.spec as { datasets: unknown }).datasets).toEqual([
+      expect.objectContaining({ id: datasetId, weight: 1 }),
+    ]);
   });
 
   it("names an unknown run in one error line", async () => {
@@ -210,6 +218,64 @@ describe("chatrl runs", () => {
     expect(result.stdout).toContain("sft: succeeded step 20/20 loss 1.2500\n");
     expect(result.stdout).toContain(`run ${runId} succeeded`);
     expect(result.stdout).toContain(`chatrl chat --model run-${runId}-sft`);
+  });
+
+  it("follows a three-stage run with the reward model's eval accuracy and PPO's reward and KL", async () => {
+    // Stored directly: the worker's repository calls move it, as in the test above.
+    const prisma = database.db.prisma;
+    const run = await createRunRow(prisma, {
+      name: "three-stages",
+      spec: { name: "three-stages" },
+      stages: [
+        { kind: "sft", maxSteps: 4 },
+        { kind: "reward", maxSteps: 6 },
+        { kind: "ppo", maxSteps: 2 },
+      ],
+    });
+    const [sft, reward, ppo] = run.stages;
+    const following = chatrl("runs", "follow", run.id, "--interval", "50");
+    const step = async (
+      stageId: string,
+      n: number,
+      max: number,
+      values: Record<string, number>,
+    ) => {
+      await addMetrics(prisma, stageId, n, values);
+      await recordStageProgress(prisma, stageId, {
+        step: n,
+        progress: n / max,
+        wallSeconds: n,
+        deviceSeconds: n,
+        tokens: 10 * n,
+        costUsd: 0,
+      });
+      await sleep(200); // a poll or two sees each step
+    };
+
+    await startStage(prisma, sft.id, "cpu");
+    await startStage(prisma, reward.id, "cpu");
+    await step(sft.id, 4, 4, { loss: 1.5 });
+    await step(reward.id, 3, 6, { loss: 0.69, accuracy: 0.5 });
+    await addMetrics(prisma, reward.id, 3, { eval_accuracy: 0.625 });
+    await step(reward.id, 6, 6, { loss: 0.3 });
+    await addMetrics(prisma, reward.id, 6, { eval_accuracy: 0.875 });
+    await finishStage(prisma, sft.id, { status: "succeeded" });
+    await finishStage(prisma, reward.id, { status: "succeeded" });
+    await startStage(prisma, ppo.id, "cpu");
+    await step(ppo.id, 1, 2, { reward_score: -0.25, kl: 0, actor_loss: 0.1 });
+    await step(ppo.id, 2, 2, { reward_score: 1.5, kl: 0.0312, actor_loss: 0.05 });
+    await finishStage(prisma, ppo.id, { status: "succeeded" });
+
+    const result = await following;
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain("sft: succeeded step 4/4 loss 1.5000\n");
+    expect(result.stdout).toMatch(/reward: running step 3\/6 loss 0\.6900( eval acc 0\.6250)?\n/);
+    // The eval accuracy shown is the newest point, not the first or the training accuracy.
+    expect(result.stdout).toContain("reward: succeeded step 6/6 loss 0.3000 eval acc 0.8750\n");
+    expect(result.stdout).toContain("ppo: running step 1/2 reward -0.2500 kl 0.0000\n");
+    expect(result.stdout).toContain("ppo: succeeded step 2/2 reward 1.5000 kl 0.0312\n");
+    expect(result.stdout).toContain(`chatrl chat --model run-${run.id}\n`);
   });
 
   it("exits non-zero with the error when a followed run fails", async () => {
