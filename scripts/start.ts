@@ -1,9 +1,11 @@
 // `npm start`: migrations, then api (8080), one worker and inference (8000) in one process.
-// `npm start -- --example` also uploads examples/sft-basics.jsonl, trains examples/sft-tiny.json
-// end to end with a progress bar, asks the trained model one question, and keeps serving.
+// `npm start -- --example` (what `npm run quickstart` runs) also trains the polite arithmetic
+// example through all three stages (examples/polite-*: SFT, reward model, PPO) with a progress
+// bar, prints the eval report (the same as `npm run eval -- --run <id>`), asks the PPO actor
+// one question, and keeps serving.
 import { readFile } from "node:fs/promises";
 import { loadConfigOrExit } from "@chatrl/contracts";
-import { createChatrlClient, describeError, runCli } from "@chatrl/client";
+import { createChatrlClient, describeError, evaluateRun, runCli } from "@chatrl/client";
 import closeWithGrace from "close-with-grace";
 import { type Platform, startPlatform } from "./platform.ts";
 
@@ -38,19 +40,27 @@ log(
   `serving: api ${platform.apiUrl}, chat ${platform.inferenceUrl}/v1/chat/completions (Ctrl-C stops)`,
 );
 
-async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
-  const api = createChatrlClient({ baseUrl: apiUrl, apiKey: config.apiKeys[0] });
-  const jsonl = await readFile(new URL("../examples/sft-basics.jsonl", import.meta.url), "utf8");
-  const dataset = await api.uploadDataset("sft-basics", jsonl);
-  log(`uploaded dataset ${dataset.id} (${dataset.rows} ${dataset.format} rows)`);
+const example = (name: string) => readFile(new URL(`../examples/${name}`, import.meta.url), "utf8");
 
-  const spec = JSON.parse(
-    await readFile(new URL("../examples/sft-tiny.json", import.meta.url), "utf8"),
-  );
-  spec.datasets[0].id = dataset.id;
+async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
+  const apiKey = config.apiKeys[0];
+  const api = createChatrlClient({ baseUrl: apiUrl, apiKey });
+  const inference = createChatrlClient({ baseUrl: inferenceUrl, apiKey });
+  const upload = async (name: string) => {
+    const dataset = await api.uploadDataset(name, await example(`${name}.jsonl`));
+    log(`uploaded dataset ${dataset.id} (${dataset.rows} ${dataset.format} rows)`);
+    return dataset.id;
+  };
+  const ids: Record<string, string> = {
+    SFT_DATASET_ID: await upload("polite-sft"),
+    PREFERENCE_DATASET_ID: await upload("polite-preferences"),
+  };
+
+  const spec = JSON.parse(await example("polite-rlhf.json"));
+  for (const dataset of spec.datasets) dataset.id = ids[dataset.id] ?? dataset.id;
   const run = await api.createRun(spec);
   log(
-    `created run ${run.id}; following it (the same as \`npm run chatrl -- runs follow ${run.id}\`)`,
+    `created run ${run.id} (${run.stages.map((s) => s.kind).join(", ")}); following it (the same as \`npm run chatrl -- runs follow ${run.id}\`)`,
   );
 
   const io = {
@@ -63,9 +73,18 @@ async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
   const followed = await runCli([...urls, "runs", "follow", run.id], io);
   if (followed !== 0) throw new Error(`run ${run.id} did not succeed`);
 
-  const model = (await api.getRun(run.id)).fine_tuned_model;
-  if (!model) throw new Error(`run ${run.id} succeeded but names no model to chat with`);
-  const question = "What is 2 plus 3?";
+  log(
+    `evaluating on the held-out prompts (the same as \`npm run eval -- --run ${run.id}\`); score = share of kind answers`,
+  );
+  const report = await evaluateRun({ api, inference, runId: run.id, log });
+  console.log(JSON.stringify(report, null, 2));
+
+  if (!report.actor) {
+    log(`run ${run.id} has no PPO actor to ask: inference serves no run-${run.id}`);
+    return;
+  }
+  const model = report.actor.model;
+  const question = "What is 2 times 5?"; // one of the held-out prompts, never trained on
   log(`asking ${model}: ${question}`);
   await runCli(
     [...urls, "chat", "--model", model, "--temperature", "0", "--message", question],
