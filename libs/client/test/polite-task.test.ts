@@ -31,6 +31,7 @@ describe("polite arithmetic prompts", () => {
     expect(heldOut).not.toContain("What is 1 times 1?");
     expect(heldOut).toContain("What is 1 times 4?");
     expect(heldOut).not.toContain("What is 1 times 3?");
+    expect(heldOut).toContain("What is 2 times 5?"); // 14 + 15 + 1 = 30: the quick start asks it
   });
 
   it("parses its own prompts and nothing else", () => {
