@@ -17,10 +17,13 @@ export class StageClock {
     private readonly pricePerHour: number,
   ) {}
 
-  /** Runs one synchronous piece of device work, counting its seconds as device time. */
-  timeDevice<T>(work: () => T): { result: T; seconds: number } {
+  /**
+   * Runs one piece of device work, synchronous or not (PPO's generation is asynchronous),
+   * counting the seconds until it settles as device time.
+   */
+  async timeDevice<T>(work: () => Promise<T> | T): Promise<{ result: T; seconds: number }> {
     const start = performance.now();
-    const result = work();
+    const result = await work();
     const seconds = (performance.now() - start) / 1000;
     this.deviceSeconds += seconds;
     return { result, seconds };
