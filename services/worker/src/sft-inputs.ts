@@ -1,35 +1,14 @@
-// Everything the SFT stage trains from: its share of the run's datasets and the model it starts
-// with (a preset, a parent checkpoint, or the stage's own last checkpoint when resuming).
-import type { DatasetRow, RunSpec } from "@chatrl/contracts";
-import { getCheckpoint, loadDatasetRows, readCheckpointPart } from "@chatrl/db";
-import {
-  blendDatasets,
-  GPT,
-  loadModel,
-  MODEL_PRESETS,
-  rowToSftExamples,
-  type SftConfig,
-  type SftExample,
-  splitForStage,
-} from "@chatrl/engine";
+// What the SFT stage trains from: its examples and its settings in the engine's terms.
+import type { RunSpec, SftHyperparameters } from "@chatrl/contracts";
+import { rowToSftExamples, type SftConfig, type SftExample } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
+import { loadStageRows } from "./stage-inputs.ts";
 import type { Prisma } from "./types.ts";
 
-/** data_split index of the SFT stage (DeepSpeed-Chat's step 1). */
-const SFT_SPLIT_INDEX = 0;
-
-/**
- * The stage's examples: each dataset split by data_split (SFT takes part 0), then the parts
- * blended by weight. Deterministic in the run's seed, so a resumed attempt sees the same order.
- */
+/** The stage's examples: the rows routed to sft, each as one example per assistant turn. */
 export async function loadSftExamples(prisma: Prisma, spec: RunSpec): Promise<SftExample[]> {
-  const sources = [];
-  for (const dataset of spec.datasets) {
-    const rows = (await loadDatasetRows(prisma, dataset.id)) as DatasetRow[];
-    const share = splitForStage(rows, spec.data_split, SFT_SPLIT_INDEX, spec.seed);
-    sources.push({ rows: share, weight: dataset.weight });
-  }
-  const examples = blendDatasets(sources, spec.seed).flatMap((row) => rowToSftExamples(row));
+  const rows = await loadStageRows(prisma, spec, "sft");
+  const examples = rows.flatMap((row) => rowToSftExamples(row));
   if (examples.length === 0) {
     const ids = spec.datasets.map((d) => d.id).join(", ");
     throw new UnrecoverableError(
@@ -40,31 +19,15 @@ export async function loadSftExamples(prisma: Prisma, spec: RunSpec): Promise<Sf
   return examples;
 }
 
-/** The model SFT starts from when there is no checkpoint of this stage to resume. */
-export async function loadBaseModel(prisma: Prisma, spec: RunSpec): Promise<GPT> {
-  if ("preset" in spec.model) {
-    const config = MODEL_PRESETS[spec.model.preset];
-    if (!config) throw new UnrecoverableError(`unknown model preset "${spec.model.preset}"`);
-    return new GPT(config, spec.seed);
-  }
-  return loadCheckpointModel(prisma, spec.model.checkpoint_id);
-}
-
-export async function loadCheckpointModel(prisma: Prisma, checkpointId: string): Promise<GPT> {
-  const bytes = await readCheckpointPart(prisma, checkpointId, "model");
-  if (!bytes) {
-    const exists = (await getCheckpoint(prisma, checkpointId)) !== null;
-    throw new UnrecoverableError(
-      exists
-        ? `checkpoint ${checkpointId} has no model weights`
-        : `checkpoint ${checkpointId} does not exist`,
-    );
-  }
-  return loadModel(bytes);
+/** The run's sft settings; a run with an sft stage but no settings for it cannot train. */
+export function sftSettings(spec: RunSpec): SftHyperparameters {
+  const sft = spec.stages.sft;
+  if (!sft) throw new UnrecoverableError("the run spec has no stages.sft settings");
+  return sft;
 }
 
 export function sftConfig(spec: RunSpec): SftConfig {
-  const sft = spec.stages.sft;
+  const sft = sftSettings(spec);
   return {
     maxSteps: sft.max_steps,
     batchSize: sft.batch_size,

@@ -5,11 +5,9 @@ import { addEvent, finishStage, getRun, getStage, startStage } from "@chatrl/db"
 import type { StageJobData } from "@chatrl/queue";
 import { DelayedError, UnrecoverableError } from "bullmq";
 import { handBackJob } from "./hand-back.ts";
-import { runSftStage } from "./sft-stage.ts";
+import { implementedKinds } from "./processors.ts";
+import { runStageLoop } from "./stage-loop.ts";
 import type { StageContext, StageJob, StageResult } from "./types.ts";
-
-/** Stage kinds this worker can train. reward and ppo arrive in later milestones. */
-export const IMPLEMENTED_KINDS = ["sft"] as const;
 
 export async function runStage(
   ctx: StageContext,
@@ -38,16 +36,18 @@ export async function runStage(
   }
 
   try {
-    if (kind !== "sft") {
+    const processor = ctx.processors[kind];
+    if (!processor) {
       throw new UnrecoverableError(
         `stage kind "${kind}" is not implemented by this worker yet ` +
-          `(implemented: ${IMPLEMENTED_KINDS.join(", ")})`,
+          `(implemented: ${implementedKinds(ctx.processors).join(", ")})`,
       );
     }
     const run = await getRun(prisma, runId);
     if (!run) throw new UnrecoverableError(`run ${runId} does not exist`);
     await startStage(prisma, stageId, ctx.device);
-    return await runSftStage(ctx, job, token, signal, stage, run.spec as RunSpec);
+    const spec = run.spec as RunSpec;
+    return await runStageLoop({ ctx, job, token, signal, stage, spec }, processor);
   } catch (err) {
     // Handed back to the queue (shutdown) or to another worker (lock lost): not a failure.
     if (err instanceof DelayedError || signal?.aborted) throw err;

@@ -2,6 +2,7 @@ import type { Database } from "@chatrl/db";
 import type { StageJobData } from "@chatrl/queue";
 import type { Job } from "bullmq";
 import type { Logger } from "pino";
+import type { ProcessorTable } from "./stage-loop.ts";
 
 export type Prisma = Database["prisma"];
 
@@ -13,6 +14,8 @@ export type StageContext = {
   /** The tensor backend this worker trains on (recorded as the stage's device). */
   device: string;
   logger: Logger;
+  /** The processor of each stage kind this worker trains (processors.ts). */
+  processors: ProcessorTable;
 };
 
 /** Why a job's AbortSignal fired; the processor reacts differently to each. */

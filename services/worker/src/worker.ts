@@ -8,6 +8,8 @@ import { Worker } from "bullmq";
 import type IORedis from "ioredis";
 import { type Logger, pino } from "pino";
 import { DEFAULT_WORKER_OPTIONS, type WorkerOptions } from "./options.ts";
+import { PROCESSORS } from "./processors.ts";
+import type { ProcessorTable } from "./stage-loop.ts";
 import { failAbandonedStage, runStage, STALLED_OUT } from "./stage-runner.ts";
 import { ABORT_LOCK_LOST, ABORT_SHUTDOWN, type StageContext, type StageResult } from "./types.ts";
 
@@ -17,6 +19,8 @@ export type WorkerDeps = {
   /** Overrides config.backend. */
   backend?: BackendName;
   logger?: Logger;
+  /** The processor of each stage kind; default PROCESSORS (a worker may train fewer kinds). */
+  processors?: ProcessorTable;
 };
 
 export type RunningWorker = {
@@ -38,7 +42,12 @@ export async function startWorker(
   const timing = { ...DEFAULT_WORKER_OPTIONS, ...options };
   const logger = deps.logger ?? pino({ name: "worker", level: config.logLevel });
   const backend = await initBackend(deps.backend ?? config.backend);
-  const ctx: StageContext = { prisma: deps.db.prisma, device: backend.name, logger };
+  const ctx: StageContext = {
+    prisma: deps.db.prisma,
+    device: backend.name,
+    logger,
+    processors: deps.processors ?? PROCESSORS,
+  };
   // Each queue has its own Worker, but the process has one accelerator: one stage at a time.
   const device = new Mutex();
 

@@ -2,8 +2,17 @@
 // the way the api submits them (db repositories, then enqueueRun), without the HTTP layer.
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { type ChatrlConfig, loadConfig, type RunSpec, type StageKind } from "@chatrl/contracts";
-import { createDataset, createRun, getStage } from "@chatrl/db";
+import {
+  type ChatrlConfig,
+  loadConfig,
+  PPO_DEFAULTS,
+  REWARD_DEFAULTS,
+  type RunSpec,
+  type SftHyperparameters,
+  type StageKind,
+  type StageName,
+} from "@chatrl/contracts";
+import { createDataset, createRun, getStage, listEvents } from "@chatrl/db";
 import { createFlowProducer, enqueueRun, redisConnection, STAGE_QUEUES } from "@chatrl/queue";
 import { type FlowProducer, Queue } from "bullmq";
 import type IORedis from "ioredis";
@@ -31,11 +40,13 @@ export type Harness = {
   datasetId: string;
   queue(kind: StageKind): Queue;
   submitRun(opts?: {
-    sft?: Partial<RunSpec["stages"]["sft"]>;
+    sft?: Partial<SftHyperparameters>;
     pricePerHour?: number;
     kinds?: StageKind[];
     model?: RunSpec["model"];
     dataSplit?: RunSpec["data_split"];
+    /** The stages the dataset feeds (default all three). */
+    datasetStages?: StageName[];
   }): Promise<{ runId: string; stageId: string }>;
   close(): Promise<void>;
 };
@@ -76,33 +87,40 @@ export async function createHarness(): Promise<Harness> {
       return q;
     },
     async submitRun(opts = {}) {
+      const sft: SftHyperparameters = {
+        max_steps: 12,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        max_seq_len: 32,
+        epochs: 100,
+        checkpoint_every: 4,
+        warmup_steps: 1,
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        ...opts.sft,
+      };
+      const kinds = opts.kinds ?? ["sft"];
       const spec: RunSpec = {
         name: "worker test",
         model: opts.model ?? { preset: "tiny" },
-        datasets: [{ id: dataset.id, weight: 1 }],
+        datasets: [
+          { id: dataset.id, weight: 1, stages: opts.datasetStages ?? ["sft", "reward", "ppo"] },
+        ],
         data_split: opts.dataSplit ?? [8, 1, 1],
+        // sft settings always (the test processors read them); the defaults of the other kinds run.
         stages: {
-          sft: {
-            max_steps: 12,
-            batch_size: 2,
-            learning_rate: 1e-2,
-            max_seq_len: 32,
-            epochs: 100,
-            checkpoint_every: 4,
-            warmup_steps: 1,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-            ...opts.sft,
-          },
+          sft,
+          ...(kinds.includes("reward") && { reward: REWARD_DEFAULTS }),
+          ...(kinds.includes("ppo") && { ppo: PPO_DEFAULTS }),
         },
         compute: { device: "cpu", price_per_hour: opts.pricePerHour ?? 0 },
         seed: 7,
       };
-      const kinds = opts.kinds ?? ["sft"];
       const run = await createRun(tdb.db.prisma, {
         name: spec.name,
         spec,
-        stages: kinds.map((kind) => ({ kind, maxSteps: spec.stages.sft.max_steps })),
+        // The stage row's max_steps until the trainer says how many steps it really takes.
+        stages: kinds.map((kind) => ({ kind, maxSteps: sft.max_steps ?? 0 })),
       });
       await enqueueRun(flow, run);
       return { runId: run.id, stageId: run.stages[0].id };
@@ -122,6 +140,12 @@ export async function createHarness(): Promise<Harness> {
  * the longest training step, which on a loaded two-core machine can take a second or more.
  */
 export const FAST_TIMING = { lockDurationMs: 3000, stalledIntervalMs: 1000, maxStalledCount: 3 };
+
+/** The run's event messages, newest first. */
+export async function eventMessages(h: Harness, runId: string): Promise<string[]> {
+  const events = await listEvents(h.tdb.db.prisma, runId, { limit: 100 });
+  return events.data.map((e) => e.message);
+}
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 

@@ -5,7 +5,6 @@ import {
   getStage,
   latestCheckpoint,
   listCheckpoints,
-  listEvents,
   listMetrics,
   readCheckpointPart,
   saveCheckpoint,
@@ -19,6 +18,7 @@ import { loadWorkerOptions } from "../src/options.ts";
 import { type RunningWorker, startWorker } from "../src/worker.ts";
 import {
   createHarness,
+  eventMessages as runEvents,
   exited,
   FAST_TIMING,
   freePort,
@@ -81,10 +81,7 @@ async function jobIn(kind: StageKind, stageId: string, state: "completed" | "fai
   );
 }
 
-async function eventMessages(runId: string): Promise<string[]> {
-  const events = await listEvents(h.tdb.db.prisma, runId, { limit: 100 });
-  return events.data.map((e) => e.message);
-}
+const eventMessages = (runId: string) => runEvents(h, runId);
 
 describe("sft stage jobs", () => {
   it("trains an SFT stage to succeeded, with falling loss, verifiable checkpoints and its cost", async () => {
@@ -287,14 +284,25 @@ describe("sft stage jobs", () => {
 });
 
 describe("the steps a stage reports", () => {
-  it("reports the steps its epochs allow as max_steps when they end training before max_steps", async () => {
+  it("without max_steps trains the steps its epochs take, and reports them as max_steps", async () => {
     await withWorker(async () => {
-      // 40 rows, data_split [8, 1, 1] -> 32 SFT rows; one epoch of batches of 2 is 16 steps.
+      // 40 rows, all for sft in an sft-only run; one epoch of batches of 2 is 20 steps.
       const { stageId } = await h.submitRun({
-        sft: { max_steps: 100, epochs: 1, batch_size: 2, checkpoint_every: 50 },
+        sft: { max_steps: undefined, epochs: 1, batch_size: 2, checkpoint_every: 50 },
       });
       const stage = await waitForStage(h, stageId, "succeeded");
-      expect(stage).toMatchObject({ step: 16, maxSteps: 16, progress: 1 });
+      expect(stage).toMatchObject({ step: 20, maxSteps: 20, progress: 1 });
+    });
+  });
+
+  it("with max_steps trains that many steps, repeating the data past its epochs", async () => {
+    await withWorker(async () => {
+      // 20 steps make one epoch; max_steps 26 decides, as in Hugging Face's Trainer.
+      const { stageId } = await h.submitRun({
+        sft: { max_steps: 26, epochs: 1, batch_size: 2, checkpoint_every: 50 },
+      });
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage).toMatchObject({ step: 26, maxSteps: 26, progress: 1 });
     });
   });
 
@@ -319,6 +327,26 @@ describe("the steps a stage reports", () => {
   });
 });
 
+describe("examples longer than max_seq_len", () => {
+  it("counts the examples it cut on the stage and says so in an event when training starts", async () => {
+    await withWorker(async () => {
+      // Every row is 29 tokens with the chat template and eos: 28 cuts the eos of all 40.
+      const { runId, stageId } = await h.submitRun({ sft: { max_seq_len: 28, max_steps: 2 } });
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage).toMatchObject({ examplesTruncated: 40, examplesDropped: 0 });
+      expect(await eventMessages(runId)).toContain(
+        "sft: 40 examples cut to max_seq_len (the end of the answer), 0 dropped (the prompt alone does not fit)",
+      );
+      const fits = await h.submitRun({ sft: { max_steps: 2 } });
+      const whole = await waitForStage(h, fits.stageId, "succeeded");
+      expect(whole).toMatchObject({ examplesTruncated: 0, examplesDropped: 0 });
+      expect((await eventMessages(fits.runId)).some((m) => m.includes("cut to max_seq_len"))).toBe(
+        false,
+      );
+    });
+  });
+});
+
 describe("where an SFT stage starts", () => {
   it("fine-tunes from an earlier run's final checkpoint instead of a fresh preset", async () => {
     await withWorker(async () => {
@@ -338,6 +366,19 @@ describe("where an SFT stage starts", () => {
     });
   });
 
+  it("trains on its share of the datasets that feed it among the stages the run trains", async () => {
+    await withWorker(async () => {
+      // data_split [1, 1, 0] over a run training sft and reward: sft gets half of the 40 rows,
+      // so one epoch of batches of 2 is 10 steps. (The reward job waits in its queue.)
+      const { stageId } = await h.submitRun({
+        kinds: ["sft", "reward"],
+        dataSplit: [1, 1, 0],
+        sft: { max_steps: undefined, epochs: 1, checkpoint_every: 50 },
+      });
+      expect(await waitForStage(h, stageId, "succeeded")).toMatchObject({ step: 10 });
+    });
+  });
+
   it("fails a stage that cannot train, with the reason, and does not retry it", async () => {
     await withWorker(async () => {
       const cases = [
@@ -348,6 +389,10 @@ describe("where an SFT stage starts", () => {
         {
           opts: { dataSplit: [0, 5, 5] as [number, number, number] },
           error: `the sft stage has no examples: datasets ${h.datasetId} give it 0 rows with data_split [0, 5, 5]`,
+        },
+        {
+          opts: { datasetStages: ["reward" as const, "ppo" as const] },
+          error: `the sft stage has no examples: datasets ${h.datasetId} give it 0 rows with data_split [8, 1, 1]`,
         },
         {
           opts: { sft: { max_seq_len: 1000 } },
