@@ -233,7 +233,18 @@ describe("chatrl runs", () => {
       ],
     });
     const [sft, reward, ppo] = run.stages;
-    const following = chatrl("runs", "follow", run.id, "--interval", "50");
+    // The follower's output so far; each state below is held until the follower printed it.
+    let printed = "";
+    const following = cli(["runs", "follow", run.id, "--interval", "50"], {
+      env: { CHATRL_API_URL: apiUrl },
+      onStdout: (text) => {
+        printed = text;
+      },
+    });
+    const shown = async (line: string) => {
+      for (let i = 0; i < 200 && !printed.includes(`${line}\n`); i++) await sleep(50);
+      expect(printed).toContain(`${line}\n`);
+    };
     const step = async (
       stageId: string,
       n: number,
@@ -249,20 +260,23 @@ describe("chatrl runs", () => {
         tokens: 10 * n,
         costUsd: 0,
       });
-      await sleep(200); // a poll or two sees each step
     };
 
     await startStage(prisma, sft.id, "cpu");
     await startStage(prisma, reward.id, "cpu");
     await step(sft.id, 4, 4, { loss: 1.5 });
-    await step(reward.id, 3, 6, { loss: 0.69, accuracy: 0.5 });
     await addMetrics(prisma, reward.id, 3, { eval_accuracy: 0.625 });
-    await step(reward.id, 6, 6, { loss: 0.3 });
+    await step(reward.id, 3, 6, { loss: 0.69, accuracy: 0.5 });
+    await shown("reward: running step 3/6 loss 0.6900 eval acc 0.6250");
     await addMetrics(prisma, reward.id, 6, { eval_accuracy: 0.875 });
+    await step(reward.id, 6, 6, { loss: 0.3 });
     await finishStage(prisma, sft.id, { status: "succeeded" });
     await finishStage(prisma, reward.id, { status: "succeeded" });
+    // The eval accuracy shown is the newest point, not the first or the training accuracy.
+    await shown("reward: succeeded step 6/6 loss 0.3000 eval acc 0.8750");
     await startStage(prisma, ppo.id, "cpu");
     await step(ppo.id, 1, 2, { reward_score: -0.25, kl: 0, actor_loss: 0.1 });
+    await shown("ppo: running step 1/2 reward -0.2500 kl 0.0000");
     await step(ppo.id, 2, 2, { reward_score: 1.5, kl: 0.0312, actor_loss: 0.05 });
     await finishStage(prisma, ppo.id, { status: "succeeded" });
 
@@ -270,10 +284,6 @@ describe("chatrl runs", () => {
     expect(result.stderr).toBe("");
     expect(result.code).toBe(0);
     expect(result.stdout).toContain("sft: succeeded step 4/4 loss 1.5000\n");
-    expect(result.stdout).toMatch(/reward: running step 3\/6 loss 0\.6900( eval acc 0\.6250)?\n/);
-    // The eval accuracy shown is the newest point, not the first or the training accuracy.
-    expect(result.stdout).toContain("reward: succeeded step 6/6 loss 0.3000 eval acc 0.8750\n");
-    expect(result.stdout).toContain("ppo: running step 1/2 reward -0.2500 kl 0.0000\n");
     expect(result.stdout).toContain("ppo: succeeded step 2/2 reward 1.5000 kl 0.0312\n");
     expect(result.stdout).toContain(`chatrl chat --model run-${run.id}\n`);
   });

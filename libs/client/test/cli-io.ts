@@ -2,11 +2,12 @@
 import { Readable, Writable } from "node:stream";
 import { runCli } from "../src/index.ts";
 
-function capture() {
+function capture(onText?: (text: string) => void) {
   let text = "";
   const stream = new Writable({
     write(chunk, _encoding, done) {
       text += chunk.toString();
+      onText?.(text);
       done();
     },
   });
@@ -15,9 +16,14 @@ function capture() {
 
 export async function cli(
   argv: string[],
-  opts: { env?: Record<string, string>; stdinLines?: string[] } = {},
+  opts: {
+    env?: Record<string, string>;
+    stdinLines?: string[];
+    /** Called with everything printed to stdout so far, whenever it grows. */
+    onStdout?: (text: string) => void;
+  } = {},
 ) {
-  const stdout = capture();
+  const stdout = capture(opts.onStdout);
   const stderr = capture();
   const stdin = Readable.from((opts.stdinLines ?? []).map((line) => `${line}\n`));
   const code = await runCli(argv, {
