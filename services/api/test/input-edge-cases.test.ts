@@ -198,23 +198,39 @@ describe("run specs", () => {
 });
 
 describe("data_split", () => {
-  it("refuses with 422 a split that leaves the sft stage no rows of a small dataset, and stores nothing", async () => {
-    // Two rows with the default [2, 4, 4]: round(2 * 2 / 10) = 0 rows for sft.
-    const before = await storedCounts();
+  it("refuses with 422 a split that leaves a trained stage no rows of a small dataset, and stores nothing", async () => {
+    // An sft-only run gives sft every row whatever the split: the reward and ppo shares count
+    // as 0 for a run that does not train them (before reward and ppo existed, [2, 4, 4] left
+    // sft round(2 * 2 / 10) = 0 of these two rows and was refused).
     const { data_split: _, ...withDefaultSplit } = runBody(datasetId);
-    for (const payload of [withDefaultSplit, runBody(datasetId, { data_split: [1, 9, 0] })]) {
-      const response = await api.app.inject({ method: "POST", url: "/v1/runs", payload });
-      expect(response.statusCode, response.body).toBe(422);
-      expect(response.json().error).toMatchObject({
-        param: "data_split",
-        message: expect.stringMatching(/give the sft stage 0 rows/),
-      });
-    }
+    const sftOnly = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: withDefaultSplit,
+    });
+    expect(sftOnly.statusCode, sftOnly.body).toBe(201);
+
+    const pairs = [1, 2, 3].map((i) => `{"prompt":"q${i}","chosen":"yes","rejected":"no"}`);
+    const preference = (await uploadDataset(api.app, pairs.join("\n"), "pairs")).json().id;
+    const sftAndReward = (data_split: number[]) =>
+      runBody(preference, { data_split, stages: { sft: {}, reward: {} } });
+    const before = await storedCounts();
+    // Three rows, [1, 9, 0]: sft gets round(3 * 1 / 10) = 0 of them.
+    const response = await api.app.inject({
+      method: "POST",
+      url: "/v1/runs",
+      payload: sftAndReward([1, 9, 0]),
+    });
+    expect(response.statusCode, response.body).toBe(422);
+    expect(response.json().error).toMatchObject({
+      param: "data_split",
+      message: expect.stringMatching(/give the sft stage 0 rows/),
+    });
     expect(await storedCounts()).toEqual(before);
     const enough = await api.app.inject({
       method: "POST",
       url: "/v1/runs",
-      payload: runBody(datasetId, { data_split: [1, 3, 0] }), // round(2 * 1 / 4) = 1 row
+      payload: sftAndReward([1, 2, 0]), // sft round(3 * 1 / 3) = 1 row, reward the other 2
     });
     expect(enough.statusCode, enough.body).toBe(201);
   });

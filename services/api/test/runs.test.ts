@@ -54,6 +54,7 @@ describe("POST /v1/runs", () => {
       status: "queued",
       finished_at: null,
       error: null,
+      warnings: [],
     });
     expect(run.id).toMatch(/^run_[0-9a-f]{24}$/);
     expect(run.stages).toHaveLength(1);
@@ -270,21 +271,6 @@ describe("POST /v1/runs", () => {
       400,
       "datasets[0].id",
       /must match pattern/,
-    );
-  });
-
-  it("refuses reward and ppo stages as not available yet", async () => {
-    await expectRefused(
-      runBody(datasetId, { stages: { sft: {}, reward: { max_steps: 10 } } }),
-      422,
-      "stages.reward",
-      /reward and ppo stages are not available yet/,
-    );
-    await expectRefused(
-      runBody(datasetId, { stages: { ppo: { kl_coef: 0.1 } } }),
-      422,
-      "stages.ppo",
-      /not available yet/,
     );
   });
 });

@@ -14,8 +14,6 @@ import {
   cancelRun,
   createRun,
   findRunByIdempotencyKey,
-  getCheckpoint,
-  getDataset,
   getRun,
   listEvents,
   listMetrics,
@@ -25,9 +23,15 @@ import {
   type StageRow,
 } from "@chatrl/db";
 import { enqueueRun, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
-import { MODEL_PRESETS } from "@chatrl/engine/config";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { unknownCursor } from "./cursor.ts";
+import {
+  checkModelSources,
+  checkPipeline,
+  checkSpec,
+  planStages,
+  resolveModels,
+} from "./run-rules.ts";
 import { unixSeconds } from "./time.ts";
 
 type RunJson = components["schemas"]["Run"];
@@ -48,6 +52,9 @@ function toStageJson(stage: StageRow): StageJson {
     tokens: stage.tokens,
     cost_usd: stage.costUsd,
     error: stage.error,
+    examples_truncated: stage.examplesTruncated,
+    examples_dropped: stage.examplesDropped,
+    summary: stage.summary,
   };
 }
 
@@ -59,6 +66,7 @@ export function toRunJson(run: RunWithStages): RunJson {
     status: run.status,
     stages: run.stages.map(toStageJson),
     fine_tuned_model: servedModel(run),
+    warnings: run.warnings,
     created_at: unixSeconds(run.createdAt),
     started_at: unixSeconds(run.startedAt),
     finished_at: unixSeconds(run.finishedAt),
@@ -66,10 +74,15 @@ export function toRunJson(run: RunWithStages): RunJson {
   };
 }
 
-/** The model the inference service serves for a succeeded run: its last stage's output. */
+/**
+ * The model to chat with once the run succeeded: the PPO actor, else the SFT model; a run that
+ * trained neither (reward only) has none (reward models are never served).
+ */
 function servedModel(run: RunWithStages): string | null {
   if (run.status !== "succeeded") return null;
-  return modelIdFor(run.id, run.stages.some((s) => s.kind === "ppo") ? "actor" : "sft");
+  const kinds = new Set(run.stages.map((s) => s.kind));
+  if (kinds.has("ppo")) return modelIdFor(run.id, "actor");
+  return kinds.has("sft") ? modelIdFor(run.id, "sft") : null;
 }
 
 function notFound(what: string, id: string, param: string): ApiError {
@@ -88,61 +101,6 @@ function idempotencyKeyReused(): ApiError {
   });
 }
 
-/** Blended sft rows past this would not fit a worker's memory (every example is tokenized up front). */
-const MAX_SFT_ROWS = 1_000_000;
-
-/**
- * Checks what the spec refers to exists, naming the first reference that does not, and that
- * the stage it describes can run: sequences fit the model, the blend gives it rows, not too many.
- */
-async function checkReferences(app: FastifyInstance, spec: RunSpec): Promise<void> {
-  const prisma = app.db.prisma;
-  let contextLength: number | undefined;
-  if ("checkpoint_id" in spec.model) {
-    const id = spec.model.checkpoint_id;
-    const checkpoint = await getCheckpoint(prisma, id);
-    if (!checkpoint) throw notFound("checkpoint", id, "model.checkpoint_id");
-    contextLength = (checkpoint.config as { contextLength?: number }).contextLength;
-  } else {
-    contextLength = MODEL_PRESETS[spec.model.preset].contextLength;
-  }
-  const maxSeqLen = spec.stages.sft.max_seq_len;
-  if (contextLength !== undefined && maxSeqLen > contextLength) {
-    throw new ApiError(
-      422,
-      `stages.sft.max_seq_len ${maxSeqLen} is longer than the model's context of ${contextLength} tokens`,
-      { param: "stages.sft.max_seq_len", code: "invalid_value" },
-    );
-  }
-
-  let sftRows = 0;
-  const [sftShare, ...rest] = spec.data_split;
-  const total = sftShare + rest.reduce((a, b) => a + b, 0);
-  for (const [i, ref] of spec.datasets.entries()) {
-    const dataset = await getDataset(prisma, ref.id);
-    if (!dataset) throw notFound("dataset", ref.id, `datasets[${i}].id`);
-    // The engine's splitForStage gives the sft stage the first round(rows * share / total),
-    // and blendDatasets takes round(weight * rows) of those.
-    sftRows += Math.round(ref.weight * Math.round((dataset.rowCount * sftShare) / total));
-  }
-  // Otherwise the run is accepted and its worker fails at once with "no examples".
-  if (sftRows === 0) {
-    throw new ApiError(
-      422,
-      `data_split [${spec.data_split.join(", ")}] and the weights give the sft stage 0 rows of ` +
-        "the datasets; raise the first number of data_split or the weights, or add rows",
-      { param: "data_split", code: "invalid_value" },
-    );
-  }
-  if (sftRows > MAX_SFT_ROWS) {
-    throw new ApiError(
-      422,
-      `the datasets' weights give the sft stage ${sftRows} rows; at most ${MAX_SFT_ROWS} fit a worker`,
-      { param: "datasets", code: "invalid_value" },
-    );
-  }
-}
-
 export default async function runRoutes(app: FastifyInstance) {
   const prisma = app.db.prisma;
 
@@ -157,42 +115,12 @@ export default async function runRoutes(app: FastifyInstance) {
     handler: async (request, reply: FastifyReply) => {
       const body = request.body as RunCreateRequest;
       const idempotencyKey = request.headers["idempotency-key"] as string | undefined;
-      for (const kind of ["reward", "ppo"] as const) {
-        if (body.stages?.[kind]) {
-          throw new ApiError(422, "reward and ppo stages are not available yet", {
-            param: `stages.${kind}`,
-            code: "stage_not_available",
-          });
-        }
-      }
-      const modelKeys = Object.keys(body.model);
-      if (modelKeys.length !== 1) {
-        throw new ApiError(400, "'model' must have exactly one of 'preset' or 'checkpoint_id'", {
-          param: "model",
-          code: "invalid_value",
-        });
-      }
-      const spec = normalizeRunSpec(body);
-      if (spec.data_split[0] <= 0) {
-        throw new ApiError(422, "data_split: the sft share (the first number) must be above 0", {
-          param: "data_split",
-          code: "invalid_value",
-        });
-      }
-
-      // A repeated dataset would be trained on twice over; weights are how to favour one.
-      const firstIndex = new Map<string, number>();
-      for (const [i, { id }] of spec.datasets.entries()) {
-        const first = firstIndex.get(id);
-        if (first !== undefined) {
-          throw new ApiError(
-            422,
-            `datasets[${i}].id repeats datasets[${first}].id '${id}'; list each dataset once and give it a weight`,
-            { param: `datasets[${i}].id`, code: "invalid_value" },
-          );
-        }
-        firstIndex.set(id, i);
-      }
+      // The rules live in run-rules.ts; nothing is stored or queued until all have passed.
+      checkModelSources(body);
+      checkPipeline(body);
+      const contexts = await resolveModels(prisma, body);
+      const spec = normalizeRunSpec(body, { ppoContextLength: contexts.ppo });
+      checkSpec(body, spec, contexts);
 
       if (idempotencyKey) {
         const earlier = await findRunByIdempotencyKey(prisma, idempotencyKey);
@@ -202,12 +130,13 @@ export default async function runRoutes(app: FastifyInstance) {
         }
       }
 
-      await checkReferences(app, spec);
+      const plan = await planStages(prisma, spec);
       const run = await createRun(prisma, {
         name: spec.name,
         spec,
         idempotencyKey,
-        stages: [{ kind: "sft", maxSteps: spec.stages.sft.max_steps }],
+        stages: plan.stages,
+        warnings: plan.warnings,
       });
       // A concurrent request with the same key may have written its run first: createRun then
       // returns that run, which is this request's only if the bodies agree.
@@ -235,6 +164,7 @@ export default async function runRoutes(app: FastifyInstance) {
         "info",
         `Queued stages: ${run.stages.map((s) => s.kind).join(", ")}`,
       );
+      for (const warning of run.warnings) await addEvent(prisma, run.id, "warn", warning);
       return reply.code(201).send(toRunJson(run));
     },
   });
