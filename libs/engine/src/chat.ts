@@ -59,3 +59,38 @@ export function rowToSftExamples(row: DatasetRow): { prompt: string; response: s
     "unknown row format: expected {prompt, response}, {prompt, chosen, rejected} or {messages}",
   );
 }
+
+/** The ranked pair a preference row teaches the reward model; other formats teach it nothing. */
+export function rowToPreferencePairs(
+  row: DatasetRow,
+): { prompt: string; chosen: string; rejected: string }[] {
+  if (!("chosen" in row)) return [];
+  return [
+    {
+      prompt: renderChatPrompt([{ role: "user", content: row.prompt }]),
+      chosen: row.chosen,
+      rejected: row.rejected,
+    },
+  ];
+}
+
+/**
+ * The prompt a row gives PPO (rendered with the chat template): a supervised or preference
+ * row's prompt, a chat row's conversation before its last assistant message.
+ */
+export function rowToPpoPrompt(row: DatasetRow): string {
+  if ("messages" in row) {
+    const last = row.messages.map((m) => m.role).lastIndexOf("assistant");
+    return renderChatPrompt(row.messages.slice(0, last < 0 ? row.messages.length : last));
+  }
+  return renderChatPrompt([{ role: "user", content: row.prompt }]);
+}
+
+/**
+ * What a row routed to PPO gives the pretraining (ptx) mix: supervised and chat rows their
+ * answers; a preference row nothing (its rejected answer must not be imitated, and its chosen
+ * one is what the reward model already asks for).
+ */
+export function rowToPretrainingExamples(row: DatasetRow): { prompt: string; response: string }[] {
+  return "chosen" in row ? [] : rowToSftExamples(row);
+}

@@ -5,6 +5,9 @@ export {
   CHAT_STOP_STRINGS,
   type ChatMessage,
   renderChatPrompt,
+  rowToPpoPrompt,
+  rowToPreferencePairs,
+  rowToPretrainingExamples,
   rowToSftExamples,
 } from "./chat";
 export {

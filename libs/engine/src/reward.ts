@@ -193,7 +193,7 @@ export class RewardModelTrainer implements StageTrainer {
     const sequences = [...pairs.map((p) => p.chosen), ...pairs.map((p) => p.rejected)];
     const length = Math.max(...sequences.map((s) => s.length));
     const ids = new Int32Array(sequences.length * length).fill(this.padId);
-    sequences.forEach((s, b) => ids.set(s, b * length));
+    for (const [b, s] of sequences.entries()) ids.set(s, b * length);
     const input = tf.tensor2d(ids, [sequences.length, length], "int32");
     const scores = this.model.scores(
       input,

@@ -4,6 +4,9 @@ import {
   buildSftBatch,
   ByteTokenizer,
   renderChatPrompt,
+  rowToPpoPrompt,
+  rowToPreferencePairs,
+  rowToPretrainingExamples,
   rowToSftExamples,
   splitForStage,
   tokenizeSftExample,
@@ -133,6 +136,39 @@ describe("chat template and rows", () => {
         response: "Yes.",
       },
     ]);
+  });
+});
+
+describe("what each row format gives the reward and PPO stages", () => {
+  const prompt = "<|user|>\nWhy?\n<|assistant|>\n";
+  const supervised = { prompt: "Why?", response: "Because." };
+  const preference = { prompt: "Why?", chosen: "Because.", rejected: "No." };
+  const chat = {
+    messages: [
+      { role: "user" as const, content: "Hi" },
+      { role: "assistant" as const, content: "Hello." },
+      { role: "user" as const, content: "Why?" },
+      { role: "assistant" as const, content: "Because." },
+    ],
+  };
+
+  it("gives the reward model pairs only from preference rows", () => {
+    expect(rowToPreferencePairs(preference)).toEqual([
+      { prompt, chosen: "Because.", rejected: "No." },
+    ]);
+    expect(rowToPreferencePairs(supervised)).toEqual([]);
+    expect(rowToPreferencePairs(chat)).toEqual([]);
+  });
+
+  it("gives PPO every row's prompt, and the pretraining mix only supervised and chat answers", () => {
+    expect(rowToPpoPrompt(supervised)).toBe(prompt);
+    expect(rowToPpoPrompt(preference)).toBe(prompt);
+    expect(rowToPpoPrompt(chat)).toBe(
+      "<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nWhy?\n<|assistant|>\n",
+    );
+    expect(rowToPretrainingExamples(supervised)).toEqual([{ prompt, response: "Because." }]);
+    expect(rowToPretrainingExamples(preference)).toEqual([]);
+    expect(rowToPretrainingExamples(chat)).toHaveLength(2);
   });
 });
 

@@ -99,7 +99,7 @@ describe("PPO's clipped losses", () => {
     const adv = tf.tensor1d([0.7, -1.2, 0.4, 2]);
     const mask = tf.tensor1d([1, 1, 1, 0]);
     const at = [0.15, -0.05, 0.2, 0.5]; // ratios inside and outside the clip range
-    const f = (x: tf.Tensor1D) => clippedSurrogateLoss(x, old, adv, mask, 0.2).loss;
+    const f = (x: tf.Tensor) => clippedSurrogateLoss(x, old, adv, mask, 0.2).loss;
     const grad = tf.grad(f)(tf.tensor1d(at)).arraySync() as number[];
     const h = 1e-3;
     at.forEach((_, i) => {
