@@ -4,6 +4,7 @@ import {
   normalizeRunSpec,
   PPO_DEFAULTS,
   REWARD_DEFAULTS,
+  type RunCreateRequest,
   type RunSpec,
   SFT_DEFAULTS,
   splitRowCounts,
@@ -108,7 +109,8 @@ describe("normalizeRunSpec", () => {
 });
 
 describe("the data routing rule", () => {
-  const spec = (stages: object, datasetStages?: ("sft" | "reward" | "ppo")[]) =>
+  type DatasetStages = RunCreateRequest["datasets"][number]["stages"];
+  const spec = (stages: object, datasetStages?: DatasetStages) =>
     normalizeRunSpec({
       ...base,
       datasets: [{ id: datasetId, ...(datasetStages ? { stages: datasetStages } : {}) }],
