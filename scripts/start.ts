@@ -40,9 +40,9 @@ log(
   `serving: api ${platform.apiUrl}, chat ${platform.inferenceUrl}/v1/chat/completions (Ctrl-C stops)`,
 );
 
-const example = (name: string) => readFile(new URL(`../examples/${name}`, import.meta.url), "utf8");
-
 async function runExample({ apiUrl, inferenceUrl }: Platform): Promise<void> {
+  const example = (name: string) =>
+    readFile(new URL(`../examples/${name}`, import.meta.url), "utf8");
   const apiKey = config.apiKeys[0];
   const api = createChatrlClient({ baseUrl: apiUrl, apiKey });
   const inference = createChatrlClient({ baseUrl: inferenceUrl, apiKey });
