@@ -140,6 +140,18 @@ export async function finishStage(
         ...(outcome.summary ? { summary: outcome.summary } : {}),
       },
     });
+    if (outcome.status === "failed") {
+      // The run cannot succeed any more: its other stages stop (a running one at its next step,
+      // as on cancel) instead of training for nothing or waiting forever for a failed parent.
+      await tx.stage.updateMany({
+        where: { runId, id: { not: id }, status: { in: ["queued", "running"] } },
+        data: {
+          status: "cancelled",
+          error: `not finished: the ${stage.kind} stage failed`,
+          finishedAt: now,
+        },
+      });
+    }
     const stages = await tx.stage.findMany({ where: { runId }, ...stagesInOrder });
     const failed = stages.find((s) => s.status === "failed");
     const derived: Status = failed

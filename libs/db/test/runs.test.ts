@@ -152,6 +152,26 @@ describe("stages and run status", () => {
     expect(result.run.stages.map((s) => s.status)).toEqual(["succeeded", "succeeded", "succeeded"]);
   });
 
+  it("a failed stage fails the run and stops its other stages, running or waiting", async () => {
+    const run = await newRun("one fails");
+    const [sft, reward, ppo] = run.stages;
+    for (const s of [sft, reward]) await startStage(t.db.prisma, s.id, "cpu");
+    const { run: after } = await finishStage(t.db.prisma, sft.id, {
+      status: "failed",
+      error: "out of memory",
+    });
+    expect(after).toMatchObject({ status: "failed", error: "sft stage failed: out of memory" });
+    expect(after.stages.map((s) => [s.kind, s.status, s.error])).toEqual([
+      ["sft", "failed", "out of memory"],
+      ["reward", "cancelled", "not finished: the sft stage failed"],
+      ["ppo", "cancelled", "not finished: the sft stage failed"],
+    ]);
+    expect(after.stages.every((s) => s.finishedAt instanceof Date)).toBe(true);
+    // The reward worker sees its stage cancelled at its next step and stops.
+    expect((await getStage(t.db.prisma, reward.id))?.status).toBe("cancelled");
+    expect(ppo.status).toBe("queued");
+  });
+
   it("finds a run's stage by kind, and null for a kind the run does not train", async () => {
     const run = await createRun(t.db.prisma, {
       name: "by-kind",
