@@ -6,7 +6,9 @@ import {
   type ChatrlConfig,
   loadConfig,
   PPO_DEFAULTS,
+  type PpoHyperparameters,
   REWARD_DEFAULTS,
+  type RewardHyperparameters,
   type RunSpec,
   type SftHyperparameters,
   type StageKind,
@@ -47,6 +49,8 @@ export type Harness = {
     dataSplit?: RunSpec["data_split"];
     /** The stages the dataset feeds (default all three). */
     datasetStages?: StageName[];
+    reward?: Partial<RewardHyperparameters>;
+    ppo?: Partial<PpoHyperparameters>;
   }): Promise<{ runId: string; stageId: string }>;
   close(): Promise<void>;
 };
@@ -110,8 +114,8 @@ export async function createHarness(): Promise<Harness> {
         // sft settings always (the test processors read them); the defaults of the other kinds run.
         stages: {
           sft,
-          ...(kinds.includes("reward") && { reward: REWARD_DEFAULTS }),
-          ...(kinds.includes("ppo") && { ppo: PPO_DEFAULTS }),
+          ...(kinds.includes("reward") && { reward: { ...REWARD_DEFAULTS, ...opts.reward } }),
+          ...(kinds.includes("ppo") && { ppo: { ...PPO_DEFAULTS, ...opts.ppo } }),
         },
         compute: { device: "cpu", price_per_hour: opts.pricePerHour ?? 0 },
         seed: 7,
