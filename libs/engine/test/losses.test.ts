@@ -113,6 +113,28 @@ describe("PPO's clipped losses", () => {
   });
 });
 
+describe("the clipped value loss's gradient", () => {
+  it("is what finite differences give, zero where the clipped error is the larger one", () => {
+    const old = tf.tensor1d([0.5, 2, -1, 0]);
+    const returns = tf.tensor1d([2, 1, -0.5, 3]);
+    const mask = tf.tensor1d([1, 1, 1, 0]);
+    const at = [1.0, 2.1, -1.5, 0.2];
+    const f = (x: tf.Tensor) => clippedValueLoss(x, old, returns, mask, 0.2);
+    const grad = tf.grad(f)(tf.tensor1d(at)).arraySync() as number[];
+    const h = 1e-3;
+    at.forEach((_, i) => {
+      const up = [...at];
+      const down = [...at];
+      up[i] += h;
+      down[i] -= h;
+      const numeric = (value(f(tf.tensor1d(up))) - value(f(tf.tensor1d(down)))) / (2 * h);
+      expect(grad[i], `d loss / d V[${i}]`).toBeCloseTo(numeric, 3);
+    });
+    // Row 0: the clipped value 0.7 is further from 2 than 1.0 is, so the loss is flat in V there.
+    expect(grad[0]).toBeCloseTo(0, 6);
+  });
+});
+
 describe("the adaptive KL controller", () => {
   it("raises kl_ctl by at most 20% of the error per horizon when the KL is above target", () => {
     // error clip(12 / 6 - 1, +-0.2) = 0.2; 0.1 * (1 + 0.2 * 16 / 10000) = 0.100032
