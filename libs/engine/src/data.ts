@@ -65,6 +65,43 @@ export function splitForStage<T>(
   return order.slice(bounds[stageIndex], bounds[stageIndex + 1]).map((i) => rows[i]);
 }
 
+/**
+ * The items of each training step: epoch e is a seeded permutation of the items, and batches run
+ * on across epochs (a batch may straddle two), so the items of a step are a pure function of
+ * (seed, step) and a resumed trainer sees the batches an uninterrupted one would.
+ */
+export class EpochBatches<T> {
+  private readonly orders = new Map<number, number[]>();
+
+  /** seedKey names the permutations: epoch e uses `${seedKey}:${e}`. */
+  constructor(
+    private readonly items: readonly T[],
+    private readonly batchSize: number,
+    private readonly seedKey: string,
+  ) {
+    if (items.length === 0) throw new Error("EpochBatches needs at least one item");
+  }
+
+  at(step: number): T[] {
+    const n = this.items.length;
+    const picked: T[] = [];
+    for (let k = step * this.batchSize; k < (step + 1) * this.batchSize; k++) {
+      picked.push(this.items[this.order(Math.floor(k / n))[k % n]]);
+    }
+    return picked;
+  }
+
+  private order(epoch: number): number[] {
+    let order = this.orders.get(epoch);
+    if (!order) {
+      order = seededPermutation(this.items.length, `${this.seedKey}:${epoch}`);
+      if (this.orders.size > 1) this.orders.clear(); // a step needs this epoch and maybe the last
+      this.orders.set(epoch, order);
+    }
+    return order;
+  }
+}
+
 export type SftExample = { prompt: string; response: string };
 
 /** One example as token ids: the model reads ids[0..n-2] and predicts ids[1..n-1]. */

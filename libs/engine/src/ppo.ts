@@ -7,13 +7,19 @@
 // value loss for the critic. Optionally keeps an EMA of the actor.
 import { performance } from "node:perf_hooks";
 import * as tf from "@tensorflow/tfjs";
-import { buildSftBatch, type SftExample, type TokenizedExample, tokenizeSftExamples } from "./data";
+import {
+  buildSftBatch,
+  EpochBatches,
+  type SftExample,
+  type TokenizedExample,
+  tokenizeSftExamples,
+} from "./data";
 import { makeExperience, type Rollout, tokenLogprobs } from "./experience";
 import { HybridEngine } from "./hybrid";
 import { adaptKlCoefficient, clippedSurrogateLoss, clippedValueLoss, maskedMean } from "./losses";
 import type { GPT } from "./model";
 import { crossEntropy } from "./ops";
-import { Rng, type RngState, seededPermutation } from "./rng";
+import { Rng, type RngState } from "./rng";
 import { stepsFor } from "./sft";
 import type { Tokenizer } from "./tokenizer";
 import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
@@ -80,6 +86,8 @@ export class PPOTrainer implements StageTrainer {
   private readonly tokenizer: Tokenizer;
   private readonly prompts: number[][];
   private readonly ptx: TokenizedExample[];
+  private readonly promptBatches: EpochBatches<number[]>;
+  private readonly ptxBatches?: EpochBatches<TokenizedExample>;
   private readonly actorState: TrainState;
   private readonly criticState: TrainState;
   private rng: Rng;
@@ -118,6 +126,18 @@ export class PPOTrainer implements StageTrainer {
     this.ptx = ptx.examples;
     this.truncated = ptx.truncated;
     this.totalSteps = stepsFor(config, this.prompts.length, config.generationBatchSize);
+    this.promptBatches = new EpochBatches(
+      this.prompts,
+      config.generationBatchSize,
+      `ppo-epoch:${config.seed}`,
+    );
+    if (this.ptx.length > 0) {
+      this.ptxBatches = new EpochBatches(
+        this.ptx,
+        config.trainingBatchSize,
+        `ppo-ptx:${config.seed}`,
+      );
+    }
     this.rng = Rng.create(`ppo:${config.seed}`);
     this.klCtl = config.klCtl;
 
@@ -159,7 +179,7 @@ export class PPOTrainer implements StageTrainer {
         critic: this.models.critic,
         reward: this.models.reward,
       },
-      this.promptsAt(this.step),
+      this.promptBatches.at(this.step),
       {
         sample: {
           maxNewTokens: config.maxAnswerSeqLen,
@@ -242,7 +262,9 @@ export class PPOTrainer implements StageTrainer {
       for (let start = 0; start < rollout.batch; start += size) {
         const rows = Math.min(size, rollout.batch - start);
         const mb = minibatch(rollout, start, rows);
-        const ptx = this.ptx.length > 0 ? this.ptxBatch(this.actorState.steps) : undefined;
+        const ptx = this.ptxBatches
+          ? buildSftBatch(this.ptxBatches.at(this.actorState.steps), this.tokenizer.padId)
+          : undefined;
         let clipFraction: tf.Scalar | undefined;
         let ptxLoss: tf.Scalar | undefined;
         actorLr = this.actorState.lr();
@@ -301,29 +323,6 @@ export class PPOTrainer implements StageTrainer {
       tf.tensor1d(batch.targets, "int32"),
     );
     return maskedMean(nll, tf.tensor1d(batch.lossMask, "float32"));
-  }
-
-  /** The prompts of a step: each epoch is a seeded permutation; epochs repeat as needed. */
-  private promptsAt(step: number): number[][] {
-    const n = this.prompts.length;
-    const size = this.config.generationBatchSize;
-    const picked: number[][] = [];
-    for (let k = step * size; k < (step + 1) * size; k++) {
-      const order = seededPermutation(n, `ppo-epoch:${this.config.seed}:${Math.floor(k / n)}`);
-      picked.push(this.prompts[order[k % n]]);
-    }
-    return picked;
-  }
-
-  private ptxBatch(update: number) {
-    const n = this.ptx.length;
-    const size = this.config.trainingBatchSize;
-    const picked: TokenizedExample[] = [];
-    for (let k = update * size; k < (update + 1) * size; k++) {
-      const order = seededPermutation(n, `ppo-ptx:${this.config.seed}:${Math.floor(k / n)}`);
-      picked.push(this.ptx[order[k % n]]);
-    }
-    return buildSftBatch(picked, this.tokenizer.padId);
   }
 
   /** Actor and critic moments, step, RNG and the KL coefficient. EMA weights are their own checkpoint. */

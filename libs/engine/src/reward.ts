@@ -5,7 +5,7 @@
 // scores on it. docs/decisions/0005-reward-model-score.md says why the last token, not
 // DeepSpeed-Chat's divergence-token average.
 import * as tf from "@tensorflow/tfjs";
-import { tokenizeSftExample } from "./data";
+import { EpochBatches, tokenizeSftExample } from "./data";
 import { pairwiseRewardLoss } from "./losses";
 import { Rng, type RngState, seededPermutation } from "./rng";
 import { stepsFor } from "./sft";
@@ -60,6 +60,7 @@ export class RewardModelTrainer implements StageTrainer {
   private readonly padId: number;
   private readonly train: TokenizedPair[];
   private readonly held: TokenizedPair[];
+  private readonly batches: EpochBatches<TokenizedPair>;
   private readonly state: TrainState;
   private rng: Rng;
   private lastEval?: RewardEvaluation;
@@ -104,6 +105,7 @@ export class RewardModelTrainer implements StageTrainer {
     this.trainPairs = this.train.length;
     this.evalPairs = this.held.length;
     this.totalSteps = stepsFor(config, this.train.length, config.batchSize);
+    this.batches = new EpochBatches(this.train, config.batchSize, `reward-epoch:${config.seed}`);
     this.rng = Rng.create(`reward:${config.seed}`);
     this.state = new TrainState(
       "",
@@ -124,7 +126,7 @@ export class RewardModelTrainer implements StageTrainer {
   async trainStep(): Promise<StepReport> {
     if (this.step >= this.totalSteps)
       throw new Error(`reward training is finished: all ${this.totalSteps} steps are done`);
-    const pairs = this.pairsAt(this.step);
+    const pairs = this.batches.at(this.step);
     let accuracy: tf.Scalar | undefined;
     const { loss, gradNorm, lr } = this.state.update(() => {
       const { chosen, rejected } = this.score(pairs, true);
@@ -205,16 +207,6 @@ export class RewardModelTrainer implements StageTrainer {
       chosen: scores.slice(0, b) as tf.Tensor1D,
       rejected: scores.slice(b, b) as tf.Tensor1D,
     };
-  }
-
-  private pairsAt(step: number): TokenizedPair[] {
-    const n = this.train.length;
-    const picked: TokenizedPair[] = [];
-    for (let k = step * this.config.batchSize; k < (step + 1) * this.config.batchSize; k++) {
-      const order = seededPermutation(n, `reward-epoch:${this.config.seed}:${Math.floor(k / n)}`);
-      picked.push(this.train[order[k % n]]);
-    }
-    return picked;
   }
 
   async exportState(): Promise<Uint8Array> {

@@ -4,6 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import {
   buildSftBatch,
+  EpochBatches,
   type SftBatch,
   type SftExample,
   type TokenizedExample,
@@ -11,7 +12,7 @@ import {
 } from "./data";
 import type { GPT } from "./model";
 import { crossEntropy } from "./ops";
-import { Rng, type RngState, seededPermutation } from "./rng";
+import { Rng, type RngState } from "./rng";
 import type { Tokenizer } from "./tokenizer";
 import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
 import type { StageTrainer, StepReport } from "./trainer";
@@ -63,7 +64,7 @@ export class SFTTrainer implements StageTrainer {
   private readonly state: TrainState;
   /** Dropout seeds; its state is part of exportState so a resumed run drops the same units. */
   private rng: Rng;
-  private readonly epochOrders = new Map<number, number[]>();
+  private readonly batches: EpochBatches<TokenizedExample>;
 
   constructor(
     model: GPT,
@@ -91,6 +92,7 @@ export class SFTTrainer implements StageTrainer {
     this.truncated = tokenized.truncated;
     this.dropped = tokenized.dropped;
     this.totalSteps = stepsFor(config, this.examples.length, config.batchSize);
+    this.batches = new EpochBatches(this.examples, config.batchSize, `sft-epoch:${config.seed}`);
     this.rng = Rng.create(`sft:${config.seed}`);
     this.state = new TrainState(
       "",
@@ -134,28 +136,9 @@ export class SFTTrainer implements StageTrainer {
     return tf.div(tf.sum(tf.mul(nll, mask)), trained) as tf.Scalar;
   }
 
-  /**
-   * The examples of a step: a pure function of (seed, step) so that a resumed trainer sees the
-   * same batches. Each epoch is its own seeded permutation; a batch may straddle two epochs.
-   */
+  /** The examples of a step, padded into one batch. */
   private batchAt(step: number): SftBatch {
-    const n = this.examples.length;
-    const end = (step + 1) * this.config.batchSize;
-    const picked: TokenizedExample[] = [];
-    for (let k = step * this.config.batchSize; k < end; k++) {
-      picked.push(this.examples[this.epochOrder(Math.floor(k / n))[k % n]]);
-    }
-    return buildSftBatch(picked, this.padId);
-  }
-
-  private epochOrder(epoch: number): number[] {
-    let order = this.epochOrders.get(epoch);
-    if (!order) {
-      order = seededPermutation(this.examples.length, `sft-epoch:${this.config.seed}:${epoch}`);
-      this.epochOrders.clear(); // only the current epoch (and the next) are ever needed
-      this.epochOrders.set(epoch, order);
-    }
-    return order;
+    return buildSftBatch(this.batches.at(step), this.padId);
   }
 
   /** Optimizer moments (torch names exp_avg.<weight>, exp_avg_sq.<weight>), step and RNG state. */
