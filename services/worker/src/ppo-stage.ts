@@ -3,13 +3,7 @@
 // model (this run's final checkpoints, or the ones stages.ppo names); the PPOTrainer. A
 // checkpoint holds actor, critic and (with enable_ema) EMA files plus one trainer state.
 import type { PpoHyperparameters, RunSpec, StageKind } from "@chatrl/contracts";
-import {
-  type CheckpointRole,
-  getCheckpoint,
-  getRun,
-  latestCheckpointSet,
-  readCheckpointPart,
-} from "@chatrl/db";
+import { type CheckpointRole, getRun, latestCheckpointSet } from "@chatrl/db";
 import {
   ByteTokenizer,
   loadModel,
@@ -21,7 +15,7 @@ import {
   saveModel,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
-import { loadStageRows } from "./stage-inputs.ts";
+import { loadStageRows, readModelFile } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
 import type { Prisma } from "./types.ts";
 
@@ -90,16 +84,7 @@ async function parentFile(
     }
     checkpointId = file.id;
   }
-  const bytes = await readCheckpointPart(prisma, checkpointId, "model");
-  if (!bytes) {
-    const exists = (await getCheckpoint(prisma, checkpointId)) !== null;
-    throw new UnrecoverableError(
-      exists
-        ? `checkpoint ${checkpointId} has no model weights`
-        : `checkpoint ${checkpointId} does not exist`,
-    );
-  }
-  return bytes;
+  return readModelFile(prisma, checkpointId);
 }
 
 export const ppoProcessor: StageProcessor = {

@@ -2,7 +2,6 @@
 // model started from `stages.reward.model` or the run's model, and the RewardModelTrainer. The
 // stage loop (stage-loop.ts) does the rest.
 import type { RewardHyperparameters, RunSpec } from "@chatrl/contracts";
-import { readCheckpointPart } from "@chatrl/db";
 import {
   ByteTokenizer,
   loadValueModel,
@@ -14,7 +13,7 @@ import {
   ValueModel,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
-import { loadStageRows } from "./stage-inputs.ts";
+import { loadStageRows, readModelFile } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
 import type { Prisma } from "./types.ts";
 
@@ -49,10 +48,7 @@ async function loadRewardStart(prisma: Prisma, spec: RunSpec): Promise<ValueMode
     if (!config) throw new UnrecoverableError(`unknown model preset "${source.preset}"`);
     return ValueModel.fresh(config, spec.seed);
   }
-  const bytes = await readCheckpointPart(prisma, source.checkpoint_id, "model");
-  if (!bytes)
-    throw new UnrecoverableError(`checkpoint ${source.checkpoint_id} has no model weights`);
-  return loadValueModel(bytes, spec.seed);
+  return loadValueModel(await readModelFile(prisma, source.checkpoint_id), spec.seed);
 }
 
 export const rewardProcessor: StageProcessor = {

@@ -44,6 +44,11 @@ export async function loadBaseModel(prisma: Prisma, spec: RunSpec): Promise<GPT>
 }
 
 export async function loadCheckpointModel(prisma: Prisma, checkpointId: string): Promise<GPT> {
+  return loadModel(await readModelFile(prisma, checkpointId));
+}
+
+/** A checkpoint's model file; an UnrecoverableError saying whether the checkpoint or its file is missing. */
+export async function readModelFile(prisma: Prisma, checkpointId: string): Promise<Uint8Array> {
   const bytes = await readCheckpointPart(prisma, checkpointId, "model");
   if (!bytes) {
     const exists = (await getCheckpoint(prisma, checkpointId)) !== null;
@@ -53,5 +58,5 @@ export async function loadCheckpointModel(prisma: Prisma, checkpointId: string):
         : `checkpoint ${checkpointId} does not exist`,
     );
   }
-  return loadModel(bytes);
+  return bytes;
 }
