@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
+import { isDatabaseUnavailable } from "./transient-errors.ts";
 
 export type ErrorBody = {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -104,21 +105,31 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: "invalid_content_length",
 };
 
-// Prisma's codes for a database that cannot be reached or answers too late (see Prisma's error
-// reference); matched by name and code so contracts does not depend on the Prisma client.
-const DATABASE_UNAVAILABLE = new Set(["P1001", "P1002", "P1008", "P1017", "P2024"]);
-
-function isDatabaseUnavailable(error: { name?: string; code?: unknown }): boolean {
-  return (
-    (error.name === "PrismaClientKnownRequestError" ||
-      error.name === "PrismaClientInitializationError") &&
-    typeof error.code === "string" &&
-    DATABASE_UNAVAILABLE.has(error.code)
-  );
-}
-
 function send(reply: FastifyReply, status: number, body: ErrorBody) {
   return reply.code(status).type("application/json; charset=utf-8").send(body);
+}
+
+/**
+ * Fastify's `frameworkErrors` option: errors found before routing (a path with malformed
+ * percent-encoding such as `/v1/runs/%ff`, a parameter too long) in the same shape as the rest.
+ * Give it to `Fastify({ frameworkErrors })`; the errors plugin cannot, it runs after routing.
+ */
+export function frameworkErrors(
+  error: FastifyError,
+  _request: FastifyRequest,
+  reply: FastifyReply,
+) {
+  const badUrl = error.code === "FST_ERR_BAD_URL";
+  return send(reply, 400, {
+    error: {
+      message: badUrl
+        ? "The request path is not valid: it holds malformed percent-encoding"
+        : error.message,
+      type: "invalid_request_error",
+      param: null,
+      code: badUrl ? "invalid_path" : (error.code?.toLowerCase() ?? null),
+    },
+  });
 }
 
 /**

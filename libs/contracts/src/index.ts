@@ -8,3 +8,4 @@ export * from "./text.ts";
 export * from "./fastify-auth.ts";
 export * from "./readiness.ts";
 export * from "./model-ids.ts";
+export * from "./transient-errors.ts";

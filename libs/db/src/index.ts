@@ -68,3 +68,4 @@ export {
   listApiKeys,
   storedApiKeys,
 } from "./api-keys.ts";
+export { unfinishedRuns, withAdvisoryLock } from "./reconcile.ts";

@@ -11,7 +11,11 @@ export type MetricRow = {
   time: Date;
 };
 
-/** One row per name at `step`. Values must be finite: JSON cannot carry NaN or Infinity. */
+/**
+ * One row per name at `step`. Values must be finite: JSON cannot carry NaN or Infinity. A name
+ * already recorded at that step keeps its first value (a step redone after a resume, or reported
+ * by a worker that lost its job, is not counted twice); returns how many rows were new.
+ */
 export async function addMetrics(
   p: Db,
   stageId: string,
@@ -24,6 +28,7 @@ export async function addMetrics(
   }
   const { count } = await p.metric.createMany({
     data: entries.map(([name, value]) => ({ stageId, step, name, value })),
+    skipDuplicates: true,
   });
   return count;
 }

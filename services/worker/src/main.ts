@@ -6,6 +6,7 @@ import closeWithGrace from "close-with-grace";
 import { pino } from "pino";
 import { buildHealthApp } from "./health.ts";
 import { loadWorkerOptions } from "./options.ts";
+import { loadResilienceOptions } from "./resilience-options.ts";
 import { startWorker } from "./worker.ts";
 
 /** Bad configuration or an unreachable Redis: one line for the operator, no stack trace. */
@@ -21,7 +22,7 @@ async function orExit<T>(step: () => T | Promise<T>): Promise<T> {
 
 const { config, options } = await orExit(() => ({
   config: loadConfig(process.env),
-  options: loadWorkerOptions(process.env),
+  options: { ...loadWorkerOptions(process.env), ...loadResilienceOptions(process.env) },
 }));
 const logger = pino({ name: "worker", level: config.logLevel });
 

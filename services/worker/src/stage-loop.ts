@@ -222,20 +222,24 @@ async function trainLoop(loop: Loop): Promise<StageResult> {
     window.add(report, seconds);
 
     const last = report.step >= trainer.totalSteps;
-    if (report.step % reportEvery === 0 || last) {
+    const reporting = report.step % reportEvery === 0 || last;
+    const checkpointing = report.step % checkpointEvery === 0 && !last;
+    if (reporting || checkpointing) await ensureJobOwned(loop);
+    if (reporting) {
       const metrics = window.metrics();
       if (report.step > reportedThrough) await addMetrics(prisma, stage.id, report.step, metrics);
       await job.updateProgress({ step: report.step, total: trainer.totalSteps, ...metrics });
       await recordProgress(prisma, stage.id, report.step, trainer.totalSteps, clock);
       window.reset();
     }
-    if (report.step % checkpointEvery === 0 && !last) {
+    if (checkpointing) {
       await writeCheckpoint(loop, false);
       checkpointStep = report.step;
     }
   }
 
   if (await isCancelled(prisma, stage.id)) return await stopForCancel(loop);
+  await ensureJobOwned(loop);
   const final = await writeCheckpoint(loop, true);
   await recordProgress(prisma, stage.id, trainer.step, trainer.totalSteps, clock);
   const summary = session.summary?.();
@@ -250,6 +254,26 @@ async function trainLoop(loop: Loop): Promise<StageResult> {
       `${figures.join("")}${deviceSeconds.toFixed(1)} device seconds, $${costUsd.toFixed(4)}`,
   );
   return { stageId: stage.id, status: "succeeded", step: trainer.step };
+}
+
+/** This worker no longer holds the job's lock: another worker may be training the stage. */
+export class LockLostError extends Error {
+  constructor(stageId: string) {
+    super(`stage ${stageId} stopped: this worker no longer holds its job (the lock was lost)`);
+    this.name = "LockLostError";
+  }
+}
+
+/**
+ * Renews the job's lock before a write, and stops (LockLostError, nothing written) when this
+ * worker does not hold it any more: Redis lost the job, or the job stalled and went to another
+ * worker, which resumes from the newest checkpoint. Without this the two would both write.
+ */
+async function ensureJobOwned(loop: Loop): Promise<void> {
+  const { ctx, job, token, stage } = loop;
+  if (!token || !ctx.lockDurationMs) return;
+  const renewed = await job.extendLock(token, ctx.lockDurationMs);
+  if (!renewed) throw new LockLostError(stage.id);
 }
 
 /** "checkpoint ckpt_x" for one file, "checkpoints actor ckpt_a, critic ckpt_c" for several. */

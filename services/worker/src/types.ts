@@ -16,6 +16,16 @@ export type StageContext = {
   logger: Logger;
   /** The processor of each stage kind this worker trains (processors.ts). */
   processors: ProcessorTable;
+  /**
+   * How a stage waits out an unreachable Postgres or Redis: the first pause, doubled after each
+   * failed retry up to the longest. Default 500 ms and 15 s.
+   */
+  retry?: { baseMs: number; maxMs: number };
+  /**
+   * The job lock's duration: before each write the loop renews the lock, and a worker that no
+   * longer holds it (the job was handed to another worker) writes nothing.
+   */
+  lockDurationMs?: number;
 };
 
 /** Why a job's AbortSignal fired; the processor reacts differently to each. */

@@ -8,9 +8,11 @@ import { Worker } from "bullmq";
 import type IORedis from "ioredis";
 import { type Logger, pino } from "pino";
 import { DEFAULT_WORKER_OPTIONS, type WorkerOptions } from "./options.ts";
+import { createReconciler, type Reconciler } from "./reconciler.ts";
+import { DEFAULT_RESILIENCE_OPTIONS, type ResilienceOptions } from "./resilience-options.ts";
 import { PROCESSORS } from "./processors.ts";
 import type { ProcessorTable } from "./stage-loop.ts";
-import { failAbandonedStage, runStage, STALLED_OUT } from "./stage-runner.ts";
+import { failAbandonedStage, recordStalled, runStage, STALLED_OUT } from "./stage-runner.ts";
 import { ABORT_LOCK_LOST, ABORT_SHUTDOWN, type StageContext, type StageResult } from "./types.ts";
 
 export type WorkerDeps = {
@@ -27,6 +29,8 @@ export type RunningWorker = {
   /** The tensor backend this worker trains on. */
   device: string;
   workers: Worker<StageJobData, StageResult>[];
+  /** Compares Postgres with the queues every reconcileIntervalMs; runOnce() for a pass now. */
+  reconciler: Reconciler;
   /**
    * Stops taking jobs; a stage in progress saves a checkpoint and goes back to the queue for
    * the next worker. Leaves the database and Redis connection to their owner.
@@ -37,9 +41,9 @@ export type RunningWorker = {
 export async function startWorker(
   config: ChatrlConfig,
   deps: WorkerDeps,
-  options: Partial<WorkerOptions> = {},
+  options: Partial<WorkerOptions & ResilienceOptions> = {},
 ): Promise<RunningWorker> {
-  const timing = { ...DEFAULT_WORKER_OPTIONS, ...options };
+  const timing = { ...DEFAULT_WORKER_OPTIONS, ...DEFAULT_RESILIENCE_OPTIONS, ...options };
   const logger = deps.logger ?? pino({ name: "worker", level: config.logLevel });
   const backend = await initBackend(deps.backend ?? config.backend);
   const ctx: StageContext = {
@@ -47,6 +51,8 @@ export async function startWorker(
     device: backend.name,
     logger,
     processors: deps.processors ?? PROCESSORS,
+    retry: { baseMs: timing.retryBaseMs, maxMs: timing.retryMaxMs },
+    lockDurationMs: timing.lockDurationMs,
   };
   // Each queue has its own Worker, but the process has one accelerator: one stage at a time.
   const device = new Mutex();
@@ -72,6 +78,12 @@ export async function startWorker(
     worker.on("completed", (job, result) =>
       logger.info({ jobId: job.id, queue: kind, result }, "stage done"),
     );
+    // Emitted by whichever worker's stalled-job checker found the job's lock expired.
+    worker.on("stalled", (jobId) => {
+      recordStalled(ctx, jobId).catch((e) =>
+        logger.error({ err: e, jobId }, "could not record a stalled stage"),
+      );
+    });
     worker.on("failed", (job, err) => {
       logger.warn({ jobId: job?.id, queue: kind, reason: err.message }, "stage failed");
       // Emitted by whichever worker's stalled-job checker gave up on the job.
@@ -84,6 +96,12 @@ export async function startWorker(
     return worker;
   });
   await Promise.all(workers.map((w) => w.waitUntilReady()));
+  // Puts Redis right when it lost jobs, and records failures the database missed (any number of
+  // replicas: one at a time acts).
+  const reconciler = createReconciler(
+    { db: deps.db, redisUrl: config.redisUrl, prefix: config.queuePrefix, logger },
+    { intervalMs: timing.reconcileIntervalMs, graceMs: timing.reconcileGraceMs },
+  );
   logger.info(
     { queues: config.queues, prefix: config.queuePrefix, backend: backend.name, ...timing },
     "worker ready",
@@ -92,7 +110,9 @@ export async function startWorker(
   return {
     device: backend.name,
     workers,
+    reconciler,
     async close() {
+      await reconciler.close();
       for (const w of workers) w.cancelAllJobs(ABORT_SHUTDOWN);
       await Promise.all(workers.map((w) => w.close()));
     },

@@ -168,6 +168,22 @@ export async function waitForStage(h: Harness, stageId: string, status: string, 
   }, timeout);
 }
 
+/** Waits until the stage has reported `step` steps; fails at once if it finished first. */
+export async function waitForStep(h: Harness, stageId: string, step: number, timeout = 60_000) {
+  return waitUntil(
+    async () => {
+      const stage = await getStage(h.tdb.db.prisma, stageId);
+      if (stage && stage.step >= step) return stage;
+      if (stage && FINISHED.includes(stage.status)) {
+        throw new Error(`stage ${stage.status} (${stage.error}) before step ${step}`);
+      }
+      return undefined;
+    },
+    timeout,
+    `step ${step}`,
+  );
+}
+
 /** Polls `probe` until it returns a value; an error it throws ends the wait at once. */
 export async function waitUntil<T>(
   probe: () => Promise<T | undefined>,
