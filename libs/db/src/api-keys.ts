@@ -42,7 +42,41 @@ export async function isStoredApiKey(p: Db, key: string): Promise<boolean> {
   );
 }
 
-/** The stored keys as the services' auth plugin asks for them. */
-export function storedApiKeys(p: Db) {
-  return { any: () => hasApiKeys(p), verify: (key: string) => isStoredApiKey(p, key) };
+/** How long a service trusts what it learnt about stored keys (see storedApiKeys). */
+export const API_KEY_CACHE_MS = 1000;
+
+/**
+ * The stored keys as the services' auth plugin asks for them, cached for `ttlMs`: a request no
+ * longer costs a Postgres round trip, and a key created or deleted on any replica takes effect
+ * everywhere within `ttlMs` (each replica re-reads after its entry expires). Concurrent
+ * questions about the same key share one query.
+ */
+export function storedApiKeys(p: Db, opts: { ttlMs?: number; maxEntries?: number } = {}) {
+  const ttlMs = opts.ttlMs ?? API_KEY_CACHE_MS;
+  const maxEntries = opts.maxEntries ?? 10_000;
+  const cache = new Map<string, { until: number; answer: Promise<boolean> }>();
+  const cached = (id: string, ask: () => Promise<boolean>): Promise<boolean> => {
+    const now = Date.now();
+    const hit = cache.get(id);
+    if (hit && hit.until > now) return hit.answer;
+    // Unbounded keys (a client trying random ones) must not grow the map without limit.
+    if (cache.size >= maxEntries) cache.clear();
+    const answer = ask();
+    cache.set(id, { until: now + ttlMs, answer });
+    // A failed lookup (database down) is not remembered: the next request asks again.
+    answer.catch(() => {
+      if (cache.get(id)?.answer === answer) cache.delete(id);
+    });
+    return answer;
+  };
+  return {
+    any: () => cached("any", () => hasApiKeys(p)),
+    verify: (key: string) => {
+      const hash = hashApiKey(key);
+      return cached(
+        `key:${hash}`,
+        async () => (await p.apiKey.findUnique({ where: { hash }, select: { id: true } })) !== null,
+      );
+    },
+  };
 }

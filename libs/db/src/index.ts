@@ -66,6 +66,7 @@ export {
   hashApiKey,
   isStoredApiKey,
   listApiKeys,
+  API_KEY_CACHE_MS,
   storedApiKeys,
 } from "./api-keys.ts";
 export { unfinishedRuns, withAdvisoryLock } from "./reconcile.ts";
