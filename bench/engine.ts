@@ -61,6 +61,8 @@ const benchTokenizer: Tokenizer = {
   padId: 0,
   encode: (text) => Array.from(text, (c) => c.charCodeAt(0) & 255),
   decode: (ids) => String.fromCharCode(...ids),
+  bytes: (ids) => Uint8Array.from(ids.filter((id) => id >= 0 && id < 256)),
+  tokenName: (id) => String.fromCharCode(id),
 };
 
 function seconds(since: number): number {

@@ -42,6 +42,8 @@ const benchTokenizer: Tokenizer = {
   padId: 0,
   encode: (text) => Array.from(text, (c) => c.charCodeAt(0) & 255),
   decode: (ids) => String.fromCharCode(...ids.filter((id) => id < 256)),
+  bytes: (ids) => Uint8Array.from(ids.filter((id) => id >= 0 && id < 256)),
+  tokenName: (id) => String.fromCharCode(id),
 };
 
 /** 64-character prompts of printable bytes (the benchmark needs shapes, not meaning). */

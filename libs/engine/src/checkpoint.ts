@@ -2,7 +2,7 @@
 // in the metadata, so a trained model leaves in a format other tools read.
 import { createHash } from "node:crypto";
 import * as tf from "@tensorflow/tfjs";
-import type { ModelConfig } from "./config";
+import { type ModelConfig, TOKENIZER_VERSIONS, type TokenizerVersion } from "./config";
 import { GPT } from "./model";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor } from "./safetensors";
 import { V_HEAD, ValueModel } from "./value-model";
@@ -11,6 +11,11 @@ import { V_HEAD, ValueModel } from "./value-model";
 export const MODEL_CONFIG_KEY = "chatrl.model_config";
 /** Metadata key naming what the file is: a policy (sft, actor, ema) or a value model (reward, critic). */
 export const MODEL_ROLE_KEY = "chatrl.role";
+/**
+ * Metadata key naming the tokenizer and chat-template version the model reads ("byte-v2"); a
+ * file without it is "byte-v1" (saved before versions were recorded: roles spelled in bytes).
+ */
+export const TOKENIZER_KEY = "chatrl.tokenizer";
 
 export type PolicyRole = "sft" | "actor" | "ema";
 export type ValueRole = "reward" | "critic";
@@ -48,6 +53,7 @@ export async function saveModel(model: GPT | ValueModel, role?: ModelRole): Prom
   return encodeSafetensors(tensors, {
     format: "pt",
     [MODEL_CONFIG_KEY]: JSON.stringify(model.config),
+    [TOKENIZER_KEY]: model.config.tokenizer ?? "byte-v1",
     ...(role ? { [MODEL_ROLE_KEY]: role } : {}),
   });
 }
@@ -65,6 +71,14 @@ function parseModelFile(bytes: Uint8Array): ParsedFile {
   } catch {
     throw new Error(`checkpoint model config (metadata "${MODEL_CONFIG_KEY}") is not valid JSON`);
   }
+  // The tokenizer the model was trained with: the file's record, else byte-v1 (older files).
+  const tokenizer = metadata[TOKENIZER_KEY] ?? config.tokenizer ?? "byte-v1";
+  if (!TOKENIZER_VERSIONS.includes(tokenizer as TokenizerVersion)) {
+    throw new Error(
+      `checkpoint reads tokenizer "${tokenizer}", which this engine does not know (known: ${TOKENIZER_VERSIONS.join(", ")})`,
+    );
+  }
+  config = { ...config, tokenizer: tokenizer as TokenizerVersion };
   // Files from before roles were recorded: a value head says what the file is.
   const role = metadata[MODEL_ROLE_KEY] ?? (tensors.has(V_HEAD) ? "reward" : "sft");
   return { tensors, config, role };

@@ -25,13 +25,31 @@ export type ModelConfig = {
   tiedEmbeddings: boolean;
   /** Added to the variance in the norms for numerical safety. */
   layerNormEps: number;
+  /**
+   * The tokenizer and chat template the model reads (saved with it, so a checkpoint is always
+   * served as it was trained). Absent: "byte-v1", the format of checkpoints saved before it was
+   * recorded.
+   */
+  tokenizer?: TokenizerVersion;
 };
 
-/** 256 byte values + <|endoftext|> + <|pad|>: the ByteTokenizer's vocabulary. */
-export const BYTE_VOCAB_SIZE = 258;
+/**
+ * "byte-v2": bytes, <|endoftext|>, <|pad|> and the chat roles as special tokens (vocabulary 262).
+ * "byte-v1": bytes, <|endoftext|>, <|pad|> (258); the chat template spells the roles in bytes.
+ */
+export type TokenizerVersion = "byte-v1" | "byte-v2";
+export const TOKENIZER_VERSIONS: readonly TokenizerVersion[] = ["byte-v1", "byte-v2"];
+/** The version new models get. */
+export const CURRENT_TOKENIZER: TokenizerVersion = "byte-v2";
+
+/** 256 byte values + <|endoftext|> + <|pad|> + 4 chat tokens: the ByteTokenizer's vocabulary. */
+export const BYTE_VOCAB_SIZE = 262;
+/** The byte-v1 vocabulary: 256 byte values + <|endoftext|> + <|pad|>. */
+export const LEGACY_BYTE_VOCAB_SIZE = 258;
 
 const tiny: ModelConfig = {
   vocabSize: BYTE_VOCAB_SIZE, // models trained from scratch use the byte tokenizer
+  tokenizer: CURRENT_TOKENIZER, // chat roles as special tokens
   contextLength: 128, // enough for a short chat turn in bytes
   dModel: 64, // small enough that a test trains 40 steps in a few seconds on the JS backend
   nLayers: 2,
@@ -110,6 +128,11 @@ export function validateModelConfig(config: ModelConfig): void {
   }
   if (typeof config.tiedEmbeddings !== "boolean") {
     throw new Error("model config: tiedEmbeddings must be a boolean");
+  }
+  if (config.tokenizer !== undefined && !TOKENIZER_VERSIONS.includes(config.tokenizer)) {
+    throw new Error(
+      `model config: tokenizer must be one of ${TOKENIZER_VERSIONS.join(", ")}, got ${config.tokenizer}`,
+    );
   }
   if (!(config.layerNormEps > 0)) {
     throw new Error(`model config: layerNormEps must be positive, got ${config.layerNormEps}`);

@@ -3,6 +3,7 @@
 //
 // Order of use (as DeepSpeed-Chat does): split each dataset with splitForStage first, then
 // blend the stage's parts, so an upsampled row never lands in two stages.
+import { type ChatPrompt, encodePrompt } from "./chat";
 import { Rng, seededPermutation } from "./rng";
 import type { Tokenizer } from "./tokenizer";
 
@@ -102,7 +103,8 @@ export class EpochBatches<T> {
   }
 }
 
-export type SftExample = { prompt: string; response: string };
+/** A prompt (a conversation for the chat template, or raw text) and the response to learn. */
+export type SftExample = { prompt: ChatPrompt; response: string };
 
 /** One example as token ids: the model reads ids[0..n-2] and predicts ids[1..n-1]. */
 export type TokenizedExample = {
@@ -126,7 +128,7 @@ export function tokenizeSftExample(
 ): TokenizedExample | null {
   if (!Number.isInteger(maxSeqLen) || maxSeqLen < 2)
     throw new Error(`maxSeqLen must be an integer >= 2, got ${maxSeqLen}`);
-  const prompt = tokenizer.encode(example.prompt);
+  const prompt = encodePrompt(tokenizer, example.prompt);
   if (prompt.length + 1 > maxSeqLen) return null;
   const ids = [...prompt, ...tokenizer.encode(example.response), tokenizer.eosId];
   return {

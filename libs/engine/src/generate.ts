@@ -1,8 +1,9 @@
-// Text generation for chat: the token-level sampler (./sampler) plus text: decoding, stop strings,
-// streaming only what is final.
+// Text generation for chat: the step-wise decoder (./decode-batch) plus text: decoding, stop
+// strings, streaming only what is final.
+import { type ChatPrompt, encodePrompt } from "./chat";
+import { DecodeBatch, type DecodeRow } from "./decode-batch";
 import type { GPT } from "./model";
-import { sampleTokens } from "./sampler";
-import type { Tokenizer } from "./tokenizer";
+import { incompleteUtf8Tail, servingTokenRules, type Tokenizer } from "./tokenizer";
 
 export { sampleToken } from "./sampler";
 
@@ -29,44 +30,92 @@ export type GenerateResult = {
   finishReason: "stop" | "length";
 };
 
-/** One prompt's progress. */
-class Row {
-  readonly ids: number[] = [];
-  done = false;
-  finishReason: "stop" | "length" = "length";
-  text = "";
-  private streamed = 0;
+/**
+ * A reply's text as its tokens arrive: only what is final is released. Held back are the bytes
+ * of a character not complete yet and, after them, an end of the text that could begin a stop
+ * string. finish() drops bytes of a character that will never be completed.
+ */
+export class TextStream {
+  #bytes = new Uint8Array(64);
+  #length = 0;
+  #text = "";
+  #released = 0;
+  #stopped = false;
+  /** Where a stop string may begin (after the text released before min_tokens). */
+  #searchFrom = 0;
+  readonly #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  readonly #stop: readonly string[];
 
   constructor(
-    readonly index: number,
-    readonly promptTokens: number,
-  ) {}
-
-  /** Cuts the text at the first stop string; returns whether one was found. */
-  applyStop(stop: readonly string[]): boolean {
-    let cut = -1;
-    for (const s of stop) {
-      const at = this.text.indexOf(s);
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-    }
-    if (cut < 0) return false;
-    this.text = this.text.slice(0, cut);
-    return true;
+    private readonly tokenizer: Tokenizer,
+    stop: readonly string[] = [],
+  ) {
+    this.#stop = stop.filter((s) => s.length > 0);
   }
 
-  /** Sends what is final: everything once done; otherwise hold back a possible stop-string start or unfinished UTF-8. */
-  stream(stop: readonly string[], onToken?: (index: number, text: string) => void): void {
-    if (!onToken) return;
-    let end = this.text.length;
-    if (!this.done) {
-      end -= longestStopPrefixSuffix(this.text, stop);
-      while (end > this.streamed && this.text[end - 1] === "\uFFFD") end--; // maybe half a character
-    }
-    if (end > this.streamed) {
-      onToken(this.index, this.text.slice(this.streamed, end));
-      this.streamed = end;
-    }
+  /** The final text so far (all of it once finished). */
+  get text(): string {
+    return this.#text;
   }
+
+  /** Whether a stop string ended the text. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /**
+   * Takes one token; returns the text that became final (maybe ""). Once a stop string appears,
+   * the text ends before it and `stopped` is set: the caller ends the row. With `matchStop`
+   * false (vLLM's min_tokens not reached yet) the text so far is final and stop strings are
+   * looked for only after it.
+   */
+  push(token: number, matchStop = true): string {
+    if (this.#stopped) return "";
+    const bytes = this.tokenizer.bytes([token]);
+    if (this.#length + bytes.length > this.#bytes.length) {
+      const grown = new Uint8Array(Math.max(this.#bytes.length * 2, this.#length + bytes.length));
+      grown.set(this.#bytes.subarray(0, this.#length));
+      this.#bytes = grown;
+    }
+    this.#bytes.set(bytes, this.#length);
+    this.#length += bytes.length;
+    // Complete characters only: a stop string cannot be matched, or ruled out, on half a one.
+    const complete = this.#length - incompleteUtf8Tail(this.#bytes, this.#length);
+    this.#text = this.#decoder.decode(this.#bytes.subarray(0, complete));
+    if (!matchStop) {
+      this.#searchFrom = this.#text.length;
+      return this.#release(this.#text.length);
+    }
+    const cut = firstStop(this.#text, this.#stop, this.#searchFrom);
+    if (cut >= 0) {
+      this.#text = this.#text.slice(0, cut);
+      this.#stopped = true;
+      return this.#release(this.#text.length);
+    }
+    const held = longestStopPrefixSuffix(this.#text.slice(this.#searchFrom), this.#stop);
+    return this.#release(this.#text.length - held);
+  }
+
+  /** The row ended: the rest of the text (a trailing incomplete character dropped). */
+  finish(): string {
+    return this.#release(this.#text.length);
+  }
+
+  #release(end: number): string {
+    if (end <= this.#released) return "";
+    const out = this.#text.slice(this.#released, end);
+    this.#released = end;
+    return out;
+  }
+}
+
+function firstStop(text: string, stop: readonly string[], from: number): number {
+  let cut = -1;
+  for (const s of stop) {
+    const at = text.indexOf(s, from);
+    if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+  }
+  return cut;
 }
 
 /** Length of the longest end of `text` that begins some stop string. */
@@ -84,83 +133,73 @@ function longestStopPrefixSuffix(text: string, stop: readonly string[]): number 
 }
 
 /**
- * Continues each prompt (plain text, already rendered with the chat template) with up to
- * maxTokens tokens. Prompts longer than the context keep their end, leaving room for
- * min(maxTokens, context / 2) new tokens. Releases every tensor it makes.
+ * Continues each prompt (a conversation, rendered with the tokenizer's chat template, or raw
+ * text) with up to maxTokens tokens. Prompts longer than the context keep their end, leaving
+ * room for min(maxTokens, context / 2) new tokens. End-of-text and the chat tokens end a reply;
+ * padding is never sampled. Releases every tensor it makes.
  */
 export async function generate(
   model: GPT,
   tokenizer: Tokenizer,
-  prompts: readonly string[],
+  prompts: readonly ChatPrompt[],
   opts: GenerateOptions,
 ): Promise<GenerateResult[]> {
   validateOptions(opts);
   if (prompts.length === 0) return [];
-  const { contextLength } = model.config;
-  const stop = (opts.stop ?? []).filter((s) => s.length > 0);
+  const { contextLength, vocabSize } = model.config;
   const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 32);
   const promptBudget = contextLength - Math.min(opts.maxTokens, Math.floor(contextLength / 2));
+  const rules = servingTokenRules(tokenizer, vocabSize);
 
   const encoded = prompts.map((p) => {
-    const ids = tokenizer.encode(p);
+    const ids = encodePrompt(tokenizer, p);
     const kept = ids.slice(Math.max(0, ids.length - promptBudget));
     return kept.length > 0 ? kept : [tokenizer.eosId]; // an empty prompt starts from end-of-text, as GPT-2 does
   });
-  const rows = encoded.map((ids, i) => new Row(i, ids.length));
-  const sampled = await sampleTokens(
-    model,
-    encoded,
-    {
-      maxNewTokens: opts.maxTokens,
-      temperature: opts.temperature,
-      topP: opts.topP,
-      // Each row samples from its own stream, so a prompt's output does not depend on its neighbours'.
-      seed: `generate:${seed}`,
-      eosId: tokenizer.eosId,
-      padId: tokenizer.padId,
-    },
-    (i, token) => advance(rows[i], token, tokenizer, stop, opts),
-  );
-  for (const [i, row] of rows.entries()) {
-    if (row.done) continue;
-    if (sampled[i].finish === "eos") {
-      row.ids.push(tokenizer.eosId);
-      finish(row, "stop", opts, stop);
-    } else finish(row, "length", opts, stop); // the context ran out
+  const streams = prompts.map(() => new TextStream(tokenizer, opts.stop));
+  const batch = new DecodeBatch(model);
+  try {
+    const rows = (
+      await batch.add(
+        encoded.map((prompt, i) => ({
+          prompt,
+          rows: [
+            {
+              maxNewTokens: opts.maxTokens,
+              temperature: opts.temperature,
+              topP: opts.topP,
+              // Each row samples from its own stream, so a prompt's output does not depend on its
+              // neighbours'. The inference service names a request's choices the same way.
+              seed: `seed:${seed}:${i}`,
+              stopIds: rules.stop,
+              suppressIds: rules.suppress,
+            },
+          ],
+        })),
+      )
+    ).map(([row]) => row);
+    const index = new Map<DecodeRow, number>(rows.map((row, i) => [row, i]));
+    while (batch.size > 0) {
+      await batch.step((row, token) => {
+        const i = index.get(row) as number;
+        const stream = streams[i];
+        let text = rules.stop.includes(token) ? "" : stream.push(token);
+        if (stream.stopped) row.stop();
+        if (row.done) text += stream.finish();
+        if (text) opts.onToken?.(i, text);
+      });
+      // Let the event loop run between tokens: on CPU backends data() resolves without yielding.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return rows.map((row, i) => ({
+      text: streams[i].text,
+      promptTokens: row.prompt.length,
+      completionTokens: row.tokens.length,
+      finishReason: row.finish === "length" ? "length" : "stop",
+    }));
+  } finally {
+    batch.dispose();
   }
-  return rows.map((row) => ({
-    text: row.text,
-    promptTokens: row.promptTokens,
-    completionTokens: row.ids.length,
-    finishReason: row.finishReason,
-  }));
-}
-
-/** Takes one new token; returns whether the row is done (a stop string or maxTokens). */
-function advance(
-  row: Row,
-  token: number,
-  tokenizer: Tokenizer,
-  stop: readonly string[],
-  opts: GenerateOptions,
-): boolean {
-  row.ids.push(token);
-  row.text = tokenizer.decode(row.ids);
-  if (row.applyStop(stop)) finish(row, "stop", opts, stop);
-  else if (row.ids.length >= opts.maxTokens) finish(row, "length", opts, stop);
-  else row.stream(stop, opts.onToken);
-  return row.done;
-}
-
-function finish(
-  row: Row,
-  reason: "stop" | "length",
-  opts: GenerateOptions,
-  stop: readonly string[],
-): void {
-  row.done = true;
-  row.finishReason = reason;
-  row.stream(stop, opts.onToken);
 }
 
 function validateOptions(opts: GenerateOptions): void {

@@ -4,6 +4,9 @@ export {
   ASSISTANT_MARKER,
   CHAT_STOP_STRINGS,
   type ChatMessage,
+  type ChatPrompt,
+  chatStopStrings,
+  encodePrompt,
   renderChatPrompt,
   rowToPpoPrompt,
   rowToPreferencePairs,
@@ -21,13 +24,18 @@ export {
   type ValueRole,
   saveModel,
   sha256Hex,
+  TOKENIZER_KEY,
   tensorsToStored,
 } from "./checkpoint";
 export {
   BYTE_VOCAB_SIZE,
+  CURRENT_TOKENIZER,
+  LEGACY_BYTE_VOCAB_SIZE,
   MODEL_PRESETS,
   type ModelConfig,
   type ModelPreset,
+  TOKENIZER_VERSIONS,
+  type TokenizerVersion,
   validateModelConfig,
 } from "./config";
 export {
@@ -42,7 +50,22 @@ export {
   tokenizeSftExample,
   tokenizeSftExamples,
 } from "./data";
-export { type GenerateOptions, type GenerateResult, generate, sampleToken } from "./generate";
+export {
+  type GenerateOptions,
+  type GenerateResult,
+  generate,
+  sampleToken,
+  TextStream,
+} from "./generate";
+export {
+  DecodeBatch,
+  type DecodeFinish,
+  type DecodeRequest,
+  DecodeRow,
+  type DecodeRowOptions,
+  type TokenLogprob,
+  tokenLogprob,
+} from "./decode-batch";
 export { KVCache } from "./kv-cache";
 export { type ForwardOptions, GPT } from "./model";
 export {
@@ -72,7 +95,15 @@ export {
 } from "./train-state";
 export type { StageTrainer, StepReport } from "./trainer";
 export { V_HEAD, ValueModel } from "./value-model";
-export { ByteTokenizer, type Tokenizer } from "./tokenizer";
+export {
+  ByteTokenizer,
+  type ChatTokens,
+  incompleteUtf8Tail,
+  servingTokenRules,
+  type Tokenizer,
+  type TokenRules,
+  tokenizerFor,
+} from "./tokenizer";
 export {
   adaptKlCoefficient,
   clippedSurrogateLoss,
@@ -92,4 +123,11 @@ export {
   type RewardEvaluation,
   RewardModelTrainer,
 } from "./reward";
-export { logSoftmaxAt, type SampledRow, type SampleOptions, sampleTokens } from "./sampler";
+export {
+  applyRepetitionPenalty,
+  logSoftmaxAt,
+  type SampledRow,
+  type SampleOptions,
+  sampleTokens,
+  type TokenSampling,
+} from "./sampler";

@@ -1,5 +1,6 @@
 // Keys and values of the positions a model has already seen, one pair per layer, so that
-// generation feeds only the new token instead of the whole sequence.
+// generation feeds only the new token instead of the whole sequence. Rows can be added, dropped
+// and realigned between forward passes: that is what continuous batching (./decode-batch) needs.
 import * as tf from "@tensorflow/tfjs";
 
 export class KVCache {
@@ -14,6 +15,11 @@ export class KVCache {
   /** Positions cached so far (the same for every layer between forward passes). */
   get length(): number {
     return this.keys[0]?.shape[2] ?? 0;
+  }
+
+  /** Rows (batch entries) cached. */
+  get rows(): number {
+    return this.keys[0]?.shape[0] ?? 0;
   }
 
   /**
@@ -33,9 +39,82 @@ export class KVCache {
     return [fullK, fullV];
   }
 
+  /**
+   * Keeps the rows at `rows`, in that order (an index may repeat: one prefilled prompt becomes
+   * several rows). No rows empties the cache.
+   */
+  selectRows(rows: readonly number[]): void {
+    if (rows.length === 0) {
+      this.dispose();
+      return;
+    }
+    const index = tf.tensor1d(Int32Array.from(rows), "int32");
+    this.replaceEach((t) => tf.gather(t, index, 0));
+    index.dispose();
+  }
+
+  /** Adds `n` zero positions at the start of every row (left padding). [B, nh, T, hs] -> [B, nh, n + T, hs] */
+  padStart(n: number): void {
+    if (n <= 0 || this.length === 0) return;
+    this.replaceEach((t) => {
+      const [b, h, , s] = t.shape;
+      return tf.tidy(() => tf.concat([tf.zeros([b, h, n, s]), t], 2));
+    });
+  }
+
+  /** Drops the first `n` positions of every row (padding no row needs any more). */
+  dropStart(n: number): void {
+    if (n <= 0) return;
+    this.replaceEach((t) => {
+      const [b, h, time, s] = t.shape;
+      return tf.slice(t, [0, 0, n, 0], [b, h, time - n, s]);
+    });
+  }
+
+  /** Appends the rows of `other` (same length) after this cache's rows; `other` is emptied. */
+  concatRows(other: KVCache): void {
+    if (other.length === 0) return;
+    if (this.length === 0) {
+      for (let l = 0; l < this.keys.length; l++) {
+        this.keys[l] = other.keys[l];
+        this.values[l] = other.values[l];
+      }
+    } else {
+      if (other.length !== this.length)
+        throw new Error(`cannot join caches of ${this.length} and ${other.length} positions`);
+      for (let l = 0; l < this.keys.length; l++) {
+        const k = tf.concat([this.keys[l] as tf.Tensor4D, other.keys[l] as tf.Tensor4D], 0);
+        const v = tf.concat([this.values[l] as tf.Tensor4D, other.values[l] as tf.Tensor4D], 0);
+        tf.dispose([this.keys[l], this.values[l], other.keys[l], other.values[l]]);
+        this.keys[l] = k;
+        this.values[l] = v;
+      }
+    }
+    other.keys.fill(undefined);
+    other.values.fill(undefined);
+  }
+
+  /** Bytes the cached tensors hold. */
+  bytes(): number {
+    let total = 0;
+    for (const t of [...this.keys, ...this.values]) total += (t?.size ?? 0) * 4;
+    return total;
+  }
+
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t?.dispose();
     this.keys.fill(undefined);
     this.values.fill(undefined);
+  }
+
+  private replaceEach(fn: (t: tf.Tensor4D) => tf.Tensor4D): void {
+    for (const list of [this.keys, this.values]) {
+      for (let l = 0; l < list.length; l++) {
+        const old = list[l];
+        if (!old) continue;
+        list[l] = fn(old);
+        old.dispose();
+      }
+    }
   }
 }

@@ -7,6 +7,7 @@
 // value loss for the critic. Optionally keeps an EMA of the actor.
 import { performance } from "node:perf_hooks";
 import * as tf from "@tensorflow/tfjs";
+import { type ChatPrompt, encodePrompt } from "./chat";
 import {
   buildSftBatch,
   EpochBatches,
@@ -97,7 +98,7 @@ export class PPOTrainer implements StageTrainer {
   constructor(
     models: PpoModels,
     tokenizer: Tokenizer,
-    prompts: readonly string[],
+    prompts: readonly ChatPrompt[],
     pretraining: readonly SftExample[],
     config: PpoConfig,
   ) {
@@ -107,7 +108,7 @@ export class PPOTrainer implements StageTrainer {
     this.config = { ...config };
     this.tokenizer = tokenizer;
     this.hybrid = new HybridEngine(models.actor);
-    const encoded = prompts.map((p) => tokenizer.encode(p));
+    const encoded = prompts.map((p) => encodePrompt(tokenizer, p));
     this.prompts = encoded.filter((ids) => ids.length > 0 && ids.length <= config.maxPromptSeqLen);
     this.dropped = encoded.length - this.prompts.length;
     if (this.prompts.length === 0) {

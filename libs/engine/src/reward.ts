@@ -5,6 +5,7 @@
 // scores on it. docs/decisions/0005-reward-model-score.md says why the last token, not
 // DeepSpeed-Chat's divergence-token average.
 import * as tf from "@tensorflow/tfjs";
+import type { ChatPrompt } from "./chat";
 import { EpochBatches, tokenizeSftExample } from "./data";
 import { pairwiseRewardLoss } from "./losses";
 import { Rng, type RngState, seededPermutation } from "./rng";
@@ -14,8 +15,8 @@ import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-stat
 import type { StageTrainer, StepReport } from "./trainer";
 import type { ValueModel } from "./value-model";
 
-/** A ranked pair; `prompt` is already rendered with the chat template. */
-export type PreferencePair = { prompt: string; chosen: string; rejected: string };
+/** A ranked pair; `prompt` is a conversation (encodePrompt renders it) or raw text. */
+export type PreferencePair = { prompt: ChatPrompt; chosen: string; rejected: string };
 
 export type RewardConfig = {
   /** Steps as Hugging Face's Trainer reads max_steps; absent: `epochs` passes decide. */

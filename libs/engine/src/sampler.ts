@@ -18,7 +18,7 @@ export type SampleOptions = {
   seed: number | string;
   /** A row that samples this token is finished (the token is kept). */
   eosId: number;
-  /** Fills the left of shorter prompts and the steps of finished rows; never attended to. */
+  /** Fills the left of shorter prompts and the steps of finished rows; never attended to or sampled. */
   padId: number;
   /** Default true. False recomputes the whole sequence each step (the slow path, for benchmarks). */
   useCache?: boolean;
@@ -87,6 +87,7 @@ export async function sampleTokens(
       const next = rows.map((row, i) => {
         if (row.done) return opts.padId;
         const own = scores.subarray(i * vocabSize, (i + 1) * vocabSize);
+        own[opts.padId] = Number.NEGATIVE_INFINITY; // padding is never an answer
         const token = sampleToken(own, opts, row.rng);
         row.tokens.push(token);
         row.logprobs.push(logSoftmaxAt(own, token, opts.temperature || 1));
@@ -116,7 +117,7 @@ export async function sampleTokens(
   return rows.map(({ prompt, tokens, logprobs, finish }) => ({ prompt, tokens, logprobs, finish }));
 }
 
-/** log softmax(logits / temperature)[token], computed stably. */
+/** log softmax(logits / temperature)[token], computed stably (-Infinity entries weigh nothing). */
 export function logSoftmaxAt(logits: Float32Array, token: number, temperature: number): number {
   let max = Number.NEGATIVE_INFINITY;
   for (const x of logits) max = Math.max(max, x / temperature);
@@ -125,15 +126,41 @@ export function logSoftmaxAt(logits: Float32Array, token: number, temperature: n
   return logits[token] / temperature - max - Math.log(sum);
 }
 
+/** How one row picks its next token from its logits (vLLM's sampling parameters). */
+export type TokenSampling = {
+  /** 0 picks the most likely token (greedy); higher flattens the distribution. */
+  temperature: number;
+  /** Nucleus: sample among the most likely tokens whose probabilities add up to topP. */
+  topP: number;
+  /** Sample among the topK most likely tokens; 0 or absent: all. */
+  topK?: number;
+  /** Drop tokens less likely than minP times the most likely one; 0 or absent: none. */
+  minP?: number;
+};
+
+/**
+ * vLLM's (CTRL's) repetition penalty, in place: each id already in the prompt or the answer has
+ * its logit divided by `penalty` when positive and multiplied by it when negative (1: no change).
+ */
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  seen: Iterable<number>,
+  penalty: number,
+): void {
+  if (penalty === 1) return;
+  for (const id of seen) {
+    const x = logits[id];
+    logits[id] = x > 0 ? x / penalty : x * penalty;
+  }
+}
+
 /**
  * Picks a token from one row of logits: argmax at temperature 0, otherwise a draw from the
- * softmax at that temperature restricted to the top-p nucleus.
+ * softmax at that temperature restricted to the top-k, the top-p nucleus and the min-p floor.
+ * Ids whose logit is -Infinity (suppressed) are never picked. Draws exactly one number from `rng`
+ * when not greedy, so a row's stream depends on nothing but its own tokens.
  */
-export function sampleToken(
-  logits: Float32Array,
-  opts: { temperature: number; topP: number },
-  rng: Rng,
-): number {
+export function sampleToken(logits: Float32Array, opts: TokenSampling, rng: Rng): number {
   if (opts.temperature === 0) {
     let best = 0;
     for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
@@ -144,10 +171,16 @@ export function sampleToken(
   const probs = Array.from(logits, (x) => Math.exp((x - max) / opts.temperature));
   const order = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
   const total = probs.reduce((a, b) => a + b, 0);
+  const topK = opts.topK && opts.topK > 0 ? Math.min(opts.topK, order.length) : order.length;
+  const floor = (opts.minP ?? 0) * probs[order[0]];
   // The nucleus: most likely tokens until their share reaches topP (always at least one).
   let kept = 0;
   let mass = 0;
-  while (kept < order.length && (kept === 0 || mass < opts.topP * total))
+  while (
+    kept < topK &&
+    probs[order[kept]] > 0 &&
+    (kept === 0 || (mass < opts.topP * total && probs[order[kept]] >= floor))
+  )
     mass += probs[order[kept++]];
   let r = rng.next() * mass;
   for (let i = 0; i < kept; i++) {

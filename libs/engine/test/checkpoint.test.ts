@@ -96,7 +96,7 @@ describe("model checkpoints", () => {
     const { tensors, metadata } = decodeSafetensors(bytes);
     expect(metadata.format).toBe("pt");
     expect(JSON.parse(metadata[MODEL_CONFIG_KEY])).toEqual(MODEL_PRESETS.tiny);
-    expect(tensors.get("wte.weight")?.shape).toEqual([258, 64]);
+    expect(tensors.get("wte.weight")?.shape).toEqual([262, 64]);
     expect(tensors.get("wpe.weight")?.shape).toEqual([128, 64]);
     expect(tensors.get("h.0.attn.c_attn.weight")?.shape).toEqual([64, 192]); // Conv1D [in, out]
     expect(tensors.get("h.1.mlp.c_proj.weight")?.shape).toEqual([256, 64]);

@@ -102,8 +102,8 @@ describe("chat template and rows", () => {
     ).toBe("<|system|>\nBe brief.\n<|user|>\nHi!\n<|assistant|>\n");
   });
 
-  it("turns the three row formats into templated prompts and the responses to learn", () => {
-    const prompt = "<|user|>\nWhy?\n<|assistant|>\n";
+  it("turns the three row formats into conversations and the responses to learn", () => {
+    const prompt = [{ role: "user", content: "Why?" }];
     expect(rowToSftExamples({ prompt: "Why?", response: "Because." })).toEqual([
       { prompt, response: "Because." },
     ]);
@@ -125,7 +125,7 @@ describe("chat template and rows", () => {
         { role: "assistant", content: "Yes." },
       ],
     });
-    expect(examples).toEqual([
+    expect(examples.map((e) => ({ ...e, prompt: renderChatPrompt(e.prompt) }))).toEqual([
       {
         prompt: "<|system|>\nBe brief.\n<|user|>\nWhy?\n<|assistant|>\n",
         response: "Because.",
@@ -140,7 +140,7 @@ describe("chat template and rows", () => {
 });
 
 describe("what each row format gives the reward and PPO stages", () => {
-  const prompt = "<|user|>\nWhy?\n<|assistant|>\n";
+  const prompt = [{ role: "user", content: "Why?" }];
   const supervised = { prompt: "Why?", response: "Because." };
   const preference = { prompt: "Why?", chosen: "Because.", rejected: "No." };
   const chat = {
@@ -161,9 +161,9 @@ describe("what each row format gives the reward and PPO stages", () => {
   });
 
   it("gives PPO every row's prompt, and the pretraining mix only supervised and chat answers", () => {
-    expect(rowToPpoPrompt(supervised)).toBe(prompt);
-    expect(rowToPpoPrompt(preference)).toBe(prompt);
-    expect(rowToPpoPrompt(chat)).toBe(
+    expect(rowToPpoPrompt(supervised)).toEqual(prompt);
+    expect(rowToPpoPrompt(preference)).toEqual(prompt);
+    expect(renderChatPrompt(rowToPpoPrompt(chat))).toBe(
       "<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nWhy?\n<|assistant|>\n",
     );
     expect(rowToPretrainingExamples(supervised)).toEqual([{ prompt, response: "Because." }]);
@@ -182,7 +182,8 @@ describe("ByteTokenizer", () => {
     expect(ids.length).toBe(new TextEncoder().encode(text).length);
     expect(tok.decode(ids)).toBe(text);
     expect(tok.decode([...tok.encode("ok"), tok.eosId, tok.padId])).toBe("ok");
-    expect(tok.vocabSize).toBe(258);
+    expect(tok.vocabSize).toBe(262);
+    expect(new ByteTokenizer("byte-v1").vocabSize).toBe(258);
   });
 });
 

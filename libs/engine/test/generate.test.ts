@@ -13,6 +13,8 @@ const letters: Tokenizer = {
       .filter((id) => id < 256)
       .map((id) => String.fromCharCode(97 + (id % 26)))
       .join(""),
+  bytes: (ids) => new TextEncoder().encode(letters.decode(ids)),
+  tokenName: (id) => letters.decode([id]),
 };
 
 const config = { ...MODEL_PRESETS.tiny, contextLength: 48 };

@@ -5,7 +5,6 @@
 import type { PpoHyperparameters, RunSpec, StageKind } from "@chatrl/contracts";
 import { type CheckpointRole, getRun, latestCheckpointSet } from "@chatrl/db";
 import {
-  ByteTokenizer,
   loadModel,
   loadValueModel,
   type PpoConfig,
@@ -13,6 +12,7 @@ import {
   rowToPpoPrompt,
   rowToPretrainingExamples,
   saveModel,
+  tokenizerFor,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
 import { loadStageRows, readModelFile } from "./stage-inputs.ts";
@@ -116,13 +116,16 @@ export const ppoProcessor: StageProcessor = {
           ? own(await loadModel(resume ? resume.file("ema") : sftBytes))
           : undefined,
       };
-      const trainer = new PPOTrainer(
-        models,
-        new ByteTokenizer(),
-        prompts,
-        pretraining,
-        ppoConfig(spec),
-      );
+      // Actor and reward model must read the same ids: one tokenizer for the rollout and scores.
+      const tokenizer = tokenizerFor(models.actor.config);
+      const rewardTokenizer = models.reward.body.config.tokenizer ?? "byte-v1";
+      if (rewardTokenizer !== tokenizer.version) {
+        throw new UnrecoverableError(
+          `the SFT model reads tokenizer ${tokenizer.version} but the reward model ${rewardTokenizer}; ` +
+            "train both from models with the same tokenizer",
+        );
+      }
+      const trainer = new PPOTrainer(models, tokenizer, prompts, pretraining, ppoConfig(spec));
       owned.push(trainer);
       return {
         trainer,

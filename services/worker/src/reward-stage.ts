@@ -3,13 +3,13 @@
 // stage loop (stage-loop.ts) does the rest.
 import type { RewardHyperparameters, RunSpec } from "@chatrl/contracts";
 import {
-  ByteTokenizer,
   loadValueModel,
   MODEL_PRESETS,
   type RewardConfig,
   RewardModelTrainer,
   rowToPreferencePairs,
   saveModel,
+  tokenizerFor,
   ValueModel,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
@@ -67,7 +67,12 @@ export const rewardProcessor: StageProcessor = {
       : await loadRewardStart(ctx.prisma, spec);
     let trainer: RewardModelTrainer;
     try {
-      trainer = new RewardModelTrainer(model, new ByteTokenizer(), pairs, rewardConfig(spec));
+      trainer = new RewardModelTrainer(
+        model,
+        tokenizerFor(model.body.config),
+        pairs,
+        rewardConfig(spec),
+      );
     } catch (err) {
       model.dispose();
       throw new UnrecoverableError(err instanceof Error ? err.message : String(err));

@@ -1,6 +1,6 @@
 // The SFT stage (DeepSpeed-Chat step 1): its examples, the model it starts from and the trainer.
 // The stage loop (stage-loop.ts) does the rest: steps, checkpoints, progress, resume.
-import { ByteTokenizer, loadModel, SFTTrainer, saveModel } from "@chatrl/engine";
+import { loadModel, SFTTrainer, saveModel, tokenizerFor } from "@chatrl/engine";
 import { loadSftExamples, sftConfig, sftSettings } from "./sft-inputs.ts";
 import { loadBaseModel } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
@@ -14,7 +14,8 @@ export const sftProcessor: StageProcessor = {
       : await loadBaseModel(ctx.prisma, spec);
     let trainer: SFTTrainer;
     try {
-      trainer = new SFTTrainer(model, new ByteTokenizer(), examples, sftConfig(spec));
+      // The tokenizer the model was trained with (a base checkpoint may predate the chat tokens).
+      trainer = new SFTTrainer(model, tokenizerFor(model.config), examples, sftConfig(spec));
     } catch (err) {
       model.dispose();
       throw err;

@@ -137,7 +137,7 @@ describe("sft stage jobs", () => {
         expect(trainer === null).toBe(c.final);
       }
       const final = checkpoints.find((c) => c.final)!;
-      expect(final.config).toMatchObject({ vocabSize: 258, dModel: 64, nLayers: 2 });
+      expect(final.config).toMatchObject({ vocabSize: 262, dModel: 64, nLayers: 2 });
 
       // The worker released every tensor of the model and trainer.
       expect(tf.memory().numTensors).toBe(tensorsBefore);
