@@ -209,3 +209,26 @@ export function listServableCheckpoints(p: Db): Promise<ServableCheckpoint[]> {
     include: { run: true, stage: { select: { kind: true } } },
   });
 }
+
+/**
+ * The newest checkpoint, final or not, of each run and role among `roles`, newest first (what
+ * the inference service serves: a run's actor while its PPO stage still trains). `runId`
+ * narrows it to one run. Files saved together share createdAt; a role has one file per set.
+ */
+export async function newestCheckpointPerRole(
+  p: Db,
+  roles: readonly CheckpointRole[],
+  runId?: string,
+): Promise<Checkpoint[]> {
+  const rows = await p.checkpoint.findMany({
+    where: { role: { in: [...roles] }, ...(runId ? { runId } : {}) },
+    orderBy: [{ createdAt: "desc" }, { step: "desc" }, { id: "desc" }],
+  });
+  const seen = new Set<string>();
+  return rows.filter((row) => {
+    const key = `${row.runId}/${row.role}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}

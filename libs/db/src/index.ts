@@ -47,6 +47,7 @@ export {
   latestCheckpointSet,
   listCheckpoints,
   listServableCheckpoints,
+  newestCheckpointPerRole,
   readCheckpointPart,
   saveCheckpoint,
   saveCheckpoints,

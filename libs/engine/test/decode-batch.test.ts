@@ -2,13 +2,17 @@
 // with its own options and seeded stream, and no tensor outlives a step.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  applyRepetitionPenalty,
   ByteTokenizer,
   DecodeBatch,
   type DecodeRowOptions,
   GPT,
   MODEL_PRESETS,
+  Rng,
+  sampleToken,
   sampleTokens,
   servingTokenRules,
+  type TokenSampling,
   tf,
 } from "../src/index";
 import { useTestBackend } from "./support";
@@ -194,5 +198,31 @@ describe("DecodeBatch", () => {
       useCache: false,
     });
     expect(sampled.tokens).not.toContain(3);
+  });
+});
+
+describe("sampling rules", () => {
+  const logits = () => Float32Array.from([0, Math.log(2), Math.log(4)]); // p = 1/7, 2/7, 4/7
+  const draws = (opts: TokenSampling, n = 300) => {
+    const rng = Rng.create("rules");
+    const seen = new Set<number>();
+    for (let i = 0; i < n; i++) seen.add(sampleToken(logits(), opts, rng));
+    return [...seen].sort();
+  };
+
+  it("keeps the top k, the nucleus and the min-p floor", () => {
+    expect(draws({ temperature: 1, topP: 1 })).toEqual([0, 1, 2]);
+    expect(draws({ temperature: 1, topP: 1, topK: 1 })).toEqual([2]);
+    expect(draws({ temperature: 1, topP: 1, topK: 2 })).toEqual([1, 2]);
+    // min_p 0.3: the floor is 0.3 * 4/7 = 1.2/7, above token 0's 1/7.
+    expect(draws({ temperature: 1, topP: 1, minP: 0.3 })).toEqual([1, 2]);
+    // top_p 0.5: 4/7 alone already reaches it.
+    expect(draws({ temperature: 1, topP: 0.5 })).toEqual([2]);
+  });
+
+  it("divides positive logits and multiplies negative ones by the repetition penalty", () => {
+    const l = Float32Array.from([2, -1, 3]);
+    applyRepetitionPenalty(l, [0, 1], 2);
+    expect(Array.from(l)).toEqual([1, -2, 3]);
   });
 });

@@ -1,5 +1,5 @@
-// The inference service: OpenAI-compatible /v1/models and /v1/chat/completions over the
-// checkpoints in Postgres, plus health checks.
+// The inference service: OpenAI-compatible /v1/models, /v1/chat/completions and /v1/completions
+// over the checkpoints in Postgres, plus health checks.
 import { authPlugin, type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
 import { type Database, storedApiKeys } from "@chatrl/db";
 import Fastify, { type FastifyInstance } from "fastify";
@@ -7,12 +7,13 @@ import type { RegistryOptions } from "./model-registry.ts";
 import dbPlugin from "./plugins/db.ts";
 import modelsPlugin from "./plugins/models.ts";
 import chatCompletionRoutes from "./routes/chat-completions.ts";
+import completionRoutes from "./routes/completions.ts";
 import healthRoutes from "./routes/health.ts";
 import modelRoutes from "./routes/models.ts";
 
 export type InferenceDeps = {
   db: Database;
-  /** Model cache and batching limits; defaults suit one small CPU machine. */
+  /** Model cache (bytes), decode-loop admission and refresh limits; defaults suit one small CPU machine. */
   registry?: RegistryOptions;
 };
 
@@ -32,5 +33,6 @@ export async function buildInferenceApp(
   await app.register(healthRoutes);
   await app.register(modelRoutes);
   await app.register(chatCompletionRoutes);
+  await app.register(completionRoutes);
   return app;
 }

@@ -1,14 +1,23 @@
 // Which checkpoints are served under which model names. A model name always means the newest
-// final checkpoint of its run and role, so a run's new actor is picked up as soon as it lands.
-import { type Db, listCheckpoints, listServableCheckpoints } from "@chatrl/db";
+// checkpoint of its run and role, final or not: `run-<id>` is the PPO actor as it trains (each
+// checkpoint the stage writes every checkpoint_every steps), then its final weights.
+import { type Db, newestCheckpointPerRole } from "@chatrl/db";
 import { isServedRole, modelIdFor, parseModelId, type ServedRole } from "@chatrl/contracts";
+
+const SERVED_ROLES: readonly ServedRole[] = ["actor", "ema", "sft"];
 
 export type ServedModel = {
   id: string;
   checkpointId: string;
   runId: string;
   role: ServedRole;
+  /** The training step the checkpoint was saved at. */
+  step: number;
+  /** Whether it is the stage's final checkpoint (false while the stage still trains). */
+  final: boolean;
   created: number; // unix seconds of the checkpoint
+  /** Milliseconds of the checkpoint's creation: which of two checkpoints of a name is newer. */
+  createdMs: number;
   /** The model's context length, from the config stored with the checkpoint. */
   contextLength?: number;
 };
@@ -17,6 +26,7 @@ type CheckpointRow = {
   id: string;
   runId: string;
   role: string;
+  step: number;
   final: boolean;
   config: unknown;
   createdAt: Date;
@@ -27,32 +37,29 @@ function contextLengthOf(config: unknown): number | undefined {
   return typeof value === "number" ? value : undefined;
 }
 
-function newestPerModel(rows: CheckpointRow[]): ServedModel[] {
-  const byModel = new Map<string, ServedModel>();
-  const newestFirst = [...rows].sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
-  for (const row of newestFirst) {
-    if (!row.final || !isServedRole(row.role)) continue;
-    const id = modelIdFor(row.runId, row.role);
-    if (byModel.has(id)) continue;
-    byModel.set(id, {
-      id,
-      checkpointId: row.id,
-      runId: row.runId,
-      role: row.role,
-      created: Math.floor(row.createdAt.getTime() / 1000),
-      contextLength: contextLengthOf(row.config),
-    });
-  }
-  return [...byModel.values()];
+function toServed(row: CheckpointRow): ServedModel | null {
+  if (!isServedRole(row.role)) return null;
+  return {
+    id: modelIdFor(row.runId, row.role),
+    checkpointId: row.id,
+    runId: row.runId,
+    role: row.role,
+    step: row.step,
+    final: row.final,
+    created: Math.floor(row.createdAt.getTime() / 1000),
+    createdMs: row.createdAt.getTime(),
+    contextLength: contextLengthOf(row.config),
+  };
 }
 
 export async function listServedModels(prisma: Db): Promise<ServedModel[]> {
-  return newestPerModel(await listServableCheckpoints(prisma));
+  const rows = await newestCheckpointPerRole(prisma, SERVED_ROLES);
+  return rows.map(toServed).filter((m): m is ServedModel => m !== null);
 }
 
 export async function findServedModel(prisma: Db, modelId: string): Promise<ServedModel | null> {
   const parsed = parseModelId(modelId);
   if (!parsed) return null;
-  const rows = await listCheckpoints(prisma, parsed.runId);
-  return newestPerModel(rows).find((model) => model.id === modelId) ?? null;
+  const [row] = await newestCheckpointPerRole(prisma, [parsed.role], parsed.runId);
+  return row ? toServed(row) : null;
 }

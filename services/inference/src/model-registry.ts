@@ -1,49 +1,87 @@
-// Loaded models, by checkpoint id. A checkpoint is read from Postgres and loaded on first use,
-// at most once however many requests ask for it at the same time; a small LRU bounds how many
-// stay in memory. An evicted model is disposed once the requests using it have finished.
+// Loaded models, by checkpoint, each with its decode loop (./decode-loop). A checkpoint is read
+// from Postgres and loaded on first use, at most once however many requests ask for it at the
+// same time; the cache is bounded by the bytes of the weights. A model name (`run-<id>`) follows
+// its newest checkpoint: when a new one lands (seen by a request or by the refresh poll) it is
+// loaded in the background while the old weights keep answering, new requests then use it, and
+// the old weights are disposed once the requests using them have finished.
 import { type Database, readCheckpointPart } from "@chatrl/db";
-import { ByteTokenizer, type GPT, generate, loadModel } from "@chatrl/engine";
+import {
+  type GPT,
+  loadModel,
+  servingTokenRules,
+  type Tokenizer,
+  type TokenRules,
+  tokenizerFor,
+} from "@chatrl/engine";
 import { LRUCache } from "lru-cache";
 import {
+  DecodeLoop,
+  type GenerationRequest,
   type GenerationResult,
-  GenerationQueue,
-  type SamplingOptions,
-} from "./generation-queue.ts";
+  type LoopEvent,
+  type LoopLimits,
+  type LoopStats,
+  QueueFullError,
+} from "./decode-loop.ts";
+import { findServedModel, type ServedModel } from "./model-catalog.ts";
 
-export type RegistryOptions = {
-  /** How many models stay loaded (default 2): each holds its weights in memory. */
-  maxLoadedModels?: number;
-  /** Most requests generated together in one call (default 8). */
-  maxBatchSize?: number;
+export type RegistryOptions = Partial<LoopLimits> & {
   /**
-   * How long an idle model waits for more requests before starting a call (default 5 ms, small
-   * next to a generation's hundreds of ms; 0 waits only for the next turn of the event loop).
-   * Requests arriving while a call runs always wait for the next one, whatever this is.
+   * Bytes of weights kept loaded (default 2 GiB). A model larger than this is refused; loading
+   * one past it unloads the least recently used (once its requests finish).
    */
-  batchWindowMs?: number;
+  maxModelBytes?: number;
+  /** How often loaded model names look for a newer checkpoint, in ms (default 2000; 0: only when asked). */
+  refreshIntervalMs?: number;
 };
 
+/** The defaults: a small CPU machine serving tiny and small models. */
+export const REGISTRY_DEFAULTS = {
+  maxModelBytes: 2 * 1024 ** 3,
+  maxRunningRows: 64,
+  maxKvTokens: 64 * 1024,
+  maxQueuedRequests: 256,
+  refreshIntervalMs: 2000,
+} as const;
+
+/** What the registry has done, for tests and metrics. */
 export type RegistryStats = {
   /** Checkpoints loaded into memory (a reload after eviction counts again). */
   loads: number;
-  /** Calls of the engine's generate; fewer than `requests` when requests were batched. */
-  generateCalls: number;
-  /** Requests answered by those calls. */
+  /** Requests submitted to a decode loop. */
   requests: number;
+  /** Requests refused because a model's queue was full (429). */
+  rejected: number;
+  /** Name switches to a newer checkpoint (a training run's new actor). */
+  switches: number;
 };
+
+/** One loaded model, as the metrics see it. */
+export type LoadedModelStats = LoopStats & {
+  modelId: string;
+  checkpointId: string;
+  step: number;
+  bytes: number;
+  /** Replaced or evicted; disposed once its last request finishes. */
+  retired: boolean;
+  maxRunningRows: number;
+  maxKvTokens: number;
+};
+
+export type RegistryEvent = LoopEvent & { model: string };
+
+/** The model's weights are larger than the whole budget. */
+export class ModelTooLargeError extends Error {}
 
 /** A loaded model lent to one request; `release()` when done with it. */
 export type ModelLease = {
+  modelId: string;
   checkpointId: string;
+  step: number;
   contextLength: number;
-  tokenizer: ByteTokenizer;
-  /** `signal`: the client went away; a request still waiting for its turn is dropped. */
-  generate(
-    prompt: string,
-    options: SamplingOptions,
-    onText?: (text: string) => void,
-    signal?: AbortSignal,
-  ): Promise<GenerationResult>;
+  tokenizer: Tokenizer;
+  rules: TokenRules;
+  generate(request: GenerationRequest): Promise<GenerationResult>;
   release(): void;
 };
 
@@ -53,10 +91,12 @@ class LoadedModel {
   disposed = false;
 
   constructor(
-    readonly checkpointId: string,
+    readonly served: ServedModel,
     readonly model: GPT,
-    readonly tokenizer: ByteTokenizer,
-    readonly queue: GenerationQueue,
+    readonly tokenizer: Tokenizer,
+    readonly rules: TokenRules,
+    readonly loop: DecodeLoop,
+    readonly bytes: number,
   ) {}
 
   retire(): void {
@@ -67,28 +107,38 @@ class LoadedModel {
   disposeIfUnused(): void {
     if (this.retired && this.users === 0 && !this.disposed) {
       this.disposed = true;
-      this.model.dispose();
+      // The loop is idle (no users); close() releases its KV cache, then the weights go.
+      void this.loop.close().finally(() => this.model.dispose());
     }
   }
 }
 
 export class ModelRegistry {
-  readonly stats: RegistryStats = { loads: 0, generateCalls: 0, requests: 0 };
+  readonly stats: RegistryStats = { loads: 0, requests: 0, rejected: 0, switches: 0 };
+  readonly limits: LoopLimits & { maxModelBytes: number; refreshIntervalMs: number };
   readonly #db: Database;
-  readonly #batchLimits: { maxBatchSize: number; batchWindowMs: number };
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
+  /** Model name -> the loaded checkpoint that answers it. */
+  readonly #current = new Map<string, LoadedModel>();
+  readonly #listeners = new Set<(event: RegistryEvent) => void>();
+  readonly #timer?: NodeJS.Timeout;
 
   constructor(db: Database, options: RegistryOptions = {}) {
     this.#db = db;
-    this.#batchLimits = {
-      maxBatchSize: options.maxBatchSize ?? 8,
-      batchWindowMs: options.batchWindowMs ?? 5,
-    };
+    this.limits = { ...REGISTRY_DEFAULTS, ...definedOnly(options) };
     this.#loaded = new LRUCache<string, LoadedModel>({
-      max: options.maxLoadedModels ?? 2,
-      dispose: (entry) => entry.retire(),
+      maxSize: this.limits.maxModelBytes,
+      sizeCalculation: (entry) => entry.bytes,
+      dispose: (entry) => {
+        if (this.#current.get(entry.served.id) === entry) this.#current.delete(entry.served.id);
+        entry.retire();
+      },
     });
+    if (this.limits.refreshIntervalMs > 0) {
+      this.#timer = setInterval(() => void this.refresh(), this.limits.refreshIntervalMs);
+      this.#timer.unref();
+    }
   }
 
   /** Ids of the checkpoints in memory, most recently used first. */
@@ -96,29 +146,99 @@ export class ModelRegistry {
     return [...this.#loaded.keys()];
   }
 
-  async acquire(checkpointId: string): Promise<ModelLease> {
+  /** Bytes of the weights in the cache (retired models still finishing requests not counted). */
+  loadedModelBytes(): number {
+    return this.#loaded.calculatedSize ?? 0;
+  }
+
+  /** Per loaded model: its decode loop's occupancy and what it serves. */
+  snapshot(): LoadedModelStats[] {
+    return [...this.#loaded.values()].map((entry) => ({
+      modelId: entry.served.id,
+      checkpointId: entry.served.checkpointId,
+      step: entry.served.step,
+      bytes: entry.bytes,
+      retired: entry.retired,
+      maxRunningRows: this.limits.maxRunningRows,
+      maxKvTokens: this.limits.maxKvTokens,
+      ...entry.loop.stats(),
+    }));
+  }
+
+  /** Events of every decode loop (first tokens, steps, finished requests); returns an unsubscribe. */
+  onEvent(listener: (event: RegistryEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * A lease on the model that answers `served` (the newest checkpoint of a name). When an older
+   * checkpoint of the same name is loaded and the newest is not yet, the older answers and the
+   * newest loads in the background.
+   */
+  async acquire(served: ServedModel): Promise<ModelLease> {
     for (;;) {
-      const entry = this.#loaded.get(checkpointId) ?? (await this.#load(checkpointId));
+      const current = this.#current.get(served.id);
+      if (current && !current.disposed && current.served.checkpointId !== served.checkpointId) {
+        if (isNewer(served, current.served)) this.#loadInBackground(served);
+        return this.#lease(current);
+      }
+      const entry = this.#loaded.get(served.checkpointId) ?? (await this.#load(served));
       // Another load may have evicted and disposed it while we waited; then load it again.
       if (entry.disposed) continue;
-      entry.users++;
       return this.#lease(entry);
     }
   }
 
+  /** Looks for a newer checkpoint of every loaded name, and loads those found in the background. */
+  async refresh(): Promise<void> {
+    for (const [id, entry] of [...this.#current]) {
+      try {
+        const newest = await findServedModel(this.#db.prisma, id);
+        if (
+          newest &&
+          newest.checkpointId !== entry.served.checkpointId &&
+          isNewer(newest, entry.served)
+        )
+          this.#loadInBackground(newest);
+      } catch {
+        // Postgres unreachable: the loaded weights keep answering; the next poll tries again.
+      }
+    }
+  }
+
+  /** Waits for the background loads under way (tests). */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.#loading.values()]);
+  }
+
   /** Disposes every loaded model (after the requests using them finish). */
   close(): void {
+    if (this.#timer) clearInterval(this.#timer);
     this.#loaded.clear();
+    this.#current.clear();
   }
 
   #lease(entry: LoadedModel): ModelLease {
+    entry.users++;
     let released = false;
     return {
-      checkpointId: entry.checkpointId,
+      modelId: entry.served.id,
+      checkpointId: entry.served.checkpointId,
+      step: entry.served.step,
       contextLength: entry.model.config.contextLength,
       tokenizer: entry.tokenizer,
-      generate: (prompt, options, onText, signal) =>
-        entry.queue.submit(prompt, options, onText, signal),
+      rules: entry.rules,
+      generate: (request) => {
+        try {
+          const result = entry.loop.submit(request);
+          this.stats.requests++;
+          return result;
+        } catch (error) {
+          if (error instanceof QueueFullError) this.stats.rejected++;
+          throw error;
+        }
+      },
       release: () => {
         if (released) return;
         released = true;
@@ -128,34 +248,67 @@ export class ModelRegistry {
     };
   }
 
-  #load(checkpointId: string): Promise<LoadedModel> {
-    let loading = this.#loading.get(checkpointId);
+  #loadInBackground(served: ServedModel): void {
+    if (this.#loading.has(served.checkpointId)) return;
+    // A failed background load leaves the old weights answering; the next request or poll retries.
+    this.#load(served).catch(() => {});
+  }
+
+  #load(served: ServedModel): Promise<LoadedModel> {
+    let loading = this.#loading.get(served.checkpointId);
     if (!loading) {
-      loading = this.#readAndLoad(checkpointId).finally(() => this.#loading.delete(checkpointId));
-      this.#loading.set(checkpointId, loading);
+      loading = this.#readAndLoad(served).finally(() => this.#loading.delete(served.checkpointId));
+      this.#loading.set(served.checkpointId, loading);
     }
     return loading;
   }
 
-  async #readAndLoad(checkpointId: string): Promise<LoadedModel> {
-    const bytes = await readCheckpointPart(this.#db.prisma, checkpointId, "model");
-    if (!bytes) throw new Error(`checkpoint ${checkpointId} has no model weights`);
+  async #readAndLoad(served: ServedModel): Promise<LoadedModel> {
+    const bytes = await readCheckpointPart(this.#db.prisma, served.checkpointId, "model");
+    if (!bytes) throw new Error(`checkpoint ${served.checkpointId} has no model weights`);
     const model = await loadModel(bytes);
-    const tokenizer = new ByteTokenizer();
-    if (model.config.vocabSize < tokenizer.vocabSize) {
+    let entry: LoadedModel;
+    try {
+      const weightBytes = model.parameterCount() * 4;
+      if (weightBytes > this.limits.maxModelBytes) {
+        throw new ModelTooLargeError(
+          `The model '${served.id}' needs ${mib(weightBytes)} of weights; this server keeps at most ${mib(this.limits.maxModelBytes)} loaded`,
+        );
+      }
+      // The tokenizer and template the checkpoint was trained with (byte-v1 for older ones).
+      const tokenizer = tokenizerFor(model.config);
+      const rules = servingTokenRules(tokenizer, model.config.vocabSize);
+      const loop = new DecodeLoop(model, tokenizer, rules, this.limits, (event) => {
+        for (const listener of this.#listeners) listener({ ...event, model: served.id });
+      });
+      entry = new LoadedModel(served, model, tokenizer, rules, loop, weightBytes);
+    } catch (error) {
       model.dispose();
-      throw new Error(
-        `checkpoint ${checkpointId}: vocabulary of ${model.config.vocabSize} is smaller than the byte tokenizer's ${tokenizer.vocabSize}`,
-      );
+      throw error;
     }
-    const queue = new GenerationQueue((prompts, options, onToken) => {
-      this.stats.generateCalls++;
-      this.stats.requests += prompts.length;
-      return generate(model, tokenizer, prompts, { ...options, onToken });
-    }, this.#batchLimits);
-    const entry = new LoadedModel(checkpointId, model, tokenizer, queue);
     this.stats.loads++;
-    this.#loaded.set(checkpointId, entry);
+    this.#loaded.set(served.checkpointId, entry);
+    const previous = this.#current.get(served.id);
+    if (!previous || previous.disposed || isNewer(served, previous.served)) {
+      this.#current.set(served.id, entry);
+      if (previous && previous !== entry) {
+        this.stats.switches++;
+        // New requests use the new weights; the old ones go when their requests finish.
+        this.#loaded.delete(previous.served.checkpointId);
+      }
+    }
     return entry;
   }
+}
+
+function isNewer(a: ServedModel, b: ServedModel): boolean {
+  return a.createdMs > b.createdMs || (a.createdMs === b.createdMs && a.step > b.step);
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -6,6 +6,7 @@ import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import { buildInferenceApp } from "../src/app.ts";
+import { findServedModel } from "../src/model-catalog.ts";
 import { ModelRegistry } from "../src/model-registry.ts";
 
 const config = loadConfig({ CHATRL_LOG_LEVEL: "silent" });
@@ -100,6 +101,10 @@ describe("inference service", () => {
       owned_by: "chatrl",
       root: checkpointId,
       max_model_len: MODEL_PRESETS.tiny.contextLength,
+      run_id: expect.any(String),
+      role: "sft",
+      step: 1,
+      final: true,
     });
   });
 
@@ -116,8 +121,8 @@ describe("inference service", () => {
     expect(typeof choice.message.content).toBe("string");
     expect(["stop", "length"]).toContain(choice.finish_reason);
     const { prompt_tokens, completion_tokens, total_tokens } = body.usage;
-    // The byte tokenizer: one token per UTF-8 byte of "<|user|>\nHello there!\n<|assistant|>\n".
-    expect(prompt_tokens).toBe(Buffer.byteLength("<|user|>\nHello there!\n<|assistant|>\n"));
+    // byte-v2: <|user|>, one token per UTF-8 byte of "Hello there!", <|end|>, <|assistant|>.
+    expect(prompt_tokens).toBe(Buffer.byteLength("Hello there!") + 3);
     expect(completion_tokens).toBeGreaterThan(0);
     expect(completion_tokens).toBeLessThanOrEqual(12);
     expect(total_tokens).toBe(prompt_tokens + completion_tokens);
@@ -214,10 +219,12 @@ describe("inference service", () => {
       [{ model: modelId }, "messages"],
       [{ model: modelId, messages: [{ role: "robot", content: "hi" }] }, "messages[0].role"],
       [{ model: modelId, messages: hello, temperature: 3 }, "temperature"],
-      [{ model: modelId, messages: hello, n: 2 }, "n"],
+      [{ model: modelId, messages: hello, n: 17 }, "n"],
       [{ model: modelId, messages: hello, max_tokens: 0 }, "max_tokens"],
-      // 36 prompt tokens + 100 > the tiny model's 128-token context.
-      [{ model: modelId, messages: hello, max_tokens: 100 }, "max_tokens"],
+      // 15 prompt tokens + 120 > the tiny model's 128-token context.
+      [{ model: modelId, messages: hello, max_tokens: 120 }, "max_tokens"],
+      [{ model: modelId, messages: hello, max_tokens: 4, min_tokens: 5 }, "min_tokens"],
+      [{ model: modelId, messages: hello, top_logprobs: 2 }, "top_logprobs"],
       [{ model: modelId, messages: [{ role: "user", content: "x".repeat(200) }] }, "messages"],
     ];
     for (const [body, param] of cases) {
@@ -252,86 +259,11 @@ describe("inference service", () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it("answers concurrent requests, loading the model once and batching them into one generate call", async () => {
-    // The window covers the second request's model lookup, however slow the machine is.
-    const fresh = await newApp({}, { batchWindowMs: 200 });
-    // Greedy, so each answer can be compared with the same request answered alone.
-    const first = { model: modelId, messages: hello, max_tokens: 8, temperature: 0 };
-    const second = { ...first, messages: [{ role: "user", content: "And you?" }] };
-    const [a, b] = await Promise.all([chat(fresh, first), chat(fresh, second)]);
-    expect([a.statusCode, b.statusCode]).toEqual([200, 200]);
-    expect(a.json().usage.prompt_tokens).not.toBe(b.json().usage.prompt_tokens);
-    expect(fresh.modelRegistry.stats).toEqual({ loads: 1, generateCalls: 1, requests: 2 });
-    // Each got its own answer, the one it gets alone (the shorter prompt was padded in the batch).
-    for (const [request, batched] of [
-      [first, a],
-      [second, b],
-    ] as const) {
-      const alone = (await chat(fresh, request)).json();
-      expect(alone.choices[0].message.content).toBe(batched.json().choices[0].message.content);
-    }
-    expect(fresh.modelRegistry.stats.generateCalls).toBe(3);
-  });
-
-  it("batches requests that arrive while a generation runs into the next generate call", async () => {
-    const busy = await newApp({}, { batchWindowMs: 0 });
-    const stats = busy.modelRegistry.stats;
-    // A long generation (seeded: it runs alone, and this seed never meets end-of-text early).
-    const long = chat(busy, {
-      model: modelId,
-      messages: [{ role: "user", content: "Hi" }],
-      max_tokens: 100,
-      seed: 2,
-    });
-    while (stats.generateCalls === 0) await new Promise((resolve) => setTimeout(resolve, 1));
-    const short = { model: modelId, messages: hello, max_tokens: 4 };
-    const [a, b, c] = await Promise.all([long, chat(busy, short), chat(busy, short)]);
-    expect(a.json().usage.completion_tokens).toBe(100);
-    expect([b.statusCode, c.statusCode]).toEqual([200, 200]);
-    expect(stats).toEqual({ loads: 1, generateCalls: 2, requests: 3 });
-  });
-
-  it("generates nothing for a client that hangs up while its request waits its turn, streaming or not", async () => {
-    const fresh = await newApp({}, { batchWindowMs: 300 });
-    const warm = await chat(fresh, { model: modelId, messages: hello, max_tokens: 2 });
-    expect(warm.statusCode).toBe(200); // the model is loaded and idle now
-    const callsBefore = fresh.modelRegistry.stats.generateCalls;
-    const url = new URL(await fresh.listen({ port: 0, host: "127.0.0.1" }));
-    const { request } = await import("node:http");
-    // The first chunk (the role) is sent once the request is in the queue; then hang up,
-    // well inside the 300 ms the idle model waits for company.
-    await new Promise<void>((resolve, reject) => {
-      const req = request(
-        { host: url.hostname, port: url.port, path: "/v1/chat/completions", method: "POST" },
-        (res) => res.once("data", () => resolve(void req.destroy())),
-      );
-      req.on("error", (error) => (req.destroyed ? undefined : reject(error)));
-      req.setHeader("content-type", "application/json");
-      req.end(JSON.stringify({ model: modelId, messages: hello, stream: true }));
-    });
-    // A client waiting for a whole (not streamed) completion gives up the same way.
-    await new Promise<void>((resolve) => {
-      const req = request({
-        host: url.hostname,
-        port: url.port,
-        path: "/v1/chat/completions",
-        method: "POST",
-        headers: { "content-type": "application/json" },
-      });
-      req.on("error", () => {});
-      req.end(JSON.stringify({ model: modelId, messages: hello }));
-      setTimeout(() => resolve(void req.destroy()), 150);
-    });
-    await new Promise((resolve) => setTimeout(resolve, 600));
-    expect(fresh.modelRegistry.stats.generateCalls).toBe(callsBefore);
-    // The model still answers the next client.
-    const next = await chat(fresh, { model: modelId, messages: hello, max_tokens: 2 });
-    expect(next.statusCode).toBe(200);
-  });
-
   it("loads a checkpoint once when requests for it arrive together", async () => {
     const registry = new ModelRegistry(testDb.db);
-    const leases = await Promise.all([1, 2, 3].map(() => registry.acquire(checkpointId)));
+    const served = await findServedModel(testDb.db.prisma, modelId);
+    if (!served) throw new Error("the model is served");
+    const leases = await Promise.all([1, 2, 3].map(() => registry.acquire(served)));
     expect(registry.stats.loads).toBe(1);
     expect(leases.every((lease) => lease.contextLength === MODEL_PRESETS.tiny.contextLength)).toBe(
       true,
@@ -339,35 +271,35 @@ describe("inference service", () => {
     const before = tf.memory().numTensors;
     for (const lease of leases) lease.release();
     registry.close();
-    expect(tf.memory().numTensors).toBeLessThan(before); // the model's weights are gone
+    await new Promise((resolve) => setTimeout(resolve, 50)); // the loop closes, then the weights go
+    expect(tf.memory().numTensors).toBeLessThan(before);
   });
 
-  it("keeps at most the configured number of models loaded, disposing the evicted ones", async () => {
+  it("keeps loaded weights within the byte budget, disposing the evicted model", async () => {
     const other = await saveTinyModel(2);
     const otherId = `run-${other.runId}-sft`;
-    const small = await newApp({}, { maxLoadedModels: 1 });
+    const oneModel = new GPT(MODEL_PRESETS.tiny, 0).parameterCount() * 4;
+    const small = await newApp({}, { maxModelBytes: Math.ceil(oneModel * 1.5) });
     const request = { messages: hello, max_tokens: 2 };
     await chat(small, { ...request, model: modelId });
+    await new Promise((resolve) => setTimeout(resolve, 20));
     const withOneModel = tf.memory().numTensors;
     const res = await chat(small, { ...request, model: otherId });
     expect(res.statusCode).toBe(200);
     expect(small.modelRegistry.loadedCheckpoints()).toEqual([other.checkpointId]);
+    expect(small.modelRegistry.loadedModelBytes()).toBe(oneModel);
+    await new Promise((resolve) => setTimeout(resolve, 20));
     expect(tf.memory().numTensors).toBe(withOneModel);
     await chat(small, { ...request, model: modelId });
     expect(small.modelRegistry.stats.loads).toBe(3);
   });
 
-  it("serves a run's newest final checkpoint when a new one lands", async () => {
-    const first = await saveTinyModel(3, "actor");
-    const actorId = `run-${first.runId}`;
-    const res = await chat(app, { model: actorId, messages: hello, max_tokens: 2 });
-    expect(res.statusCode).toBe(200);
-    expect(app.modelRegistry.loadedCheckpoints()[0]).toBe(first.checkpointId);
-    const second = await saveCheckpointOf(first.runId, first.stageId, 4, "actor");
-    await chat(app, { model: actorId, messages: hello, max_tokens: 2 });
-    expect(app.modelRegistry.loadedCheckpoints()[0]).toBe(second.checkpointId);
-    const models = (await app.inject({ method: "GET", url: "/v1/models" })).json();
-    expect(models.data.filter((m: { id: string }) => m.id === actorId)).toHaveLength(1);
+  it("refuses a model larger than the whole memory budget with a clear error", async () => {
+    const tight = await newApp({}, { maxModelBytes: 1024 });
+    const res = await chat(tight, { model: modelId, messages: hello, max_tokens: 2 });
+    expect(res.statusCode).toBe(503);
+    expect(res.json().error).toMatchObject({ code: "model_too_large", param: "model" });
+    expect(res.json().error.message).toMatch(/MiB of weights; this server keeps at most/);
   });
 
   it("reports health, and readiness when Postgres answers", async () => {

@@ -5,13 +5,12 @@ import { loadConfig } from "@chatrl/contracts";
 import { createRun, saveCheckpoint, saveCheckpoints } from "@chatrl/db";
 import {
   ByteTokenizer,
-  CHAT_STOP_STRINGS,
+  chatStopStrings,
   decodeSafetensors,
   encodeSafetensors,
   GPT,
   generate,
   MODEL_PRESETS,
-  renderChatPrompt,
   saveModel,
 } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
@@ -55,10 +54,10 @@ const SAMPLING = { maxTokens: 16, temperature: 1, topP: 1, seed: 7 };
 async function engineReply(weightsSeed: number): Promise<string> {
   const model = new GPT(tiny, weightsSeed);
   try {
-    const prompt = renderChatPrompt([{ role: "user", content: QUESTION }]);
-    const [result] = await generate(model, new ByteTokenizer(), [prompt], {
+    const tokenizer = new ByteTokenizer();
+    const [result] = await generate(model, tokenizer, [[{ role: "user", content: QUESTION }]], {
       ...SAMPLING,
-      stop: CHAT_STOP_STRINGS,
+      stop: chatStopStrings(tokenizer),
     });
     return result.text;
   } finally {
@@ -169,7 +168,7 @@ describe("models of a three-stage run", () => {
     }
   });
 
-  it("serves a run's newer actor as soon as its final checkpoint lands", async () => {
+  it("serves a run's newer actor once its checkpoint, loaded in the background, is ready", async () => {
     const newer = await saveCheckpoint(testDb.db.prisma, {
       runId,
       stageId: ppoStageId,
@@ -182,6 +181,8 @@ describe("models of a three-stage run", () => {
     const res = await app.inject({ method: "GET", url: "/v1/models" });
     const actor = res.json().data.find((m: { id: string }) => m.id === `run-${runId}`);
     expect(actor.root).toBe(newer.id);
+    await app.modelRegistry.refresh();
+    await app.modelRegistry.settled();
     const reply = await chat(`run-${runId}`);
     expect(reply.json().choices[0].message.content).toBe(await engineReply(SEEDS.sft));
   });

@@ -335,8 +335,9 @@ describe("the steps a stage reports", () => {
 describe("examples longer than max_seq_len", () => {
   it("counts the examples it cut on the stage and says so in an event when training starts", async () => {
     await withWorker(async () => {
-      // Every row is 29 tokens with the chat template and eos: 28 cuts the eos of all 40.
-      const { runId, stageId } = await h.submitRun({ sft: { max_seq_len: 28, max_steps: 2 } });
+      // Every row is 8 tokens: <|user|>, 3 bytes, <|end|>, <|assistant|>, 1 byte and eos; 7
+      // cuts the eos of all 40.
+      const { runId, stageId } = await h.submitRun({ sft: { max_seq_len: 7, max_steps: 2 } });
       const stage = await waitForStage(h, stageId, "succeeded");
       expect(stage).toMatchObject({ examplesTruncated: 40, examplesDropped: 0 });
       expect(await eventMessages(runId)).toContain(

@@ -282,12 +282,35 @@ export interface paths {
         /**
          * Chat completion, OpenAI-compatible (inference service).
          * @description With `stream: true` the answer is server-sent events: `data: <ChatCompletionChunk>`
-         *     lines, the first carrying `delta.role`, the last of each choice its `finish_reason`,
-         *     then (with `stream_options.include_usage`) a chunk with `choices: []` and `usage`, and
-         *     finally `data: [DONE]`. An error after the stream started is sent as
-         *     `data: {"error":{...}}` followed by `data: [DONE]`.
+         *     lines, for each choice first one carrying `delta.role`, then its content deltas, then one
+         *     with its `finish_reason`; then (with `stream_options.include_usage`) a chunk with
+         *     `choices: []` and `usage`, and finally `data: [DONE]`. An error after the stream started
+         *     is sent as `data: {"error":{...}}` followed by `data: [DONE]`. The request joins the
+         *     model's running batch at its next step (continuous batching); when too many requests
+         *     wait for the model, the answer is 429 with a `Retry-After` header (seconds).
          */
         post: operations["createChatCompletion"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Raw text completion without the chat template, as vLLM serves it (inference service).
+         * @description The prompt (or each of a list of prompts) is continued as it is; choices are indexed
+         *     prompt * n + choice. Streaming, usage, 429 and errors as for chat completions.
+         */
+        post: operations["createCompletion"];
         delete?: never;
         options?: never;
         head?: never;
@@ -698,9 +721,20 @@ export interface components {
             object: "model";
             created: number;
             owned_by: string;
+            /** @description The checkpoint id the name serves now. */
             root?: string;
             parent?: string | null;
             max_model_len?: number;
+            run_id?: string;
+            /** @enum {string} */
+            role?: "actor" | "ema" | "sft";
+            /** @description The training step of the checkpoint served. */
+            step?: number;
+            /**
+             * @description False while the stage still trains: the name serves its newest checkpoint, and moves
+             *     to the next one when it lands.
+             */
+            final?: boolean;
         };
         ModelList: {
             /** @constant */
@@ -714,9 +748,10 @@ export interface components {
             name?: string;
         };
         /**
-         * @description The OpenAI fields chatrl implements. Other fields (OpenAI's tools, logprobs, vLLM's
-         *     extensions ...) are accepted and ignored, as vLLM does, so existing OpenAI clients work.
-         *     `n` must be 1. The prompt is the messages rendered with the chat template training used.
+         * @description The OpenAI fields chatrl implements, and vLLM's sampling extensions top_k, min_p,
+         *     repetition_penalty and min_tokens. Other fields (tools, response_format, logit_bias,
+         *     frequency_penalty ...) are accepted and ignored, as vLLM does, so existing OpenAI clients
+         *     work. The prompt is the messages through the chat template the model was trained with.
          */
         ChatCompletionRequest: {
             model: string;
@@ -724,33 +759,115 @@ export interface components {
             /** @description Deprecated by OpenAI in favour of max_completion_tokens; both accepted. */
             max_tokens?: number | null;
             max_completion_tokens?: number | null;
-            temperature?: number | null;
-            top_p?: number | null;
-            n?: number | null;
-            stop?: string | ([
-            ] | [
-                string
-            ] | [
-                string,
-                string
-            ] | [
-                string,
-                string,
-                string
-            ] | [
-                string,
-                string,
-                string,
-                string
-            ]) | null;
+            temperature?: components["schemas"]["Temperature"];
+            top_p?: components["schemas"]["TopP"];
+            n?: components["schemas"]["ChoiceCount"];
+            stop?: components["schemas"]["Stop"];
             seed?: number | null;
             /** @default false */
             stream?: boolean | null;
-            stream_options?: {
-                include_usage?: boolean;
-            } | null;
+            stream_options?: components["schemas"]["StreamOptions"];
+            /** @description Return each token's log-probability. */
+            logprobs?: boolean | null;
+            /** @description Alternatives per token (needs logprobs true). */
+            top_logprobs?: number | null;
+            top_k?: components["schemas"]["TopK"];
+            min_p?: components["schemas"]["MinP"];
+            repetition_penalty?: components["schemas"]["RepetitionPenalty"];
+            min_tokens?: components["schemas"]["MinTokens"];
             user?: string;
         };
+        Temperature: number | null;
+        TopP: number | null;
+        /** @description Choices sampled from one prompt; they share its prefill. */
+        ChoiceCount: number | null;
+        Stop: string | ([
+        ] | [
+            string
+        ] | [
+            string,
+            string
+        ] | [
+            string,
+            string,
+            string
+        ] | [
+            string,
+            string,
+            string,
+            string
+        ]) | null;
+        StreamOptions: {
+            include_usage?: boolean;
+        } | null;
+        /** @description vLLM extra. Sample among the k most likely tokens; -1 or 0 for all. */
+        TopK: number | null;
+        /** @description vLLM extra. Drop tokens less likely than min_p times the most likely. */
+        MinP: number | null;
+        /** @description vLLM extra. Above 1 discourages tokens of the prompt and the answer so far. */
+        RepetitionPenalty: number | null;
+        /** @description vLLM extra. No stop token or stop string ends a choice before this many tokens. */
+        MinTokens: number | null;
+        /**
+         * @description OpenAI's legacy completions as vLLM serves them: `prompt` is continued as raw text,
+         *     without the chat template. Other fields (echo, suffix, best_of, logit_bias ...) are
+         *     accepted and ignored.
+         */
+        CompletionRequest: {
+            model: string;
+            prompt: string | string[];
+            /** @default 16 */
+            max_tokens?: number | null;
+            temperature?: components["schemas"]["Temperature"];
+            top_p?: components["schemas"]["TopP"];
+            n?: components["schemas"]["ChoiceCount"];
+            stop?: components["schemas"]["Stop"];
+            seed?: number | null;
+            /** @default false */
+            stream?: boolean | null;
+            stream_options?: components["schemas"]["StreamOptions"];
+            /** @description Return each token's log-probability and this many alternatives. */
+            logprobs?: number | null;
+            top_k?: components["schemas"]["TopK"];
+            min_p?: components["schemas"]["MinP"];
+            repetition_penalty?: components["schemas"]["RepetitionPenalty"];
+            min_tokens?: components["schemas"]["MinTokens"];
+            user?: string;
+        };
+        /** @description A text_completion, or (streaming) one chunk of it. */
+        Completion: {
+            /** @description cmpl-<uuid> */
+            id: string;
+            /** @constant */
+            object: "text_completion";
+            created: number;
+            model: string;
+            choices: {
+                index: number;
+                text: string;
+                logprobs?: {
+                    tokens?: string[];
+                    token_logprobs?: number[];
+                    top_logprobs?: {
+                        [key: string]: number;
+                    }[];
+                    text_offset?: number[];
+                } | null;
+                finish_reason: components["schemas"]["FinishReason"] | null;
+            }[];
+            usage?: components["schemas"]["Usage"] | null;
+        };
+        TokenLogprob: {
+            /** @description The token's text; "bytes:\\xNN" for part of a character. */
+            token: string;
+            logprob: number;
+            bytes: number[];
+        };
+        ChatLogprobs: {
+            content: (components["schemas"]["TokenLogprob"] & {
+                top_logprobs?: components["schemas"]["TokenLogprob"][];
+            })[];
+        } | null;
         Usage: {
             prompt_tokens: number;
             completion_tokens: number;
@@ -772,7 +889,7 @@ export interface components {
                     role: "assistant";
                     content: string;
                 };
-                logprobs?: null;
+                logprobs?: components["schemas"]["ChatLogprobs"];
                 finish_reason: components["schemas"]["FinishReason"];
             }[];
             usage: components["schemas"]["Usage"];
@@ -790,7 +907,7 @@ export interface components {
                     role?: "assistant";
                     content?: string;
                 };
-                logprobs?: null;
+                logprobs?: components["schemas"]["ChatLogprobs"];
                 finish_reason: components["schemas"]["FinishReason"] | null;
             }[];
             usage?: components["schemas"]["Usage"] | null;
@@ -1252,6 +1369,37 @@ export interface operations {
             };
             400: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
+            503: components["responses"]["Error"];
+        };
+    };
+    createCompletion: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CompletionRequest"];
+            };
+        };
+        responses: {
+            /** @description The completion, or a stream of chunks. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Completion"];
+                    "text/event-stream": components["schemas"]["Completion"];
+                };
+            };
+            400: components["responses"]["Error"];
+            404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
+            503: components["responses"]["Error"];
         };
     };
 }

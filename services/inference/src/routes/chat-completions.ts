@@ -1,139 +1,120 @@
-// POST /v1/chat/completions, as OpenAI and vLLM answer it: one JSON completion, or with
-// `stream: true` server-sent events of `chat.completion.chunk`s ending with `data: [DONE]`.
+// POST /v1/chat/completions, as OpenAI and vLLM answer it: one JSON completion with `n` choices,
+// or with `stream: true` server-sent events of `chat.completion.chunk`s ending with `data: [DONE]`.
 import { randomUUID } from "node:crypto";
-import { PassThrough } from "node:stream";
-import type { FastifyInstance, FastifyReply } from "fastify";
-import { ApiError, openApiRoute } from "@chatrl/contracts";
-import { type ChatCompletionRequest, type PreparedChat, prepareChat } from "../chat-request.ts";
-import type { GenerationResult } from "../generation-queue.ts";
-import { findServedModel } from "../model-catalog.ts";
-import type { ModelLease } from "../model-registry.ts";
-import { unknownModel } from "./models.ts";
-
-function usageOf(result: GenerationResult) {
-  return {
-    prompt_tokens: result.promptTokens,
-    completion_tokens: result.completionTokens,
-    total_tokens: result.promptTokens + result.completionTokens,
-  };
-}
+import { openApiRoute } from "@chatrl/contracts";
+import type { TokenLogprob } from "@chatrl/engine";
+import type { FastifyInstance } from "fastify";
+import { type ChatCompletionRequest, chatLogprobs, prepareRequest } from "../chat-request.ts";
+import {
+  chatLogprobContent,
+  clientClosed,
+  clientGone,
+  EventStream,
+  leaseModel,
+  submit,
+  usageOf,
+} from "./generation.ts";
 
 export default async function chatCompletionRoutes(app: FastifyInstance) {
   app.route<{ Body: ChatCompletionRequest }>({
     ...openApiRoute("POST", "/v1/chat/completions"),
     handler: async (request, reply) => {
       const body = request.body;
-      const served = await findServedModel(app.db.prisma, body.model);
-      if (!served) throw unknownModel(body.model);
-
-      const lease = await app.modelRegistry.acquire(served.checkpointId);
-      let chat: PreparedChat;
+      const { served, lease } = await leaseModel(app, body.model);
+      // A started stream releases the model when its generation ends; every other path here.
+      let streaming = false;
       try {
-        chat = prepareChat(
-          body,
-          (text) => lease.tokenizer.encode(text).length,
-          lease.contextLength,
-        );
-      } catch (error) {
-        lease.release();
-        throw error;
-      }
-      // A client that goes away before its request's turn takes it out of the batch queue.
-      const clientGone = new AbortController();
-      const hangUp = () => clientGone.abort(new Error("the client went away"));
-      reply.raw.on("close", () => {
-        if (!reply.raw.writableFinished) hangUp();
-      });
-      if (request.raw.socket?.destroyed) hangUp(); // gone while the model was loading
-      const completion = {
-        id: `chatcmpl-${randomUUID().replaceAll("-", "")}`,
-        created: Math.floor(Date.now() / 1000),
-        model: served.id,
-      };
-
-      if (body.stream) {
-        return streamCompletion(reply, lease, chat, completion, {
-          includeUsage: body.stream_options?.include_usage === true,
-          log: request.log,
-          signal: clientGone.signal,
+        const messages = body.messages.map(({ role, content }) => ({ role, content }));
+        const prepared = prepareRequest(lease, messages, body, {
+          promptParam: "messages",
+          logprobs: chatLogprobs(body),
         });
-      }
-      try {
-        const result = await lease
-          .generate(chat.prompt, chat.options, undefined, clientGone.signal)
-          .catch((error) => {
-            // nginx's "client closed request": nobody reads it, and it is not a server error.
-            if (clientGone.signal.aborted) throw new ApiError(499, "The client closed the request");
-            throw error;
+        const signal = clientGone(request, reply);
+        const completion = {
+          id: `chatcmpl-${randomUUID().replaceAll("-", "")}`,
+          created: Math.floor(Date.now() / 1000),
+          model: served.id,
+        };
+        const logprobsOf = (lps: readonly TokenLogprob[] | null) =>
+          lps ? { content: chatLogprobContent(lease.tokenizer, lps) } : null;
+
+        if (body.stream) {
+          const includeUsage = body.stream_options?.include_usage === true;
+          const events = new EventStream();
+          // With include_usage every chunk carries `usage: null` and one last chunk the totals.
+          const chunk = (choices: unknown[], usage: unknown = null) => ({
+            ...completion,
+            object: "chat.completion.chunk",
+            choices,
+            ...(includeUsage ? { usage } : {}),
           });
+          const wantLogprobs = prepared.options.logprobs !== undefined;
+          const generation = submit(lease, reply, {
+            ...prepared,
+            signal,
+            // Only final text is reported (held back while it might begin a stop string or end
+            // in half a character), so each choice's deltas add up to its non-streamed text.
+            onDelta: (index, content, lps) =>
+              events.send(
+                chunk([
+                  {
+                    index,
+                    delta: content ? { content } : {},
+                    logprobs: wantLogprobs ? logprobsOf(lps) : null,
+                    finish_reason: null,
+                  },
+                ]),
+              ),
+            onFinish: (index, reason) =>
+              events.send(chunk([{ index, delta: {}, logprobs: null, finish_reason: reason }])),
+          });
+          for (let index = 0; index < prepared.n; index++) {
+            events.send(
+              chunk([
+                {
+                  index,
+                  delta: { role: "assistant", content: "" },
+                  logprobs: null,
+                  finish_reason: null,
+                },
+              ]),
+            );
+          }
+          generation
+            .then((result) => {
+              if (includeUsage)
+                events.send(chunk([], usageOf(result.promptTokens, result.completionTokens)));
+            })
+            .catch((error) => {
+              if (signal.aborted) return; // nobody is listening any more
+              request.log.error({ err: error }, "generation failed while streaming");
+              events.fail();
+            })
+            .finally(() => {
+              lease.release();
+              events.end();
+            });
+          streaming = true;
+          return events.reply(reply);
+        }
+
+        const result = await submit(lease, reply, { ...prepared, signal }).catch((error) => {
+          throw clientClosed(signal, error);
+        });
         return {
-          id: completion.id,
+          ...completion,
           object: "chat.completion",
-          created: completion.created,
-          model: completion.model,
-          choices: [
-            {
-              index: 0,
-              message: { role: "assistant", content: result.text },
-              logprobs: null,
-              finish_reason: result.finishReason,
-            },
-          ],
-          usage: usageOf(result),
+          choices: result.choices.map((choice, index) => ({
+            index,
+            message: { role: "assistant", content: choice.text },
+            logprobs: logprobsOf(choice.logprobs),
+            finish_reason: choice.finishReason,
+          })),
+          usage: usageOf(result.promptTokens, result.completionTokens),
         };
       } finally {
-        lease.release();
+        if (!streaming) lease.release();
       }
     },
   });
-}
-
-function streamCompletion(
-  reply: FastifyReply,
-  lease: ModelLease,
-  chat: PreparedChat,
-  completion: { id: string; created: number; model: string },
-  opts: { includeUsage: boolean; log: FastifyReply["log"]; signal: AbortSignal },
-) {
-  const events = new PassThrough();
-  const send = (data: unknown) => events.write(`data: ${JSON.stringify(data)}\n\n`);
-  // With include_usage every chunk carries `usage: null` and one last chunk the totals.
-  const chunk = (choices: unknown[], usage: unknown = null) => ({
-    id: completion.id,
-    object: "chat.completion.chunk",
-    created: completion.created,
-    model: completion.model,
-    choices,
-    ...(opts.includeUsage ? { usage } : {}),
-  });
-  const delta = (d: object, finishReason: string | null = null) =>
-    chunk([{ index: 0, delta: d, logprobs: null, finish_reason: finishReason }]);
-
-  send(delta({ role: "assistant", content: "" }));
-  // The engine reports only final text (held back while it might begin a stop string or end
-  // in half a character), so the deltas add up to the non-streamed completion.
-  lease
-    .generate(chat.prompt, chat.options, (content) => send(delta({ content })), opts.signal)
-    .then((result) => {
-      send(delta({}, result.finishReason));
-      if (opts.includeUsage) send(chunk([], usageOf(result)));
-    })
-    .catch((error) => {
-      if (opts.signal.aborted) return; // nobody is listening any more
-      // Headers are sent; the error goes in the stream, as vLLM does, without details.
-      opts.log.error({ err: error }, "generation failed while streaming");
-      send({
-        error: { message: "generation failed", type: "server_error", param: null, code: null },
-      });
-    })
-    .finally(() => {
-      lease.release();
-      events.end("data: [DONE]\n\n");
-    });
-
-  return reply
-    .header("content-type", "text/event-stream; charset=utf-8")
-    .header("cache-control", "no-cache")
-    .header("x-accel-buffering", "no")
-    .send(events);
 }

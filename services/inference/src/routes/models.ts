@@ -1,6 +1,7 @@
-// OpenAI's model list: every servable checkpoint under its public model name (the PPO actor,
-// its EMA copy and the SFT model of each run; never a reward model or critic). `root` is the
-// checkpoint behind the name, as vLLM's `root` names the weights a model was loaded from.
+// OpenAI's model list: every served model name (the PPO actor, its EMA copy and the SFT model of
+// each run; never a reward model or critic) with the newest checkpoint behind it, final or not.
+// `root` is that checkpoint, as vLLM's `root` names the weights a model was loaded from; run_id,
+// role, step and final say what it is.
 import { ApiError, openApiRoute } from "@chatrl/contracts";
 import type { FastifyInstance } from "fastify";
 import { listServedModels } from "../model-catalog.ts";
@@ -19,6 +20,10 @@ export default async function modelRoutes(app: FastifyInstance) {
           owned_by: "chatrl",
           root: model.checkpointId,
           ...(model.contextLength ? { max_model_len: model.contextLength } : {}),
+          run_id: model.runId,
+          role: model.role,
+          step: model.step,
+          final: model.final,
         })),
       };
     },
