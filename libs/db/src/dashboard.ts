@@ -24,10 +24,39 @@ const GROUPS: Record<CostGroup, { key: Prisma.Sql; order: Prisma.Sql }> = {
   },
 };
 
-/** Time and money spent, summed over stages that have started, grouped by run, stage kind or day. */
-export async function costSummary(p: Db, groupBy: CostGroup): Promise<CostRow[]> {
+/** UTC days, `YYYY-MM-DD`, both ends included; either may be absent. */
+export type DayRange = { from?: string; to?: string };
+
+const DAY = /^\d{4}-\d{2}-\d{2}$/;
+
+/** The SQL condition "the stage started within the range" (true without bounds). */
+export function startedWithin(range: DayRange = {}): Prisma.Sql {
+  const parts = [Prisma.sql`s.started_at IS NOT NULL`];
+  for (const [name, day] of Object.entries(range)) {
+    if (day === undefined) continue;
+    if (!DAY.test(day) || Number.isNaN(Date.parse(`${day}T00:00:00Z`))) {
+      throw new RangeError(`${name} must be a day as YYYY-MM-DD, got ${day}`);
+    }
+  }
+  if (range.from) parts.push(Prisma.sql`s.started_at >= ${range.from}::date AT TIME ZONE 'UTC'`);
+  if (range.to) {
+    parts.push(Prisma.sql`s.started_at < (${range.to}::date + 1) AT TIME ZONE 'UTC'`);
+  }
+  return Prisma.join(parts, " AND ");
+}
+
+/**
+ * Time and money spent, summed over stages that have started (within `range`, by the day each
+ * started), grouped by run, stage kind or day.
+ */
+export async function costSummary(
+  p: Db,
+  groupBy: CostGroup,
+  range: DayRange = {},
+): Promise<CostRow[]> {
   const group = GROUPS[groupBy];
   if (!group) throw new RangeError(`groupBy must be run, stage or day, got ${groupBy}`);
+  const where = startedWithin(range);
   const rows = await p.$queryRaw<CostRow[]>`
     SELECT ${group.key} AS key,
            COUNT(DISTINCT s.run_id)::int AS runs,
@@ -37,7 +66,7 @@ export async function costSummary(p: Db, groupBy: CostGroup): Promise<CostRow[]>
            COALESCE(SUM(s.tokens), 0)::float8 AS tokens,
            COALESCE(SUM(s.cost_usd), 0)::float8 AS "costUsd"
     FROM "stage" s JOIN "run" r ON r.id = s.run_id
-    WHERE s.started_at IS NOT NULL
+    WHERE ${where}
     GROUP BY 1
     ORDER BY ${group.order}`;
   return rows.map((r) => ({

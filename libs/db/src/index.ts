@@ -56,8 +56,10 @@ export type { MetricRow } from "./metrics.ts";
 export { addMetrics, listMetrics } from "./metrics.ts";
 export type { RunEventRow } from "./events.ts";
 export { addEvent, listEvents } from "./events.ts";
-export type { CostGroup, CostRow } from "./dashboard.ts";
+export type { CostGroup, CostRow, DayRange } from "./dashboard.ts";
 export { costSummary } from "./dashboard.ts";
+export type { PhaseSeconds, StageTiming, TimeFilter, TimeRow } from "./timing.ts";
+export { stageTimings, timeSummary } from "./timing.ts";
 export * from "./generated/prisma/client.ts";
 export type { ApiKeyRow } from "./api-keys.ts";
 export {

@@ -1,4 +1,4 @@
-import type { StageKind } from "./generated/prisma/client.ts";
+import type { StageKind, Status } from "./generated/prisma/client.ts";
 import { Prisma } from "./generated/prisma/client.ts";
 import { newId } from "./ids.ts";
 import { isFinal, lockRun } from "./run-lock.ts";
@@ -63,10 +63,17 @@ export async function getRun(p: Db, id: string): Promise<RunWithStages | null> {
   return run && toRunWithStages(run);
 }
 
-/** Newest first; `after` is the id of the last run of the previous page. */
-export async function listRuns(p: Db, { after, limit }: PageQuery): Promise<Page<RunWithStages>> {
+/**
+ * Newest first; `after` is the id of the last run of the previous page; `status` keeps only runs
+ * in that status.
+ */
+export async function listRuns(
+  p: Db,
+  { after, limit, status }: PageQuery & { status?: Status },
+): Promise<Page<RunWithStages>> {
   checkLimit(limit);
   const rows = await p.run.findMany({
+    where: status ? { status } : {},
     orderBy: [{ createdAt: "desc" }, { id: "desc" }],
     take: limit + 1,
     include: withStages,
