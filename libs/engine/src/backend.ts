@@ -3,7 +3,12 @@
 // The native packages are optional dependencies: they are only imported when present.
 import { availableParallelism } from "node:os";
 import * as tf from "@tensorflow/tfjs";
-import { installFastKernels, nativeThreads } from "./kernels/index.ts";
+import {
+  type BlasInfo,
+  installFastKernels,
+  loadNativeKernels,
+  nativeThreads,
+} from "./kernels/index.ts";
 
 export { tf };
 
@@ -21,6 +26,12 @@ export type BackendInfo = {
   threads: number;
   /** Kernels ./kernels replaced or added on this backend (wasm and cpu only), e.g. the gather gradient wasm lacks. */
   kernels: string[];
+  /** Whether the native OpenBLAS addon serves this backend's products and fused ops. */
+  native: boolean;
+  /** Why the addon is not in use on a wasm or cpu backend (not built, no OpenBLAS ...), else null. */
+  nativeError: string | null;
+  /** The OpenBLAS build and core the addon runs, when it does. */
+  blas: BlasInfo | null;
 };
 
 type Candidate = {
@@ -65,8 +76,9 @@ async function activate(prefer?: BackendName): Promise<BackendInfo> {
   for (const name of order) {
     const reason = await tryActivate(name);
     if (reason === undefined) {
-      const { kernels } = installFastKernels(CANDIDATES[name].tfName);
-      current = { name, threads: threadsOf(name), kernels };
+      const { kernels, native, nativeError } = installFastKernels(CANDIDATES[name].tfName);
+      const blas = native ? (loadNativeKernels()?.blasInfo() ?? null) : null;
+      current = { name, threads: threadsOf(name), kernels, native, nativeError, blas };
       return current;
     }
     failures.push(`${name}: ${reason}`);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { BACKEND_ORDER, initBackend, tf } from "../src/index";
+import { loadNativeKernels, nativeLoadError } from "../src/kernels/index.ts";
 
 describe("initBackend", () => {
   it("activates the first backend that loads and reports its threads", async () => {
@@ -7,6 +8,20 @@ describe("initBackend", () => {
     expect(BACKEND_ORDER).toContain(info.name);
     expect(info.threads).toBeGreaterThanOrEqual(1);
     expect(await initBackend()).toEqual(info); // idempotent
+  });
+
+  it("says whether the native OpenBLAS kernels serve it, and why not when they do not", async () => {
+    const info = await initBackend("wasm");
+    const addon = loadNativeKernels();
+    expect(info.native).toBe(addon !== null);
+    if (addon) {
+      expect(info.nativeError).toBeNull();
+      expect(info.kernels).toContain("BatchMatMul");
+      expect(info.blas?.core).toBe(addon.blasInfo().core);
+    } else {
+      expect(info.nativeError).toBe(nativeLoadError());
+      expect(info.blas).toBeNull();
+    }
   });
 
   it("switches to a preferred backend that loads", async () => {
