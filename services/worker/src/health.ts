@@ -5,12 +5,13 @@ import type { Database } from "@chatrl/db";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type IORedis from "ioredis";
 import type { Logger } from "pino";
+import { backendReport } from "./backend-report.ts";
 import type { RunningWorker } from "./worker.ts";
 
 export type HealthDeps = {
   db: Database;
   connection: IORedis;
-  worker: Pick<RunningWorker, "workers">;
+  worker: Pick<RunningWorker, "workers" | "backend">;
   logger?: Logger;
 };
 
@@ -29,12 +30,14 @@ export async function buildHealthApp(deps: HealthDeps): Promise<FastifyInstance>
     return { status: "ok" as const };
   });
 
-  app.get("/readyz", () =>
-    checkReadiness({
+  // Ready when Postgres and Redis answer; says what it trains on (backend, native kernels).
+  app.get("/readyz", async () => ({
+    ...(await checkReadiness({
       postgres: () => deps.db.prisma.$queryRaw`SELECT 1`,
       redis: () => deps.connection.ping(),
-    }),
-  );
+    })),
+    backend: backendReport(deps.worker.backend),
+  }));
 
   return app;
 }

@@ -4,6 +4,7 @@ import { openDatabase } from "@chatrl/db";
 import { checkRedis, QueueUnavailableError, redisConnection } from "@chatrl/queue";
 import closeWithGrace from "close-with-grace";
 import { pino } from "pino";
+import { NativeKernelsMissingError } from "./backend-report.ts";
 import { buildHealthApp } from "./health.ts";
 import { loadWorkerOptions } from "./options.ts";
 import { loadResilienceOptions } from "./resilience-options.ts";
@@ -14,7 +15,11 @@ async function orExit<T>(step: () => T | Promise<T>): Promise<T> {
   try {
     return await step();
   } catch (error) {
-    if (!(error instanceof ConfigError || error instanceof QueueUnavailableError)) throw error;
+    const expected =
+      error instanceof ConfigError ||
+      error instanceof QueueUnavailableError ||
+      error instanceof NativeKernelsMissingError;
+    if (!expected) throw error;
     console.error(error.message);
     process.exit(1);
   }
@@ -29,7 +34,13 @@ const logger = pino({ name: "worker", level: config.logLevel });
 await orExit(() => checkRedis(config.redisUrl));
 const db = await openDatabase(config);
 const connection = redisConnection(config.redisUrl);
-const worker = await startWorker(config, { db, connection, logger }, options);
+const worker = await orExit(() =>
+  startWorker(config, { db, connection, logger }, options).catch(async (error) => {
+    await connection.quit();
+    await db.close();
+    throw error;
+  }),
+);
 const health =
   config.workerHealthPort === undefined
     ? undefined

@@ -14,12 +14,18 @@ export type WorkerOptions = {
    * resumes from the stage's last checkpoint, so a few are cheap; past this BullMQ fails the job.
    */
   maxStalledCount: number;
+  /**
+   * Refuse to start on the wasm or cpu backend without the native OpenBLAS kernels, which train
+   * about 50 times faster: set in the CPU image, whose worker would otherwise crawl unnoticed.
+   */
+  requireNativeKernels: boolean;
 };
 
 export const DEFAULT_WORKER_OPTIONS: WorkerOptions = {
   lockDurationMs: 60_000,
   stalledIntervalMs: 30_000,
   maxStalledCount: 3,
+  requireNativeKernels: false,
 };
 
 const positiveInt = (name: string) =>
@@ -32,6 +38,14 @@ const envSchema = z.object({
   CHATRL_WORKER_LOCK_MS: positiveInt("CHATRL_WORKER_LOCK_MS").optional(),
   CHATRL_WORKER_STALLED_INTERVAL_MS: positiveInt("CHATRL_WORKER_STALLED_INTERVAL_MS").optional(),
   CHATRL_WORKER_MAX_STALLED: positiveInt("CHATRL_WORKER_MAX_STALLED").optional(),
+  CHATRL_REQUIRE_NATIVE_KERNELS: z.preprocess(
+    (v) => (v === "" ? undefined : v),
+    z
+      .enum(["1", "0", "true", "false"], {
+        error: "CHATRL_REQUIRE_NATIVE_KERNELS must be 1, 0, true or false",
+      })
+      .optional(),
+  ),
 });
 
 /** Worker timing from the environment (entry points only); unset variables keep the defaults. */
@@ -44,5 +58,9 @@ export function loadWorkerOptions(env: Record<string, string | undefined>): Work
     stalledIntervalMs:
       e.CHATRL_WORKER_STALLED_INTERVAL_MS ?? DEFAULT_WORKER_OPTIONS.stalledIntervalMs,
     maxStalledCount: e.CHATRL_WORKER_MAX_STALLED ?? DEFAULT_WORKER_OPTIONS.maxStalledCount,
+    requireNativeKernels:
+      e.CHATRL_REQUIRE_NATIVE_KERNELS === undefined
+        ? DEFAULT_WORKER_OPTIONS.requireNativeKernels
+        : ["1", "true"].includes(e.CHATRL_REQUIRE_NATIVE_KERNELS),
   };
 }

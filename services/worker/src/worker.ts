@@ -1,12 +1,18 @@
 // A worker process: one BullMQ Worker per stage queue it serves, all sharing one accelerator.
 import type { ChatrlConfig } from "@chatrl/contracts";
 import type { Database } from "@chatrl/db";
-import { type BackendName, initBackend } from "@chatrl/engine";
+import { type BackendInfo, type BackendName, initBackend } from "@chatrl/engine";
 import { STAGE_QUEUES, type StageJobData } from "@chatrl/queue";
 import { Mutex } from "async-mutex";
 import { Worker } from "bullmq";
 import type IORedis from "ioredis";
 import { type Logger, pino } from "pino";
+import {
+  backendReport,
+  describeBackend,
+  NativeKernelsMissingError,
+  needsNativeKernels,
+} from "./backend-report.ts";
 import { DEFAULT_WORKER_OPTIONS, type WorkerOptions } from "./options.ts";
 import { createReconciler, type Reconciler } from "./reconciler.ts";
 import { DEFAULT_RESILIENCE_OPTIONS, type ResilienceOptions } from "./resilience-options.ts";
@@ -28,6 +34,8 @@ export type WorkerDeps = {
 export type RunningWorker = {
   /** The tensor backend this worker trains on. */
   device: string;
+  /** That backend in full: threads, and whether the native OpenBLAS kernels serve it. */
+  backend: BackendInfo;
   workers: Worker<StageJobData, StageResult>[];
   /** Compares Postgres with the queues every reconcileIntervalMs; runOnce() for a pass now. */
   reconciler: Reconciler;
@@ -46,6 +54,12 @@ export async function startWorker(
   const timing = { ...DEFAULT_WORKER_OPTIONS, ...DEFAULT_RESILIENCE_OPTIONS, ...options };
   const logger = deps.logger ?? pino({ name: "worker", level: config.logLevel });
   const backend = await initBackend(deps.backend ?? config.backend);
+  if (needsNativeKernels(backend) && !backend.native) {
+    if (timing.requireNativeKernels) throw new NativeKernelsMissingError(backend);
+    logger.warn({ backend: backendReport(backend) }, `tensor backend: ${describeBackend(backend)}`);
+  } else {
+    logger.info({ backend: backendReport(backend) }, `tensor backend: ${describeBackend(backend)}`);
+  }
   const ctx: StageContext = {
     prisma: deps.db.prisma,
     device: backend.name,
@@ -103,12 +117,19 @@ export async function startWorker(
     { intervalMs: timing.reconcileIntervalMs, graceMs: timing.reconcileGraceMs },
   );
   logger.info(
-    { queues: config.queues, prefix: config.queuePrefix, backend: backend.name, ...timing },
+    {
+      queues: config.queues,
+      prefix: config.queuePrefix,
+      backend: backend.name,
+      nativeKernels: backend.native,
+      ...timing,
+    },
     "worker ready",
   );
 
   return {
     device: backend.name,
+    backend,
     workers,
     reconciler,
     async close() {

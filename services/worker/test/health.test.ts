@@ -28,7 +28,19 @@ describe("worker health endpoints", () => {
       expect((await app.inject({ url: "/healthz" })).json()).toEqual({ status: "ok" });
       const ready = await app.inject({ url: "/readyz" });
       expect(ready.statusCode).toBe(200);
-      expect(ready.json()).toEqual({ status: "ready", postgres: "ok", redis: "ok" });
+      expect(ready.json()).toEqual({
+        status: "ready",
+        postgres: "ok",
+        redis: "ok",
+        backend: {
+          name: worker.backend.name,
+          threads: worker.backend.threads,
+          native_kernels: worker.backend.native,
+          blas_core: worker.backend.blas?.core ?? null,
+          kernels: worker.backend.kernels,
+          native_error: worker.backend.nativeError,
+        },
+      });
 
       await worker.close();
       const dead = await app.inject({ url: "/healthz" });
@@ -53,7 +65,17 @@ describe("worker health endpoints", () => {
     const app = await buildHealthApp({
       db: h.tdb.db,
       connection: nowhere,
-      worker: { workers: [] },
+      worker: {
+        workers: [],
+        backend: {
+          name: "cpu",
+          threads: 1,
+          kernels: [],
+          native: false,
+          nativeError: "not built",
+          blas: null,
+        },
+      },
     });
     try {
       const res = await app.inject({ url: "/readyz" });

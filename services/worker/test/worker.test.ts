@@ -511,9 +511,27 @@ describe("worker options", () => {
   it("reads lock timing from the environment and names a bad variable", () => {
     expect(
       loadWorkerOptions({ CHATRL_WORKER_LOCK_MS: "2000", CHATRL_WORKER_MAX_STALLED: "5" }),
-    ).toEqual({ lockDurationMs: 2000, stalledIntervalMs: 30_000, maxStalledCount: 5 });
+    ).toEqual({
+      lockDurationMs: 2000,
+      stalledIntervalMs: 30_000,
+      maxStalledCount: 5,
+      requireNativeKernels: false,
+    });
     expect(() => loadWorkerOptions({ CHATRL_WORKER_STALLED_INTERVAL_MS: "soon" })).toThrow(
       /CHATRL_WORKER_STALLED_INTERVAL_MS must be a number/,
     );
+  });
+
+  it("requires the native kernels only when CHATRL_REQUIRE_NATIVE_KERNELS says so", () => {
+    const required = (value: string) =>
+      loadWorkerOptions({ CHATRL_REQUIRE_NATIVE_KERNELS: value }).requireNativeKernels;
+    expect([required("1"), required("true"), required("0"), required("false")]).toEqual([
+      true,
+      true,
+      false,
+      false,
+    ]);
+    expect(required("")).toBe(false);
+    expect(() => required("yes")).toThrow(/CHATRL_REQUIRE_NATIVE_KERNELS must be 1, 0, true/);
   });
 });
