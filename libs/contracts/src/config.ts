@@ -25,6 +25,25 @@ export type ChatrlConfig = {
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Largest request body the api accepts (dataset uploads), in bytes. */
   maxUploadBytes: number;
+  /** Requests per rateLimitWindowMs per API key (per address on an open service); 0: no limit. */
+  rateLimitMax: number;
+  rateLimitWindowMs: number;
+  /** Connection bounds of the api and inference servers (slow or idle clients). */
+  timeouts: ServerTimeouts;
+};
+
+export type ServerTimeouts = {
+  /** The request line and headers must arrive within this. */
+  headersMs: number;
+  /** A whole request, body included, must arrive within this (large uploads included). */
+  requestMs: number;
+  /** A socket with no traffic either way for this long is closed. */
+  idleMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveMs: number;
+  /** After the first graceMs, a body must keep arriving at this average rate or get a 408. */
+  minBodyBytesPerSecond: number;
+  bodyGraceMs: number;
 };
 
 const commaList = (value: string | undefined) =>
@@ -69,6 +88,20 @@ const envSchema = z.object({
     .int()
     .min(1024)
     .default(50 * 1024 * 1024),
+  // One user (the CLI following a run, the dashboard polling) stays far below this.
+  CHATRL_RATE_LIMIT_MAX: z.coerce.number().int().min(0).default(6000),
+  CHATRL_RATE_LIMIT_WINDOW_MS: z.coerce.number().int().min(1000).default(60_000),
+  CHATRL_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
+  // 50 MiB (the default upload limit) at 128 KiB/s takes 400 s.
+  CHATRL_REQUEST_TIMEOUT_MS: z.coerce.number().int().min(100).default(600_000),
+  // Generous: a non-streamed chat completion sends nothing until its answer is ready.
+  CHATRL_IDLE_TIMEOUT_MS: z.coerce.number().int().min(100).default(120_000),
+  CHATRL_KEEP_ALIVE_TIMEOUT_MS: z.coerce.number().int().min(100).default(10_000),
+  CHATRL_MIN_UPLOAD_BYTES_PER_S: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .default(16 * 1024),
 });
 
 export class ConfigError extends Error {
@@ -107,6 +140,16 @@ export function loadConfig(env: Record<string, string | undefined>): ChatrlConfi
     queues: [...new Set(e.CHATRL_QUEUES)],
     logLevel: e.CHATRL_LOG_LEVEL,
     maxUploadBytes: e.CHATRL_MAX_UPLOAD_BYTES,
+    rateLimitMax: e.CHATRL_RATE_LIMIT_MAX,
+    rateLimitWindowMs: e.CHATRL_RATE_LIMIT_WINDOW_MS,
+    timeouts: {
+      headersMs: e.CHATRL_HEADERS_TIMEOUT_MS,
+      requestMs: e.CHATRL_REQUEST_TIMEOUT_MS,
+      idleMs: e.CHATRL_IDLE_TIMEOUT_MS,
+      keepAliveMs: e.CHATRL_KEEP_ALIVE_TIMEOUT_MS,
+      minBodyBytesPerSecond: e.CHATRL_MIN_UPLOAD_BYTES_PER_S,
+      bodyGraceMs: 10_000,
+    },
   };
 }
 

@@ -4,7 +4,7 @@
 // Routes whose openapi.yaml operation says `security: []` (health checks) are always open.
 import { createHash, timingSafeEqual } from "node:crypto";
 import bearerAuth from "@fastify/bearer-auth";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { ApiError } from "./fastify-errors.ts";
 
@@ -13,6 +13,23 @@ export type StoredApiKeys = {
   any(): Promise<boolean>;
   verify(key: string): Promise<boolean>;
 };
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** sha256 (hex) of the API key the request was authenticated with; rate limits count by it. */
+    apiKeyHash?: string;
+  }
+  interface FastifyInstance {
+    /** Whether the request carries a valid key: open routes (/readyz) say more to key holders. */
+    presentsValidKey(request: FastifyRequest): Promise<boolean>;
+  }
+}
+
+/** The key of an `Authorization: Bearer <key>` header, if any. */
+function bearerKey(request: FastifyRequest): string | undefined {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "");
+  return match?.[1];
+}
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest();
 
@@ -31,13 +48,22 @@ export const authPlugin = fp(
       addHook: false,
       verifyErrorLogLevel: "info",
     });
+    app.decorate("presentsValidKey", async (request: FastifyRequest) => {
+      const key = bearerKey(request);
+      if (key === undefined) return false;
+      return isConfigured(key) || ((await stored?.verify(key)) ?? false);
+    });
     const verify = app.verifyBearerAuth!;
     app.addHook("onRequest", async (request, reply) => {
       if (request.routeOptions.config.public) return;
       if (configured.length === 0 && !(await stored?.any())) return;
       await new Promise<void>((resolve, reject) => {
         verify(request, reply, (error) => {
-          if (!error) return resolve();
+          if (!error) {
+            const key = bearerKey(request);
+            if (key) request.apiKeyHash = sha256(key).toString("hex");
+            return resolve();
+          }
           reply.header("www-authenticate", 'Bearer realm="chatrl"');
           reject(
             new ApiError(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'", {

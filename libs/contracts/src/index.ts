@@ -9,3 +9,4 @@ export * from "./fastify-auth.ts";
 export * from "./readiness.ts";
 export * from "./model-ids.ts";
 export * from "./transient-errors.ts";
+export * from "./fastify-hardening.ts";

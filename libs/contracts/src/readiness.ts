@@ -7,18 +7,23 @@ export const READINESS_TIMEOUT_MS = 2000;
 /**
  * Runs every probe at once, each bounded by `timeoutMs` (a dependency that drops packets would
  * otherwise leave the probe hanging). Resolves to `{ status: "ready", <name>: "ok", ... }`;
- * throws a 503 ApiError "Not ready: <name>: <reason>; ..." when any probe fails.
+ * throws a 503 ApiError "Not ready: <name>; ..." when any probe fails. The reasons (which name
+ * internal hosts and ports) are added, "<name>: <reason>", only with `detail` (routes give it to
+ * callers with a valid API key).
  */
 export async function checkReadiness(
   probes: Record<string, () => Promise<unknown>>,
   timeoutMs = READINESS_TIMEOUT_MS,
+  opts: { detail?: boolean } = {},
 ): Promise<{ status: "ready" } & Record<string, string>> {
   const names = Object.keys(probes);
   const outcomes = await Promise.allSettled(
     names.map((name) => withTimeout(probes[name](), timeoutMs)),
   );
   const problems = outcomes.flatMap((outcome, i) =>
-    outcome.status === "rejected" ? [`${names[i]}: ${firstLine(outcome.reason)}`] : [],
+    outcome.status === "rejected"
+      ? [opts.detail ? `${names[i]}: ${firstLine(outcome.reason)}` : names[i]]
+      : [],
   );
   if (problems.length > 0) {
     throw new ApiError(503, `Not ready: ${problems.join("; ")}`, { code: "not_ready" });

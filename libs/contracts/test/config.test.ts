@@ -17,6 +17,16 @@ describe("loadConfig", () => {
       queues: ["sft", "reward", "ppo"],
       logLevel: "info",
       maxUploadBytes: 50 * 1024 * 1024,
+      rateLimitMax: 6000,
+      rateLimitWindowMs: 60_000,
+      timeouts: {
+        headersMs: 10_000,
+        requestMs: 600_000,
+        idleMs: 120_000,
+        keepAliveMs: 10_000,
+        minBodyBytesPerSecond: 16 * 1024,
+        bodyGraceMs: 10_000,
+      },
     });
   });
 

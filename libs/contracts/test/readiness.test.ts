@@ -18,11 +18,22 @@ describe("checkReadiness", () => {
         other: async () => "fine",
       },
       50,
+      { detail: true },
     ).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ApiError);
     expect(error).toMatchObject({ statusCode: 503, code: "not_ready" });
     expect((error as ApiError).message).toBe(
       "Not ready: postgres: no answer within 50 ms; redis: connect ECONNREFUSED 127.0.0.1:6390",
     );
+  });
+
+  it("names only the failing dependency, not why (hosts and ports), without detail", async () => {
+    const error = await checkReadiness({
+      postgres: async () => 1,
+      redis: async () => {
+        throw new Error("Redis at redis://10.0.3.7:6379 is unreachable");
+      },
+    }).catch((e: unknown) => e);
+    expect((error as ApiError).message).toBe("Not ready: redis");
   });
 });

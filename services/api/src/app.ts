@@ -3,7 +3,12 @@ import {
   authPlugin,
   type ChatrlConfig,
   errorsPlugin,
+  frameworkErrors,
   openApiPlugin,
+  rateLimitPlugin,
+  securityHeadersPlugin,
+  serverTimeouts,
+  slowBodyPlugin,
   type StageKind,
 } from "@chatrl/contracts";
 import { type Database, storedApiKeys } from "@chatrl/db";
@@ -42,6 +47,10 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     // OpenAI clients log x-request-id; a caller's own id is kept so logs can be joined.
     requestIdHeader: "x-request-id",
     genReqId: () => `req_${randomBytes(12).toString("hex")}`,
+    // Malformed percent-encoding in a path is answered in the error shape, not Fastify's own.
+    frameworkErrors,
+    // Slow or idle clients are closed (slowloris); uploads at a sane rate still fit.
+    ...serverTimeouts(config.timeouts),
   });
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-request-id", request.id);
@@ -56,6 +65,11 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     body === "" ? done(null, undefined) : parseJson(request, body as string, done),
   );
   await app.register(errorsPlugin);
+  await app.register(securityHeadersPlugin);
+  await app.register(slowBodyPlugin, {
+    minBytesPerSecond: config.timeouts.minBodyBytesPerSecond,
+    graceMs: config.timeouts.bodyGraceMs,
+  });
   await app.register(openApiPlugin);
   await app.register(dbPlugin, { db: deps.db });
   await app.register(queuePlugin, {
@@ -66,6 +80,12 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   await app.register(authPlugin, {
     apiKeys: config.apiKeys,
     storedKeys: storedApiKeys(deps.db.prisma),
+  });
+  await app.register(rateLimitPlugin, {
+    max: config.rateLimitMax,
+    windowMs: config.rateLimitWindowMs,
+    redisUrl: config.redisUrl,
+    prefix: config.queuePrefix,
   });
   await app.register(storableTextPlugin);
 

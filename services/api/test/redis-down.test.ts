@@ -20,7 +20,8 @@ describe("when Redis is unreachable", () => {
     expect(response.statusCode).toBe(503);
     const { error } = response.json();
     expect(error).toMatchObject({ type: "service_unavailable", code: "not_ready" });
-    expect(error.message).toMatch(/redis: Redis at redis:\/\/127\.0\.0\.1:\d+ is unreachable/);
+    // Without a key it names the dependency only (hosts and ports are for key holders).
+    expect(error.message).toBe("Not ready: redis");
     expect(error.message).not.toMatch(/postgres/);
   });
 
@@ -78,7 +79,7 @@ describe("when Postgres is unreachable", () => {
     try {
       const response = await app.inject({ url: "/readyz" });
       expect(response.statusCode).toBe(503);
-      expect(response.json().error.message).toMatch(/^Not ready: postgres: /);
+      expect(response.json().error.message).toBe("Not ready: postgres");
       expect(response.json().error.message).not.toMatch(/redis/);
       // An outage, not a bug: 503 (retry), saying what is down without the driver's details.
       const runs = await app.inject({ url: "/v1/runs" });

@@ -1,6 +1,16 @@
 // The inference service: OpenAI-compatible /v1/models, /v1/chat/completions and /v1/completions
 // over the checkpoints in Postgres, plus health checks.
-import { authPlugin, type ChatrlConfig, errorsPlugin, openApiPlugin } from "@chatrl/contracts";
+import {
+  authPlugin,
+  type ChatrlConfig,
+  errorsPlugin,
+  frameworkErrors,
+  openApiPlugin,
+  rateLimitPlugin,
+  securityHeadersPlugin,
+  serverTimeouts,
+  slowBodyPlugin,
+} from "@chatrl/contracts";
 import { type Database, storedApiKeys } from "@chatrl/db";
 import Fastify, { type FastifyInstance } from "fastify";
 import type { RegistryOptions } from "./model-registry.ts";
@@ -21,12 +31,28 @@ export async function buildInferenceApp(
   config: ChatrlConfig,
   deps: InferenceDeps,
 ): Promise<FastifyInstance> {
-  const app = Fastify({ logger: { level: config.logLevel } });
+  const app = Fastify({
+    logger: { level: config.logLevel },
+    frameworkErrors,
+    ...serverTimeouts(config.timeouts),
+  });
   await app.register(errorsPlugin);
+  await app.register(securityHeadersPlugin);
+  await app.register(slowBodyPlugin, {
+    minBytesPerSecond: config.timeouts.minBodyBytesPerSecond,
+    graceMs: config.timeouts.bodyGraceMs,
+  });
   await app.register(openApiPlugin);
   await app.register(authPlugin, {
     apiKeys: config.apiKeys,
     storedKeys: storedApiKeys(deps.db.prisma),
+  });
+  // Per key, shared by the replicas through Redis (requests pass when Redis is away).
+  await app.register(rateLimitPlugin, {
+    max: config.rateLimitMax,
+    windowMs: config.rateLimitWindowMs,
+    redisUrl: config.redisUrl,
+    prefix: config.queuePrefix,
   });
   await app.register(dbPlugin, { db: deps.db });
   await app.register(modelsPlugin, { ...deps.registry, backend: config.backend });

@@ -1,6 +1,6 @@
 // The worker's HTTP face for orchestrators (CHATRL_WORKER_HEALTH_PORT): liveness and readiness.
 // A worker needs no other HTTP; runs and progress are read through the api.
-import { ApiError, checkReadiness, errorsPlugin } from "@chatrl/contracts";
+import { ApiError, checkReadiness, errorsPlugin, READINESS_TIMEOUT_MS } from "@chatrl/contracts";
 import type { Database } from "@chatrl/db";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type IORedis from "ioredis";
@@ -32,10 +32,15 @@ export async function buildHealthApp(deps: HealthDeps): Promise<FastifyInstance>
 
   // Ready when Postgres and Redis answer; says what it trains on (backend, native kernels).
   app.get("/readyz", async () => ({
-    ...(await checkReadiness({
-      postgres: () => deps.db.prisma.$queryRaw`SELECT 1`,
-      redis: () => deps.connection.ping(),
-    })),
+    ...(await checkReadiness(
+      {
+        postgres: () => deps.db.prisma.$queryRaw`SELECT 1`,
+        redis: () => deps.connection.ping(),
+        // An internal port for the orchestrator: it may see why (hosts, ports).
+      },
+      READINESS_TIMEOUT_MS,
+      { detail: true },
+    )),
     backend: backendReport(deps.worker.backend),
   }));
 

@@ -15,3 +15,9 @@ export { runStage } from "./stage-runner.ts";
 export { type StageCost, StageClock, type StageTotals } from "./stage-clock.ts";
 export type { StageContext, StageJob, StageResult } from "./types.ts";
 export { type RunningWorker, startWorker, type WorkerDeps } from "./worker.ts";
+export { createReconciler, type Reconciler, type ReconcileReport } from "./reconciler.ts";
+export {
+  DEFAULT_RESILIENCE_OPTIONS,
+  loadResilienceOptions,
+  type ResilienceOptions,
+} from "./resilience-options.ts";

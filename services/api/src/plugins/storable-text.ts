@@ -25,13 +25,13 @@ function findUnstorable(value: unknown, path: string): [string, string] | null {
 /**
  * Refuses (400) ids, names and query values holding a NUL character or a lone surrogate, which
  * Postgres would refuse with an error answered as a 500. JSONL bodies are checked row by row
- * by parseJsonl instead, so a string body is left alone here.
+ * by parseJsonl instead, so a string or bytes body is left alone here.
  */
 export const storableTextPlugin = fp(
   async (app: FastifyInstance) => {
     app.addHook("preHandler", async (request) => {
       for (const part of [request.params, request.query, request.body]) {
-        if (typeof part === "string") continue;
+        if (typeof part === "string" || Buffer.isBuffer(part)) continue;
         const found = findUnstorable(part, "");
         if (found) {
           const [param, reason] = found;

@@ -1,5 +1,6 @@
 import { ApiError, type components, JsonlError, openApiRoute, parseJsonl } from "@chatrl/contracts";
 import { createDataset, type Dataset, getDataset, listDatasets } from "@chatrl/db";
+import { isUtf8 } from "node:buffer";
 import type { FastifyInstance } from "fastify";
 import { unknownCursor } from "./cursor.ts";
 import { unixSeconds } from "./time.ts";
@@ -19,34 +20,86 @@ function toDatasetJson(dataset: Dataset): DatasetJson {
 
 const JSONL_TYPES = ["application/x-ndjson", "application/jsonl"];
 
+const UPLOAD_AS_JSONL =
+  "Upload the dataset as JSONL (one JSON object a line) with Content-Type: application/x-ndjson";
+
+/** The charset parameter of a Content-Type header, lower-cased, if any. */
+function charsetOf(contentType: string | undefined): string | undefined {
+  return /;\s*charset\s*=\s*"?([^";\s]+)"?/i.exec(contentType ?? "")?.[1]?.toLowerCase();
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * The upload as text, or a 400 naming the first line that is not valid UTF-8 (a decoder that
+ * replaced the bytes with U+FFFD would store text the user never wrote).
+ */
+function decodeUtf8(body: Buffer): string {
+  try {
+    return utf8.decode(body);
+  } catch {
+    let line = 1;
+    let start = 0;
+    for (;;) {
+      const end = body.indexOf(0x0a, start);
+      const piece = body.subarray(start, end === -1 ? body.length : end);
+      if (!isUtf8(piece)) break;
+      if (end === -1) break;
+      line += 1;
+      start = end + 1;
+    }
+    throw new ApiError(400, `Invalid JSONL: line ${line}: not valid UTF-8`, {
+      param: "body",
+      code: "invalid_utf8",
+    });
+  }
+}
+
 export default async function datasetRoutes(
   app: FastifyInstance,
   opts: { maxUploadBytes: number },
 ) {
-  // JSONL arrives as text; parseJsonl validates it line by line in the handler.
+  // JSONL arrives as bytes, decoded as strict UTF-8 in the handler; parseJsonl validates it
+  // line by line. Another charset is refused before the body is read.
   app.addContentTypeParser(
     JSONL_TYPES,
-    { parseAs: "string", bodyLimit: opts.maxUploadBytes },
-    (_request, body, done) => done(null, body),
+    { parseAs: "buffer", bodyLimit: opts.maxUploadBytes },
+    (request, body, done) => {
+      const charset = charsetOf(request.headers["content-type"]);
+      if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+        return done(
+          new ApiError(415, `Uploads must be UTF-8; got charset=${charset}`, {
+            code: "unsupported_charset",
+          }),
+          undefined,
+        );
+      }
+      done(null, body);
+    },
+  );
+  // A JSONL upload sent as application/json would fail as "not valid JSON": say what to send.
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", (_request, _payload, done) =>
+    done(
+      new ApiError(415, `${UPLOAD_AS_JSONL}, not application/json`, {
+        code: "unsupported_media_type",
+      }),
+      undefined,
+    ),
   );
 
   app.route({
     ...openApiRoute("POST", "/v1/datasets"),
     bodyLimit: opts.maxUploadBytes,
     handler: async (request, reply) => {
-      if (typeof request.body !== "string") {
-        throw new ApiError(
-          415,
-          "Upload the dataset as JSONL with Content-Type: application/x-ndjson",
-          {
-            code: "unsupported_media_type",
-          },
-        );
+      if (!Buffer.isBuffer(request.body)) {
+        throw new ApiError(415, UPLOAD_AS_JSONL, { code: "unsupported_media_type" });
       }
       const { name } = request.query as { name: string };
+      const text = decodeUtf8(request.body);
       let parsed: ReturnType<typeof parseJsonl>;
       try {
-        parsed = parseJsonl(request.body);
+        parsed = parseJsonl(text);
       } catch (error) {
         if (!(error instanceof JsonlError)) throw error;
         throw new ApiError(400, `Invalid JSONL: ${error.message}`, {

@@ -10,10 +10,15 @@ export default async function healthRoutes(app: FastifyInstance, opts: { redisUr
 
   app.route({
     ...openApiRoute("GET", "/readyz"),
-    handler: () =>
-      checkReadiness({
-        postgres: () => app.db.prisma.$queryRaw`SELECT 1`,
-        redis: () => checkRedis(opts.redisUrl, READINESS_TIMEOUT_MS),
-      }),
+    // Open to probes; why a dependency is down (hosts, ports) only for callers with a key.
+    handler: async (request) =>
+      checkReadiness(
+        {
+          postgres: () => app.db.prisma.$queryRaw`SELECT 1`,
+          redis: () => checkRedis(opts.redisUrl, READINESS_TIMEOUT_MS),
+        },
+        READINESS_TIMEOUT_MS,
+        { detail: await app.presentsValidKey(request) },
+      ),
   });
 }

@@ -1,4 +1,4 @@
-import { checkReadiness, openApiRoute } from "@chatrl/contracts";
+import { checkReadiness, openApiRoute, READINESS_TIMEOUT_MS } from "@chatrl/contracts";
 import type { FastifyInstance } from "fastify";
 
 export default async function healthRoutes(app: FastifyInstance) {
@@ -7,6 +7,10 @@ export default async function healthRoutes(app: FastifyInstance) {
   // Ready when Postgres answers: every model is loaded from it. (No Redis here.)
   app.route({
     ...openApiRoute("GET", "/readyz"),
-    handler: () => checkReadiness({ postgres: () => app.db.prisma.$queryRaw`SELECT 1` }),
+    // Why Postgres is down (its host and port) only for callers with a key.
+    handler: async (request) =>
+      checkReadiness({ postgres: () => app.db.prisma.$queryRaw`SELECT 1` }, READINESS_TIMEOUT_MS, {
+        detail: await app.presentsValidKey(request),
+      }),
   });
 }

@@ -1,0 +1,167 @@
+// What bounds abuse of the api and inference services: security headers, per-key rate limits
+// shared by replicas through Redis, and connection timeouts that close slow or idle clients
+// (slowloris) while uploads at a sane rate still take their time.
+import { Transform, type TransformCallback } from "node:stream";
+import helmet from "@fastify/helmet";
+import rateLimit from "@fastify/rate-limit";
+import type { FastifyInstance, FastifyRequest, FastifyServerOptions } from "fastify";
+import fp from "fastify-plugin";
+import { Redis } from "ioredis";
+import type { ServerTimeouts } from "./config.ts";
+import { ApiError } from "./fastify-errors.ts";
+
+/**
+ * Security headers on every response (@fastify/helmet): no sniffing, no framing, no referrer
+ * leaks, and a Content-Security-Policy that lets a page load scripts, styles, images and data
+ * only from this service: no inline scripts or styles, no eval, no plugins, and no form posting
+ * anywhere (the dashboard page only loads its own .js and .css files and calls this api).
+ */
+export const securityHeadersPlugin = fp(
+  async (app: FastifyInstance) => {
+    await app.register(helmet, {
+      contentSecurityPolicy: {
+        useDefaults: false,
+        directives: {
+          defaultSrc: ["'self'"],
+          scriptSrc: ["'self'"],
+          styleSrc: ["'self'"],
+          // Charts draw on canvas; image exports are data: URLs.
+          imgSrc: ["'self'", "data:"],
+          connectSrc: ["'self'"],
+          fontSrc: ["'self'"],
+          objectSrc: ["'none'"],
+          baseUri: ["'self'"],
+          formAction: ["'none'"],
+          frameAncestors: ["'none'"],
+        },
+      },
+      // The api is called from other origins by tools, not embedded: keep the defaults that
+      // would block a cross-origin fetch of a checkpoint off.
+      crossOriginResourcePolicy: false,
+      crossOriginEmbedderPolicy: false,
+    });
+  },
+  { name: "chatrl-security-headers", fastify: "5.x" },
+);
+
+export type RateLimitOptions = {
+  /** Requests per window per key (0: no limit). */
+  max: number;
+  windowMs: number;
+  /** Shared by the replicas; without it each replica counts on its own. */
+  redisUrl?: string;
+  /** Key prefix in Redis (the queue prefix, so tests and deployments do not share counters). */
+  prefix: string;
+};
+
+/**
+ * Rate limits per API key, or per client address when the service is open (no key needed),
+ * counted in Redis so every replica enforces one budget. Exceeding it is a 429 in the error shape
+ * with Retry-After. Runs after authentication, so a bad key is a 401 and never spends a budget.
+ * If Redis does not answer within 200 ms the request goes through: a rate limiter must not take
+ * the service down with it.
+ */
+export const rateLimitPlugin = fp(
+  async (app: FastifyInstance, opts: RateLimitOptions) => {
+    if (opts.max <= 0) return;
+    let redis: Redis | undefined;
+    if (opts.redisUrl) {
+      redis = new Redis(opts.redisUrl, {
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: 200,
+        connectTimeout: 2000,
+      });
+      redis.on("error", () => {}); // requests pass while Redis is away (skipOnError)
+      app.addHook("onClose", async () => {
+        redis?.disconnect();
+      });
+    }
+    await app.register(rateLimit, {
+      global: true,
+      hook: "preHandler",
+      max: opts.max,
+      timeWindow: opts.windowMs,
+      redis,
+      nameSpace: `${opts.prefix}:ratelimit:`,
+      skipOnError: true,
+      keyGenerator: (request: FastifyRequest) =>
+        request.apiKeyHash ? `key:${request.apiKeyHash}` : `ip:${request.ip}`,
+      errorResponseBuilder: (_request, context) =>
+        new ApiError(
+          429,
+          `Rate limit reached: ${context.max} requests per ${opts.windowMs / 1000} s; ` +
+            `try again in ${Math.ceil(context.ttl / 1000)} s`,
+          { code: "rate_limit_exceeded" },
+        ),
+    });
+  },
+  { name: "chatrl-rate-limit", fastify: "5.x", dependencies: ["chatrl-errors"] },
+);
+
+/**
+ * Fastify options bounding every connection: headers within `headersMs`, a whole request within
+ * `requestMs`, idle sockets and keep-alive connections closed. Node checks these every second
+ * (connectionsCheckingInterval), not every 30 s as by default. Spread into `Fastify({...})`.
+ */
+export function serverTimeouts(t: ServerTimeouts): Partial<FastifyServerOptions> {
+  return {
+    connectionTimeout: t.idleMs,
+    keepAliveTimeout: t.keepAliveMs,
+    requestTimeout: t.requestMs,
+    http: {
+      headersTimeout: t.headersMs,
+      requestTimeout: t.requestMs,
+      connectionsCheckingInterval: 1000,
+    },
+  } as Partial<FastifyServerOptions>;
+}
+
+/**
+ * A body that trickles in (a byte every few seconds) holds a connection and a file descriptor
+ * for as long as requestMs allows. After `graceMs`, a body must have arrived at
+ * `minBytesPerSecond` on average, or the request ends with 408 and the connection is closed.
+ */
+export const slowBodyPlugin = fp(
+  async (app: FastifyInstance, opts: { minBytesPerSecond: number; graceMs: number }) => {
+    if (opts.minBytesPerSecond <= 0) return;
+    app.addHook("preParsing", async (request, reply, payload) => {
+      const { headers } = request;
+      const hasBody =
+        headers["transfer-encoding"] !== undefined || Number(headers["content-length"] ?? 0) > 0;
+      if (!hasBody) return payload;
+      const started = Date.now();
+      let received = 0;
+      const guard = new Transform({
+        transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) {
+          received += chunk.length;
+          done(null, chunk);
+        },
+      });
+      const timer = setInterval(() => {
+        const elapsed = Date.now() - started;
+        if (elapsed < opts.graceMs) return;
+        if (received / (elapsed / 1000) >= opts.minBytesPerSecond) return;
+        clearInterval(timer);
+        reply.header("connection", "close");
+        guard.destroy(
+          new ApiError(
+            408,
+            `The request body arrived too slowly (${received} bytes in ${Math.round(elapsed / 1000)} s; ` +
+              `at least ${opts.minBytesPerSecond} bytes/s is needed)`,
+            { code: "request_timeout" },
+          ),
+        );
+      }, 1000);
+      timer.unref();
+      const stop = () => clearInterval(timer);
+      payload.on("end", stop);
+      payload.on("close", stop);
+      guard.on("close", stop);
+      reply.raw.on("close", stop);
+      payload.on("error", (error) => guard.destroy(error));
+      return payload.pipe(guard);
+    });
+  },
+  { name: "chatrl-slow-body", fastify: "5.x" },
+);
