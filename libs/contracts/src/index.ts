@@ -9,4 +9,5 @@ export * from "./fastify-auth.ts";
 export * from "./readiness.ts";
 export * from "./model-ids.ts";
 export * from "./transient-errors.ts";
+export * from "./metrics.ts";
 export * from "./fastify-hardening.ts";
