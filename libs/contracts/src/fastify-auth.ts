@@ -14,6 +14,19 @@ export type StoredApiKeys = {
   verify(key: string): Promise<boolean>;
 };
 
+/** What routes with their own way of sending the key (bull-board's basic auth) check it with. */
+export type ApiKeyCheck = {
+  /** Whether a key is needed at all (none configured and none stored: the service is open). */
+  required(): Promise<boolean>;
+  verify(key: string): Promise<boolean>;
+};
+
+declare module "fastify" {
+  interface FastifyInstance {
+    apiKeys: ApiKeyCheck;
+  }
+}
+
 declare module "fastify" {
   interface FastifyRequest {
     /** sha256 (hex) of the API key the request was authenticated with; rate limits count by it. */
@@ -47,6 +60,10 @@ export const authPlugin = fp(
       auth: async (key: string) => isConfigured(key) || ((await stored?.verify(key)) ?? false),
       addHook: false,
       verifyErrorLogLevel: "info",
+    });
+    app.decorate("apiKeys", {
+      required: async () => configured.length > 0 || ((await stored?.any()) ?? false),
+      verify: async (key: string) => isConfigured(key) || ((await stored?.verify(key)) ?? false),
     });
     app.decorate("presentsValidKey", async (request: FastifyRequest) => {
       const key = bearerKey(request);

@@ -47,7 +47,7 @@ describe("openapi.yaml", () => {
         operations++;
       }
     }
-    expect(operations).toBe(17);
+    expect(operations).toBe(23);
   });
 
   it("turns an operation into Fastify route options", () => {

@@ -4,6 +4,7 @@ import {
   type ChatrlConfig,
   errorsPlugin,
   frameworkErrors,
+  metricsPlugin,
   openApiPlugin,
   rateLimitPlugin,
   securityHeadersPlugin,
@@ -14,8 +15,10 @@ import {
 import { type Database, storedApiKeys } from "@chatrl/db";
 import type { FlowProducer, Queue } from "bullmq";
 import Fastify, { type FastifyInstance } from "fastify";
+import { apiMetricsPlugin } from "./plugins/api-metrics.ts";
 import { dbPlugin } from "./plugins/db.ts";
 import { queuePlugin } from "./plugins/queue.ts";
+import { queueBoardPlugin } from "./plugins/queue-board.ts";
 import { storableTextPlugin } from "./plugins/storable-text.ts";
 import checkpointRoutes from "./routes/checkpoints.ts";
 import dashboardRoutes from "./routes/dashboard.ts";
@@ -70,6 +73,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     minBytesPerSecond: config.timeouts.minBodyBytesPerSecond,
     graceMs: config.timeouts.bodyGraceMs,
   });
+  await app.register(metricsPlugin, { service: "api" });
   await app.register(openApiPlugin);
   await app.register(dbPlugin, { db: deps.db });
   await app.register(queuePlugin, {
@@ -88,6 +92,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     prefix: config.queuePrefix,
   });
   await app.register(storableTextPlugin);
+  await app.register(apiMetricsPlugin);
 
   await app.register(healthRoutes, { redisUrl: config.redisUrl });
   await app.register(datasetRoutes, { maxUploadBytes: config.maxUploadBytes });
@@ -95,6 +100,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   await app.register(checkpointRoutes);
   await app.register(dashboardRoutes);
   await app.register(dashboardPageRoutes);
+  await app.register(queueBoardPlugin);
   await app.ready();
   return app;
 }

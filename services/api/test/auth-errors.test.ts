@@ -55,7 +55,10 @@ describe("with API keys configured", () => {
     const page = await api.app.inject({ url: "/dashboard" });
     expect(page.statusCode).toBe(200);
     expect(page.headers["content-type"]).toBe("text/html; charset=utf-8");
-    expect(page.body).toContain("/v1/dashboard/costs?group_by=");
+    expect(page.body).toContain("/dashboard/assets/dashboard.js");
+    const script = await api.app.inject({ url: "/dashboard/assets/costs.js" });
+    expect(script.statusCode).toBe(200);
+    expect(script.body).toContain("/v1/dashboard/costs");
     expect((await api.app.inject({ url: "/v1/dashboard/costs" })).statusCode).toBe(401);
   });
 
@@ -111,7 +114,7 @@ describe("openapi.yaml", () => {
           url: url.replace(/\{(\w+)\}/g, ":$1"),
         })),
     );
-    expect(operations.length).toBe(15);
+    expect(operations.length).toBe(20);
     for (const route of operations) {
       expect(api.app.hasRoute(route as { method: "GET"; url: string }), JSON.stringify(route)).toBe(
         true,

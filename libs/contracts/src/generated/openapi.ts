@@ -195,6 +195,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/runs/{id}/timing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Where each stage's time went.
+         * @description Per stage: when it could start (`ready_at`: the run's creation, or for a PPO stage the
+         *     end of its last parent in the same run), the queue wait from then to its first start,
+         *     wall and device seconds, tokens, tokens per device second, cost, and the seconds of each
+         *     phase the trainer reports per step (PPO: generation, scoring, training), summed over its
+         *     steps. The per-step values are the run's `time_<phase>_s` metrics.
+         */
+        get: operations["getRunTiming"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/checkpoints/{id}/content": {
         parameters: {
             query?: never;
@@ -232,6 +256,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/dashboard/time": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Queue wait, wall and device time, tokens and phase seconds, grouped.
+         * @description Sums over stages that have started (in the day range, by the day each started), grouped
+         *     by run (newest first), stage kind (sft, reward, ppo) or UTC day of the stage's start.
+         *     `run_id` keeps one run's stages (with `group_by=stage`: that run per stage).
+         */
+        get: operations["getTimeSummary"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/dashboard/queues": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Jobs in each stage queue, by state.
+         * @description Counts from BullMQ (Redis) for the sft, reward and ppo queues. Operators see and retry
+         *     the jobs themselves at /admin/queues (bull-board, behind the API key; a browser may send
+         *     the key as the password of HTTP basic authentication).
+         */
+        get: operations["listQueues"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/dashboard": {
         parameters: {
             query?: never;
@@ -240,11 +308,55 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * A web page charting /v1/dashboard/costs by day, run or stage.
-         * @description The page itself holds no data and needs no key; it asks for one when the costs query
-         *     answers 401, and keeps it in the browser's local storage.
+         * The web page runs are watched on.
+         * @description Runs (live, filterable by status), each run's stages, curves, events, checkpoints, time
+         *     split and cost, and the costs by day, run or stage. The page itself holds no data and
+         *     needs no key; it asks for one when a query answers 401, keeps it in the browser's local
+         *     storage and sends it as the bearer token. Scripts and styles are separate files under
+         *     /dashboard/assets, so the page runs under a Content-Security-Policy without
+         *     'unsafe-inline'.
          */
         get: operations["getDashboardPage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/dashboard/assets/{file}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The dashboard's scripts, styles and its chart library (uPlot). */
+        get: operations["getDashboardAsset"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics (api, inference, and the worker's health port).
+         * @description The Prometheus text format: HTTP requests and latency by route and status, process
+         *     memory and CPU, and each service's own series (api: queue depths, stages and runs by
+         *     status; worker: stages started and finished, training tokens; inference: requests,
+         *     tokens, time to first token, batch sizes, loaded models and their bytes).
+         */
+        get: operations["getMetrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -714,6 +826,72 @@ export interface components {
                 cost_usd: number;
             };
         };
+        /** @description Seconds by phase the trainer reports per step (PPO generation, scoring, training). */
+        PhaseSeconds: {
+            [key: string]: number;
+        };
+        StageTiming: {
+            stage_id: string;
+            kind: components["schemas"]["StageKind"];
+            status: components["schemas"]["Status"];
+            step: number;
+            /** @description When the stage could start (unix seconds, with milliseconds). */
+            ready_at: number | null;
+            started_at: number | null;
+            finished_at: number | null;
+            /** @description From ready_at to the first start; null until the stage starts. */
+            queue_wait_seconds: number | null;
+            wall_seconds: number;
+            device_seconds: number;
+            tokens: number;
+            /** @description Tokens per device second. */
+            tokens_per_s: number;
+            cost_usd: number;
+            phase_seconds: components["schemas"]["PhaseSeconds"];
+        };
+        RunTiming: {
+            /** @constant */
+            object: "run.timing";
+            run_id: string;
+            stages: components["schemas"]["StageTiming"][];
+        };
+        TimeRow: {
+            /** @description Run id, stage kind or day (YYYY-MM-DD, UTC). */
+            key: string;
+            runs: number;
+            stages: number;
+            queue_wait_seconds: number;
+            wall_seconds: number;
+            device_seconds: number;
+            tokens: number;
+            /** @description Tokens per device second. */
+            tokens_per_s: number;
+            cost_usd: number;
+            phase_seconds: components["schemas"]["PhaseSeconds"];
+        };
+        TimeSummary: {
+            /** @constant */
+            object: "list";
+            /** @enum {string} */
+            group_by: "run" | "stage" | "day";
+            data: components["schemas"]["TimeRow"][];
+        };
+        QueueCounts: {
+            queue: components["schemas"]["StageKind"];
+            /** @description Waiting and prioritized jobs. */
+            waiting: number;
+            active: number;
+            delayed: number;
+            failed: number;
+            completed: number;
+            /** @description PPO jobs waiting for their sft and reward jobs. */
+            waiting_children: number;
+        };
+        QueueList: {
+            /** @constant */
+            object: "list";
+            data: components["schemas"]["QueueCounts"][];
+        };
         Model: {
             /** @description run-<id>, run-<id>-ema or run-<id>-sft. */
             id: string;
@@ -925,6 +1103,10 @@ export interface components {
         };
     };
     parameters: {
+        /** @description First UTC day included, YYYY-MM-DD. */
+        From: string;
+        /** @description Last UTC day included, YYYY-MM-DD. */
+        To: string;
         Id: string;
         /**
          * @description Cursor, the id of the last item of the previous page. An id that is not an item of
@@ -1069,6 +1251,8 @@ export interface operations {
                  */
                 after?: components["parameters"]["After"];
                 limit?: components["parameters"]["Limit"];
+                /** @description Only runs in this status. */
+                status?: components["schemas"]["Status"];
             };
             header?: never;
             path?: never;
@@ -1250,6 +1434,29 @@ export interface operations {
             404: components["responses"]["Error"];
         };
     };
+    getRunTiming: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: components["parameters"]["Id"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run's stages in pipeline order. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunTiming"];
+                };
+            };
+            404: components["responses"]["Error"];
+        };
+    };
     getCheckpointContent: {
         parameters: {
             query?: never;
@@ -1286,6 +1493,10 @@ export interface operations {
         parameters: {
             query?: {
                 group_by?: "run" | "stage" | "day";
+                /** @description First UTC day included, YYYY-MM-DD. */
+                from?: components["parameters"]["From"];
+                /** @description Last UTC day included, YYYY-MM-DD. */
+                to?: components["parameters"]["To"];
             };
             header?: never;
             path?: never;
@@ -1302,6 +1513,56 @@ export interface operations {
                     "application/json": components["schemas"]["CostSummary"];
                 };
             };
+            400: components["responses"]["Error"];
+        };
+    };
+    getTimeSummary: {
+        parameters: {
+            query?: {
+                group_by?: "run" | "stage" | "day";
+                /** @description First UTC day included, YYYY-MM-DD. */
+                from?: components["parameters"]["From"];
+                /** @description Last UTC day included, YYYY-MM-DD. */
+                to?: components["parameters"]["To"];
+                run_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One row per group. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TimeSummary"];
+                };
+            };
+            400: components["responses"]["Error"];
+        };
+    };
+    listQueues: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One row per queue. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueList"];
+                };
+            };
+            503: components["responses"]["Error"];
         };
     };
     getDashboardPage: {
@@ -1320,6 +1581,50 @@ export interface operations {
                 };
                 content: {
                     "text/html": string;
+                };
+            };
+        };
+    };
+    getDashboardAsset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                file: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/javascript": string;
+                    "text/css": string;
+                };
+            };
+            404: components["responses"]["Error"];
+        };
+    };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
                 };
             };
         };

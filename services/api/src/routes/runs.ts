@@ -172,10 +172,14 @@ export default async function runRoutes(app: FastifyInstance) {
   app.route({
     ...openApiRoute("GET", "/v1/runs"),
     handler: async (request) => {
-      const { after, limit } = request.query as { after?: string; limit: number };
+      const { after, limit, status } = request.query as {
+        after?: string;
+        limit: number;
+        status?: RunJson["status"];
+      };
       // Prisma answers an unknown cursor with an empty page, which reads as "no more runs".
       if (after !== undefined && !(await getRun(prisma, after))) throw unknownCursor("run", after);
-      const page = await listRuns(prisma, { after, limit });
+      const page = await listRuns(prisma, { after, limit, status });
       return { object: "list" as const, data: page.data.map(toRunJson), has_more: page.hasMore };
     },
   });
