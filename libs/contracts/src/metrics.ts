@@ -9,6 +9,9 @@ import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
 import { collectDefaultMetrics, Counter, Histogram, Registry } from "prom-client";
 
+// The services make their own series with these (prom-client is this workspace's dependency).
+export { Counter, Gauge, Histogram, type Registry } from "prom-client";
+
 export type MetricsOptions = {
   /** The `service` label on every series: api, worker or inference. */
   service: string;

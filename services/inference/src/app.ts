@@ -5,6 +5,7 @@ import {
   type ChatrlConfig,
   errorsPlugin,
   frameworkErrors,
+  metricsPlugin,
   openApiPlugin,
   rateLimitPlugin,
   securityHeadersPlugin,
@@ -13,6 +14,7 @@ import {
 } from "@chatrl/contracts";
 import { type Database, storedApiKeys } from "@chatrl/db";
 import Fastify, { type FastifyInstance } from "fastify";
+import { registerInferenceMetrics } from "./metrics.ts";
 import type { RegistryOptions } from "./model-registry.ts";
 import dbPlugin from "./plugins/db.ts";
 import modelsPlugin from "./plugins/models.ts";
@@ -37,6 +39,7 @@ export async function buildInferenceApp(
     ...serverTimeouts(config.timeouts),
   });
   await app.register(errorsPlugin);
+  await app.register(metricsPlugin, { service: "inference" });
   await app.register(securityHeadersPlugin);
   await app.register(slowBodyPlugin, {
     minBytesPerSecond: config.timeouts.minBodyBytesPerSecond,
@@ -56,6 +59,8 @@ export async function buildInferenceApp(
   });
   await app.register(dbPlugin, { db: deps.db });
   await app.register(modelsPlugin, { ...deps.registry, backend: config.backend });
+  const stopMetrics = registerInferenceMetrics(app.metrics, app.modelRegistry);
+  app.addHook("onClose", async () => stopMetrics());
   await app.register(healthRoutes);
   await app.register(modelRoutes);
   await app.register(chatCompletionRoutes);

@@ -7,7 +7,7 @@ import { getStage } from "@chatrl/db";
 import { tf } from "@chatrl/engine";
 import type { StageJobData } from "@chatrl/queue";
 import type { Job, Worker } from "bullmq";
-import { Counter, Gauge, type Registry } from "prom-client";
+import { Counter, Gauge, type Registry } from "@chatrl/contracts";
 import type { StageResult } from "./types.ts";
 
 type StageWorker = Worker<StageJobData, StageResult>;

@@ -2,7 +2,7 @@
 // queue (from Redis), and stages and runs by status (from Postgres, so they count the work of
 // every worker, wherever it runs). Register after metricsPlugin, dbPlugin and queuePlugin.
 import type { StageKind } from "@chatrl/contracts";
-import { Gauge } from "prom-client";
+import { Gauge } from "@chatrl/contracts";
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
 import { QUEUE_STATES, type QueueCounts, queueCounts } from "../queue-counts.ts";
