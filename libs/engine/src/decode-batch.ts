@@ -87,6 +87,9 @@ export class DecodeBatch {
   constructor(model: GPT) {
     this.#model = model;
     this.#cache = new KVCache(model.config.nLayers);
+    // Padding is kept as zero keys and values (prefill zeroes it, joins pad with zeros), so
+    // decode steps run attention on the fused kernel.
+    this.#cache.zeroPadding = true;
   }
 
   /** Rows in the batch (done rows leave at the next step). */
@@ -138,6 +141,8 @@ export class DecodeBatch {
       logits = (await last.data()) as Float32Array;
       last.dispose();
       this.counts.prefills++;
+      // The padding tokens' keys and values become zeros (see KVCache.zeroPadding).
+      joining.zeroStart(padLeft);
       // One cache row per decode row: a prompt's row repeats for each of its rows.
       joining.selectRows(requests.flatMap((r, i) => r.rows.map(() => i)));
       // Right-align the joiners with the running rows.

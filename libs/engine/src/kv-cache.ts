@@ -4,6 +4,11 @@
 import * as tf from "@tensorflow/tfjs";
 
 export class KVCache {
+  /**
+   * Set by an owner that keeps every row's padding (positions before its first token) as zero
+   * keys and values: decode steps may then use the fused attention kernel (padded-attention.ts).
+   */
+  zeroPadding = false;
   private readonly keys: (tf.Tensor4D | undefined)[];
   private readonly values: (tf.Tensor4D | undefined)[];
 
@@ -60,6 +65,17 @@ export class KVCache {
       const [b, h, , s] = t.shape;
       return tf.tidy(() => tf.concat([tf.zeros([b, h, n, s]), t], 2));
     });
+  }
+
+  /** Zeroes the first `counts[b]` positions of row b (the keys and values of padding tokens). */
+  zeroStart(counts: readonly number[]): void {
+    if (counts.every((n) => n === 0) || this.length === 0) return;
+    const time = this.length;
+    const keep = new Float32Array(counts.length * time).fill(1);
+    for (const [b, n] of counts.entries()) keep.fill(0, b * time, b * time + n);
+    const mask = tf.tensor4d(keep, [counts.length, 1, time, 1]);
+    this.replaceEach((t) => tf.mul(t, mask));
+    mask.dispose();
   }
 
   /** Drops the first `n` positions of every row (padding no row needs any more). */

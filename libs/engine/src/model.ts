@@ -95,7 +95,7 @@ class CausalSelfAttention {
     let vh = v;
     if (ctx.cache) [kh, vh] = ctx.cache.append(this.layer, kh, vh); // [B, nh, past + T, hs]
     const y = ctx.padLeft
-      ? paddedCausalAttention(qh, kh, vh, ctx.padLeft)
+      ? paddedCausalAttention(qh, kh, vh, ctx.padLeft, ctx.cache?.zeroPadding)
       : causalAttention(qh, kh, vh); // [B, nh, T, hs]
     const merged = mergeHeads(y); // [B, nh, T, hs] -> [B, T, C]
     return dropout(

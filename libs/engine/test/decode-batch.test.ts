@@ -15,6 +15,8 @@ import {
   type TokenSampling,
   tf,
 } from "../src/index";
+import { fusedKernelsActive } from "../src/kernels/index.ts";
+import { paddedCausalAttention } from "../src/padded-attention.ts";
 import { useTestBackend } from "./support";
 
 const config = { ...MODEL_PRESETS.tiny, contextLength: 64 };
@@ -224,5 +226,29 @@ describe("sampling rules", () => {
     const l = Float32Array.from([2, -1, 3]);
     applyRepetitionPenalty(l, [0, 1], 2);
     expect(Array.from(l)).toEqual([1, -2, 3]);
+  });
+});
+
+describe("a decode step's attention over zeroed padding", () => {
+  it("matches the exact masked attention, on the fused kernel", () => {
+    expect(fusedKernelsActive()).toBe(true); // the native kernels are built (npm run setup)
+    const [batch, heads, time, hs] = [3, 2, 9, 8];
+    const padLeft = [0, 4, 7];
+    const rand = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, "float32", seed);
+    tf.tidy(() => {
+      const keep = tf.tensor4d(
+        Array.from({ length: batch * time }, (_, i) =>
+          i % time < padLeft[Math.floor(i / time)] ? 0 : 1,
+        ),
+        [batch, 1, time, 1],
+      );
+      const q = rand([batch, heads, 1, hs], 1) as tf.Tensor4D;
+      const k = tf.mul(rand([batch, heads, time, hs], 2), keep) as tf.Tensor4D;
+      const v = tf.mul(rand([batch, heads, time, hs], 3), keep) as tf.Tensor4D;
+      const fast = paddedCausalAttention(q, k, v, padLeft, true);
+      const exact = paddedCausalAttention(q, k, v, padLeft, false);
+      const diff = tf.max(tf.abs(tf.sub(fast, exact))).dataSync()[0];
+      expect(diff).toBeLessThan(1e-5);
+    });
   });
 });
