@@ -1,4 +1,5 @@
 export { buildInferenceApp, type InferenceDeps } from "./app.ts";
+export { loadRegistryOptions } from "./registry-options.ts";
 export { startInferenceServer } from "./server.ts";
 export {
   type ChoiceOptions,

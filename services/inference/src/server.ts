@@ -2,6 +2,7 @@ import type { ChatrlConfig } from "@chatrl/contracts";
 import { openDatabase } from "@chatrl/db";
 import type { FastifyInstance } from "fastify";
 import { buildInferenceApp } from "./app.ts";
+import type { RegistryOptions } from "./model-registry.ts";
 
 /**
  * Opens Postgres, builds the app and listens on config.host:config.inferencePort.
@@ -9,12 +10,13 @@ import { buildInferenceApp } from "./app.ts";
  */
 export async function startInferenceServer(
   config: ChatrlConfig,
+  options: { registry?: RegistryOptions } = {},
 ): Promise<{ app: FastifyInstance; url: string; close(): Promise<void> }> {
   const db = await openDatabase(config);
   let app: FastifyInstance;
   let url: string;
   try {
-    app = await buildInferenceApp(config, { db });
+    app = await buildInferenceApp(config, { db, registry: options.registry });
     url = await app.listen({ host: config.host, port: config.inferencePort });
   } catch (error) {
     await db.close();

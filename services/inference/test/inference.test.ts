@@ -245,6 +245,9 @@ describe("inference service", () => {
       frequency_penalty: 0.5,
       logit_bias: {},
       user: "someone",
+      tools: [{ type: "function", function: { name: "f", parameters: {} } }],
+      response_format: { type: "text" },
+      presence_penalty: 0.1,
     });
     expect(res.statusCode).toBe(200);
     expect(res.json().usage.completion_tokens).toBeLessThanOrEqual(3);
@@ -333,9 +336,19 @@ describe("inference service", () => {
   it("accepts a key stored in Postgres, and is open again once it is deleted", async () => {
     const prisma = testDb.db.prisma;
     const { id, key } = await createApiKey(prisma, "inference-test");
+    // Each replica caches the stored keys for a second: wait for the change to show.
+    const statusSettles = async (expected: number) => {
+      const end = Date.now() + 3000;
+      let status = 0;
+      while (status !== expected && Date.now() < end) {
+        status = (await app.inject({ method: "GET", url: "/v1/models" })).statusCode;
+        if (status !== expected) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      return status;
+    };
     try {
       const url = "/v1/models";
-      expect((await app.inject({ method: "GET", url })).statusCode).toBe(401);
+      expect(await statusSettles(401)).toBe(401);
       const right = await app.inject({
         method: "GET",
         url,
@@ -345,6 +358,6 @@ describe("inference service", () => {
     } finally {
       await deleteApiKey(prisma, id);
     }
-    expect((await app.inject({ method: "GET", url: "/v1/models" })).statusCode).toBe(200);
+    expect(await statusSettles(200)).toBe(200);
   });
 });
