@@ -175,7 +175,11 @@ export class DecodeBatch {
    * call row.stop(). Finished and dropped rows leave, the rest go through one forward pass.
    * Returns the rows that sampled a token this step.
    */
-  async step(onToken?: (row: DecodeRow, token: number) => void): Promise<DecodeRow[]> {
+  async step(
+    onToken?: (row: DecodeRow, token: number) => void,
+    /** Awaited between sampling and the forward pass (a server flushes the new tokens here). */
+    beforeForward?: () => Promise<void>,
+  ): Promise<DecodeRow[]> {
     this.#check();
     this.#removeDone(); // rows dropped since the last step
     const advanced: DecodeRow[] = [];
@@ -196,7 +200,11 @@ export class DecodeBatch {
       onToken?.(row, token);
     }
     this.#removeDone();
-    if (this.#rows.length > 0) await this.#forward();
+    if (this.#rows.length > 0) {
+      await beforeForward?.();
+      this.#removeDone(); // rows dropped meanwhile
+      if (this.#rows.length > 0) await this.#forward();
+    }
     return advanced;
   }
 

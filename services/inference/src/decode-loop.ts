@@ -80,6 +80,8 @@ export type LoopStats = {
   requests: number;
 };
 
+const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** The queue is full: try again after `retryAfterSeconds`. */
 export class QueueFullError extends Error {
   constructor(readonly retryAfterSeconds: number) {
@@ -270,12 +272,13 @@ export class DecodeLoop {
         if (this.#batch.size > 0) {
           this.observe({ type: "step", rows: this.#batch.size });
           const start = performance.now();
-          await this.#batch.step((row, token) => this.#onToken(row, token));
+          // The tokens just sampled go out to their clients while the next forward pass waits.
+          await this.#batch.step((row, token) => this.#onToken(row, token), yieldToEventLoop);
           const took = (performance.now() - start) / 1000;
           this.#stepSeconds = this.#stepSeconds === 0 ? took : 0.9 * this.#stepSeconds + 0.1 * took;
         }
         // Let the event loop run between steps: streams flush, new requests and hang-ups arrive.
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await yieldToEventLoop();
       }
     } catch (error) {
       // A failed forward pass fails every request in the batch; the batch starts over empty.
