@@ -7,6 +7,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createChatrlClient, type Run } from "@chatrl/client";
+import type { components } from "@chatrl/contracts";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestPlatform, type TestPlatform } from "./support/platform.ts";
@@ -96,12 +97,13 @@ describe("the dashboard over a run the platform trained", () => {
     expect(problems).toEqual([]);
     await page.close();
 
-    const timing = await (await fetch(`${platform.apiUrl}/v1/runs/${run.id}/timing`)).json();
-    const ppo = timing.stages.find((s: { kind: string }) => s.kind === "ppo");
+    type StageTiming = components["schemas"]["StageTiming"];
+    const timing = (await (
+      await fetch(`${platform.apiUrl}/v1/runs/${run.id}/timing`)
+    ).json()) as components["schemas"]["RunTiming"];
+    const ppo = timing.stages.find((s) => s.kind === "ppo") as StageTiming;
     const parentsEnd = Math.max(
-      ...timing.stages
-        .filter((s: { kind: string }) => s.kind !== "ppo")
-        .map((s: { finished_at: number }) => s.finished_at),
+      ...timing.stages.filter((s) => s.kind !== "ppo").map((s) => s.finished_at as number),
     );
     expect(ppo.ready_at).toBeCloseTo(parentsEnd, 3);
     expect(ppo.queue_wait_seconds).toBeGreaterThanOrEqual(0);
