@@ -190,6 +190,17 @@ export class ModelRegistry {
     }
   }
 
+  /**
+   * What a loaded name serves now, without asking Postgres: the refresh poll keeps it current
+   * (a new checkpoint would only be loaded in the background anyway). Null when the name is not
+   * loaded or there is no poll: then the caller looks the name up.
+   */
+  servedNow(modelId: string): ServedModel | null {
+    if (this.limits.refreshIntervalMs <= 0) return null;
+    const current = this.#current.get(modelId);
+    return current && !current.disposed && !current.retired ? current.served : null;
+  }
+
   /** Looks for a newer checkpoint of every loaded name, and loads those found in the background. */
   async refresh(): Promise<void> {
     for (const [id, entry] of [...this.#current]) {

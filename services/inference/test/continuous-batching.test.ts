@@ -327,6 +327,8 @@ describe("the actor while PPO trains", () => {
     expect(app.modelRegistry.snapshot().map((m) => m.checkpointId)).toEqual([second]);
     const oneModel = tf.memory().numTensors;
 
+    // Once loaded, the name is answered from memory (the poll keeps it current), no query.
+    expect(app.modelRegistry.servedNow(actorId)?.checkpointId).toBe(second);
     const last = await saveActor(30, 43, true);
     await until(() => app.modelRegistry.stats.switches === 2, 5000);
     expect(await listed()).toMatchObject({ root: last, step: 30, final: true });

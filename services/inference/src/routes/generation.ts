@@ -20,7 +20,9 @@ export async function leaseModel(
   app: FastifyInstance,
   modelId: string,
 ): Promise<{ served: ServedModel; lease: ModelLease }> {
-  const served = await findServedModel(app.db.prisma, modelId);
+  // A loaded name needs no query: Postgres round trips would wait behind decode steps.
+  const served =
+    app.modelRegistry.servedNow(modelId) ?? (await findServedModel(app.db.prisma, modelId));
   if (!served) throw unknownModel(modelId);
   try {
     return { served, lease: await app.modelRegistry.acquire(served) };
