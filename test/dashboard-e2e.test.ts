@@ -8,8 +8,9 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createChatrlClient, type Run } from "@chatrl/client";
 import type { components } from "@chatrl/contracts";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { launchChromium } from "./support/chromium.ts";
 import { startTestPlatform, type TestPlatform } from "./support/platform.ts";
 import { promSample } from "./support/prometheus.ts";
 
@@ -20,18 +21,7 @@ let browser: Browser;
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   platform = await startTestPlatform();
-  browser = await chromium.launch({
-    executablePath: process.env.CHATRL_CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

@@ -13,11 +13,11 @@ import {
   saveCheckpoint,
   startStage,
 } from "@chatrl/db";
-import { type Browser, chromium, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { launchChromium } from "../../../test/support/chromium.ts";
 import { startTestApi, type TestApi } from "./helpers.ts";
 
-const CHROMIUM = process.env.CHATRL_CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = path.resolve(import.meta.dirname, "../../../test-output/dashboard");
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'";
@@ -36,18 +36,7 @@ let browser: Browser;
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();
