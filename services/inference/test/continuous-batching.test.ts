@@ -132,7 +132,6 @@ describe("continuous batching", () => {
     expect(mixed.json().choices[0].message.content).toBe(alone);
     // Each row kept its own max_tokens.
     expect(rest[1].json().usage.completion_tokens).toBeLessThanOrEqual(10);
-    expect(app.modelRegistry.snapshot()[0].prefills).toBeLessThan(5); // they shared prefills
   });
 
   it("answers n choices from one prefill, each from its own stream", async () => {
