@@ -45,9 +45,10 @@ afterAll(async () => {
 async function withWorker<T>(
   fn: (w: RunningWorker) => Promise<T>,
   processors?: ProcessorTable,
+  queues = h.config.queues,
 ): Promise<T> {
   const w = await startWorker(
-    h.config,
+    { ...h.config, queues },
     { db: h.tdb.db, connection: h.connection, logger: quiet, processors },
     FAST_TIMING,
   );
@@ -373,16 +374,21 @@ describe("where an SFT stage starts", () => {
   });
 
   it("trains on its share of the datasets that feed it among the stages the run trains", async () => {
-    await withWorker(async () => {
-      // data_split [1, 1, 0] over a run training sft and reward: sft gets half of the 40 rows,
-      // so one epoch of batches of 2 is 10 steps. (The reward job waits in its queue.)
-      const { stageId } = await h.submitRun({
-        kinds: ["sft", "reward"],
-        dataSplit: [1, 1, 0],
-        sft: { max_steps: undefined, epochs: 1, checkpoint_every: 50 },
-      });
-      expect(await waitForStage(h, stageId, "succeeded")).toMatchObject({ step: 10 });
-    });
+    await withWorker(
+      async () => {
+        // data_split [1, 1, 0] over a run training sft and reward: sft gets half of the 40 rows,
+        // so one epoch of batches of 2 is 10 steps. (The reward job waits in its queue: this
+        // worker serves sft only, and the dataset has no preference pairs for it anyway.)
+        const { stageId } = await h.submitRun({
+          kinds: ["sft", "reward"],
+          dataSplit: [1, 1, 0],
+          sft: { max_steps: undefined, epochs: 1, checkpoint_every: 50 },
+        });
+        expect(await waitForStage(h, stageId, "succeeded")).toMatchObject({ step: 10 });
+      },
+      undefined,
+      ["sft"],
+    );
   });
 
   it("fails a stage that cannot train, with the reason, and does not retry it", async () => {
