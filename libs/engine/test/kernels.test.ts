@@ -183,10 +183,20 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     tf.dispose([x, w, q, kv, g, ...batched, rows, logits, targets, qkv]);
   });
 
+  it("agrees with the plain ops for one query over 64-wide heads (the decode step's loop)", () => {
+    const q = rand([3, 4, 1, 64], 14) as tf.Tensor4D;
+    const k = rand([3, 4, 130, 64], 15) as tf.Tensor4D;
+    const v = rand([3, 4, 130, 64], 16) as tf.Tensor4D;
+    const [fast, plain] = bothWays(() => causalAttention(q, k, v));
+    expect(maxRelDiff(fast, plain)).toBeLessThan(1e-5);
+    tf.dispose([q, k, v]);
+  });
+
   it.each([
     ["a few positions", 5, 5],
     ["more positions than one query block", 70, 70],
     ["queries continuing a cached prefix", 40, 75],
+    ["one query over cached keys (a decode step)", 1, 75],
   ])(
     "agrees with the plain ops for attention and layer norm, forward and backward: %s",
     (_, tq, tk) => {

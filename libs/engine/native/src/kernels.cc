@@ -329,6 +329,30 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
     const float* ki = k + i * tk * hs;
     const float* vi = v + i * tk * hs;
     float* oi = out + i * tq * hs;
+    if (tq == 1) {
+      // A decode step: one query sees every key. Plain loops: two sgemm calls with m = 1 per
+      // head cost more in call overhead than the products themselves.
+      for (int j = 0; j < tk; ++j) {
+        const float* kj = ki + static_cast<int64_t>(j) * hs;
+        // Eight partial sums: the compiler vectorizes them (one sum would be a serial chain).
+        float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int d = 0;
+        for (; d + 8 <= hs; d += 8)
+          for (int u = 0; u < 8; ++u) part[u] += qi[d + u] * kj[d + u];
+        float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
+                    ((part[4] + part[5]) + (part[6] + part[7]));
+        for (; d < hs; ++d) dot += qi[d] * kj[d];
+        p[j] = scale * dot;
+      }
+      CausalSoftmaxRows(p, 1, tk, 0, 1);
+      std::fill(oi, oi + hs, 0.0f);
+      for (int j = 0; j < tk; ++j) {
+        const float pj = p[j];
+        const float* vj = vi + static_cast<int64_t>(j) * hs;
+        for (int d = 0; d < hs; ++d) oi[d] += pj * vj[d];
+      }
+      return;
+    }
     // Query blocks see a growing prefix of the keys: skip the products with keys they cannot see.
     for (int r0 = 0; r0 < tq; r0 += kQueryBlock) {
       const int rows = std::min(kQueryBlock, tq - r0);
