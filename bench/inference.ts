@@ -4,8 +4,9 @@
 // production runs it), and drives it with the official openai client at 1, 4, 16 and 64
 // concurrent streams: each stream sends streamed chat requests one after another, 64 prompt
 // tokens and exactly 128 new tokens each (min_tokens, as vLLM has). Prints one JSON object:
-// aggregate tokens/s, time to first token and request latency p50/p95 per level, and the
-// 16-stream / 1-stream throughput ratio.
+// aggregate tokens/s, time to first token and request latency p50/p95 per level, the
+// 16-stream / 1-stream throughput and time-to-first-token ratios, and whether issue 7's two goals
+// are met.
 //
 //   npm run bench:inference -- [--requests N (per stream, default 3)] [--levels 1,4,16,64]
 //
@@ -184,6 +185,15 @@ async function main() {
       levels: results,
       throughput_ratio_16_to_1: one && sixteen ? sixteen.tokens_per_s / one.tokens_per_s : null,
       ttft_p50_ratio_16_to_1: one && sixteen ? sixteen.ttft_p50_s / one.ttft_p50_s : null,
+      // Issue 7's goals: 16 streams give at least 8x one stream's tokens/s, and their time to
+      // first token (p50) is below twice one stream's. null: the levels 1 and 16 were not run.
+      goals:
+        one && sixteen
+          ? {
+              throughput_16_at_least_8x_1: sixteen.tokens_per_s >= 8 * one.tokens_per_s,
+              ttft_p50_16_below_2x_1: sixteen.ttft_p50_s < 2 * one.ttft_p50_s,
+            }
+          : null,
       load_average_1m: { start: load[0], end: loadavg()[0] },
     };
     const rounded = JSON.parse(
