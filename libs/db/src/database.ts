@@ -28,6 +28,14 @@ export type Driver = { kind: "postgres"; pool: pg.Pool } | { kind: "pglite"; pgl
 
 const drivers = new WeakMap<Database, Driver>();
 
+/** The pg pool under each Postgres client, for hot-path SQL without Prisma's runtime (sql.ts). */
+const pools = new WeakMap<PrismaClient, pg.Pool>();
+
+/** The pg pool a client opened by openDatabase() queries through; undefined for PGlite and transactions. */
+export function poolOf(prisma: unknown): pg.Pool | undefined {
+  return pools.get(prisma as PrismaClient);
+}
+
 export function driverOf(db: Database): Driver {
   const driver = drivers.get(db);
   if (!driver) throw new Error("not a Database opened by openDatabase()");
@@ -59,6 +67,7 @@ async function openPostgres(connectionString: string, max: number): Promise<Data
     },
   };
   drivers.set(db, { kind: "postgres", pool });
+  pools.set(prisma, pool);
   return db;
 }
 

@@ -2,14 +2,17 @@
 export type { Database, DatabaseConfig } from "./database.ts";
 export { ensureDatabaseExists, openDatabase } from "./database.ts";
 export { migrate } from "./migrate.ts";
-export { newId } from "./ids.ts";
+export { newId, randomHex } from "./ids.ts";
 export type { IdPrefix } from "./ids.ts";
 export type { Db, Page, PageQuery, RunWithStages, StageRow, StageSummary } from "./rows.ts";
-export type { DatasetLengths } from "./datasets.ts";
+export { coalesceReads, groupCalls } from "./coalesce.ts";
+export type { DatasetFacts, DatasetFactsLookup, DatasetLengths } from "./datasets.ts";
 export {
   createDataset,
+  datasetFactsCache,
   datasetLengths,
   getDataset,
+  getDatasets,
   listDatasets,
   loadDatasetRows,
 } from "./datasets.ts";
@@ -17,6 +20,8 @@ export type { NewRun } from "./runs.ts";
 export {
   cancelRun,
   createRun,
+  createRuns,
+  failUnqueuedRun,
   findRunByIdempotencyKey,
   getRun,
   listRuns,

@@ -1,9 +1,13 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import {
   createDataset,
+  datasetFactsCache,
   datasetLengths,
   getDataset,
+  getDatasets,
   listDatasets,
   loadDatasetRows,
 } from "../src/index.ts";
@@ -139,5 +143,67 @@ describe("datasets", () => {
     });
     expect(lengths.has("ds_000000000000000000000000")).toBe(false);
     expect(await datasetLengths(t.db.prisma, [])).toEqual(new Map());
+  });
+
+  it("measured the datasets uploaded before lengths were stored as it measures an upload", async () => {
+    const rows = [
+      { prompt: "Ünïcode prompt", chosen: "yes, a long chosen answer", rejected: "no" },
+      { prompt: "Q", chosen: "a", rejected: "a far longer rejected answer" },
+    ];
+    const dataset = await createDataset(t.db.prisma, { name: "old", format: "preference", rows });
+    const atUpload = await datasetLengths(t.db.prisma, [dataset.id]);
+    expect(atUpload.get(dataset.id)?.pair).toBeGreaterThan(0);
+    // As it was before the migration: no lengths stored.
+    await t.db.prisma.dataset.update({
+      where: { id: dataset.id },
+      data: { longestPrompt: 0, longestSft: 0, longestPair: 0 },
+    });
+    const migration = await readFile(
+      path.resolve(
+        import.meta.dirname,
+        "../../../prisma/migrations/20261201215308_dataset_longest_examples/migration.sql",
+      ),
+      "utf8",
+    );
+    const backfill = migration.slice(migration.indexOf('UPDATE "dataset"'));
+    await t.db.prisma.$executeRawUnsafe(backfill);
+    expect(await datasetLengths(t.db.prisma, [dataset.id])).toEqual(atUpload);
+  });
+
+  it("looks up several datasets in one query, and remembers only those it found", async () => {
+    const a = await createDataset(t.db.prisma, {
+      name: "a",
+      format: "supervised",
+      rows: [{ prompt: "p", response: "r" }],
+    });
+    const unknown = "ds_ffffffffffffffffffffffff";
+    const found = await getDatasets(t.db.prisma, [a.id, unknown]);
+    expect([...found.keys()]).toEqual([a.id]);
+    expect(found.get(a.id)).toEqual({
+      id: a.id,
+      format: "supervised",
+      rowCount: 1,
+      longestPrompt: a.longestPrompt,
+      longestSft: a.longestSft,
+      longestPair: 0,
+    });
+
+    let queries = 0;
+    const counting = new Proxy(t.db.prisma, {
+      get(target, prop, receiver) {
+        if (prop === "$queryRawUnsafe") queries += 1;
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const lookup = datasetFactsCache(counting);
+    const [first, second] = await Promise.all([lookup([a.id, unknown]), lookup([a.id])]);
+    expect(first).toEqual(found);
+    expect(second).toEqual(found);
+    expect(queries).toBe(1);
+    expect(await lookup([a.id])).toEqual(found);
+    expect(queries).toBe(1);
+    // An unknown id is asked about again: it may have been uploaded since.
+    expect((await lookup([unknown])).size).toBe(0);
+    expect(queries).toBe(2);
   });
 });

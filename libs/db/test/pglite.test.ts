@@ -11,7 +11,9 @@ import {
   createDataset,
   createRun,
   type Database,
+  datasetLengths,
   finishStage,
+  getRun,
   listEvents,
   listMetrics,
   listRuns,
@@ -95,6 +97,11 @@ it("runs a whole run's bookkeeping on embedded PGlite", async () => {
   await startStage(p, reward.id, "cpu");
   const { run: done } = await finishStage(p, reward.id, { status: "succeeded" });
   expect(done.status).toBe("succeeded");
+  // The hot paths' own SQL (through Prisma here, not the pg pool) reads what Prisma wrote.
+  expect(await getRun(p, run.id)).toEqual(done);
+  expect(await datasetLengths(p, [dataset.id])).toEqual(
+    new Map([[dataset.id, { prompt: 24 + "q1099".length, sft: 29 + 2, pair: 29 + 2 }]]),
+  );
 
   expect((await listRuns(p, { limit: 10 })).data.map((r) => r.id)).toEqual([run.id]);
   expect((await listMetrics(p, run.id)).map((m) => [m.name, m.value])).toEqual([["loss", 1.25]]);

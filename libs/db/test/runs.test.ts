@@ -4,6 +4,8 @@ import {
   cancelRun,
   costSummary,
   createRun,
+  createRuns,
+  failUnqueuedRun,
   findRunByIdempotencyKey,
   finishStage,
   getRun,
@@ -410,5 +412,90 @@ describe("cost summary", () => {
     } finally {
       await own.drop();
     }
+  });
+});
+
+describe("runs read and written in one statement", () => {
+  it("reads a run exactly as Prisma's query of the run and its stages does", async () => {
+    const run = await newRun("every field");
+    const [sft, reward] = run.stages;
+    await startStage(t.db.prisma, sft.id, "cpu:0");
+    await recordStageProgress(t.db.prisma, sft.id, {
+      step: 3,
+      progress: 0.3,
+      wallSeconds: 1.25,
+      deviceSeconds: 0.1 + 0.2,
+      tokens: 2 ** 40 + 7,
+      costUsd: 1e-7,
+    });
+    await recordStageData(t.db.prisma, sft.id, { examplesTruncated: 2, examplesDropped: 1 });
+    await finishStage(t.db.prisma, sft.id, { status: "succeeded", summary: { loss: 0.123456789 } });
+    await finishStage(t.db.prisma, reward.id, { status: "failed", error: 'ünïcode "quoted"\n' });
+    const prisma = await t.db.prisma.run.findUniqueOrThrow({
+      where: { id: run.id },
+      include: { stages: { orderBy: { kind: "asc" } } },
+    });
+    const read = await getRun(t.db.prisma, run.id);
+    expect(read).toEqual({
+      ...prisma,
+      stages: prisma.stages.map((s) => ({ ...s, tokens: Number(s.tokens) })),
+    });
+    expect(read?.stages[0]).toMatchObject({ tokens: 2 ** 40 + 7, summary: { loss: 0.123456789 } });
+    expect(read?.finishedAt).toBeInstanceOf(Date);
+  });
+
+  it("writes several runs in one statement, each with its stages and events in order, one run per idempotency key", async () => {
+    const stages = [{ kind: "sft" as const, maxSteps: 4 }];
+    const events = (name: string) => [
+      { level: "info" as const, message: `${name}: first` },
+      { level: "warn" as const, message: `${name}: second` },
+    ];
+    const runs = await createRuns(t.db.prisma, [
+      { name: "one", spec: { n: 1 }, stages, events: events("one") },
+      { name: "two", spec: { n: 2 }, stages, idempotencyKey: "batch-key", events: events("two") },
+      { name: "three", spec: { n: 3 }, stages, idempotencyKey: "batch-key", events: events("3") },
+    ]);
+    expect(runs.map((r) => r.name)).toEqual(["one", "two", "two"]);
+    expect(runs[2]).toEqual(runs[1]);
+    for (const run of runs) expect(await getRun(t.db.prisma, run.id)).toEqual(run);
+    const logged = await t.db.prisma.runEvent.findMany({
+      where: { runId: { in: runs.map((r) => r.id) } },
+      orderBy: { id: "asc" },
+    });
+    expect(logged.map((e) => [e.runId, e.level, e.message])).toEqual([
+      [runs[0].id, "info", "one: first"],
+      [runs[0].id, "warn", "one: second"],
+      [runs[1].id, "info", "two: first"],
+      [runs[1].id, "warn", "two: second"],
+    ]);
+    expect(await createRuns(t.db.prisma, [])).toEqual([]);
+  });
+
+  it("fails a run that could not be queued and takes back the event that said it was queued", async () => {
+    const run = await createRun(t.db.prisma, {
+      name: "unqueued",
+      spec: {},
+      stages: [{ kind: "sft", maxSteps: 1 }],
+      warnings: ["a warning"],
+      events: [
+        { level: "info", message: "Queued stages: sft" },
+        { level: "warn", message: "a warning" },
+      ],
+    });
+    const failed = await failUnqueuedRun(t.db.prisma, run.id, {
+      error: "The job queue (Redis) was unavailable",
+      retract: "Queued stages: sft",
+      event: "Could not queue the run: Redis timed out",
+    });
+    expect(failed.status).toBe("failed");
+    expect(failed.stages.map((s) => s.status)).toEqual(["failed"]);
+    const logged = await t.db.prisma.runEvent.findMany({
+      where: { runId: run.id },
+      orderBy: { id: "asc" },
+    });
+    expect(logged.map((e) => [e.level, e.message])).toEqual([
+      ["warn", "a warning"],
+      ["error", "Could not queue the run: Redis timed out"],
+    ]);
   });
 });

@@ -125,7 +125,16 @@ describe.each(targets)("every model and field on $name", (target) => {
     }
 
     for (const format of Object.values(DatasetFormat)) {
-      const dataset = { id: newId("ds"), name: `ds ${format}`, format, rowCount: 2, createdAt: t0 };
+      const dataset = {
+        id: newId("ds"),
+        name: `ds ${format}`,
+        format,
+        rowCount: 2,
+        createdAt: t0,
+        longestPrompt: 31,
+        longestSft: 65,
+        longestPair: 70,
+      };
       await p.dataset.create({ data: dataset });
       expectRoundTrip(
         Prisma.DatasetScalarFieldEnum,
