@@ -153,6 +153,29 @@ export async function enqueueRun(
 }
 
 /**
+ * enqueueRun for several runs in one Redis transaction (addBulk of all their flows); one run
+ * goes as enqueueRun sends it. Job ids are stage ids, so adding a run again queues nothing.
+ */
+export async function enqueueRuns(
+  flow: FlowProducer,
+  runs: RunToEnqueue[],
+  opts: { timeoutMs?: number } = {},
+): Promise<void> {
+  if (runs.length === 1) return enqueueRun(flow, runs[0], opts);
+  const timeoutMs = opts.timeoutMs ?? 5000;
+  const flows = runs.flatMap(runFlows);
+  const ids = runs.map((run) => run.id).join(", ");
+  try {
+    await withTimeout(flow.waitUntilReady(), timeoutMs, `Redis not ready within ${timeoutMs} ms`);
+    await withTimeout(flow.addBulk(flows), timeoutMs, "Redis timed out");
+  } catch (error) {
+    throw new QueueUnavailableError(`Cannot queue runs ${ids}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+}
+
+/**
  * Removes the run's jobs that no worker has taken yet (waiting, delayed, or a parent waiting
  * for its children). Jobs already active stay: their worker sees the cancelled stage status at
  * its next step. Returns the ids of the removed jobs.

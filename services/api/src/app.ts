@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import {
   authPlugin,
   type ChatrlConfig,
@@ -20,6 +19,7 @@ import { dbPlugin } from "./plugins/db.ts";
 import { queuePlugin } from "./plugins/queue.ts";
 import { queueBoardPlugin } from "./plugins/queue-board.ts";
 import { storableTextPlugin } from "./plugins/storable-text.ts";
+import { newRequestId } from "./request-id.ts";
 import checkpointRoutes from "./routes/checkpoints.ts";
 import dashboardRoutes from "./routes/dashboard.ts";
 import dashboardPageRoutes from "./routes/dashboard-page.ts";
@@ -49,7 +49,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     bodyLimit: JSON_BODY_LIMIT,
     // OpenAI clients log x-request-id; a caller's own id is kept so logs can be joined.
     requestIdHeader: "x-request-id",
-    genReqId: () => `req_${randomBytes(12).toString("hex")}`,
+    genReqId: newRequestId,
     // Malformed percent-encoding in a path is answered in the error shape, not Fastify's own.
     frameworkErrors,
     // Slow or idle clients are closed (slowloris); uploads at a sane rate still fit.

@@ -180,19 +180,24 @@ describe("headers and forms", () => {
 });
 
 describe("rate limits", () => {
-  it("answers 429 with Retry-After past the limit, per key, counted across replicas", async () => {
+  /** Two api replicas allowing 5 requests a minute per key, counting under a prefix of their own. */
+  async function limitedReplicas(keys: string, prefix: string): Promise<FastifyInstance[]> {
     const env = {
       DATABASE_URL: api.database.url,
       REDIS_URL: api.redis.url,
-      CHATRL_API_KEYS: "alice,bob",
+      CHATRL_API_KEYS: keys,
       CHATRL_RATE_LIMIT_MAX: "5",
       // Counters of their own (they expire after the window): the other tests' requests count
       // against the same address under the test's prefix.
-      CHATRL_QUEUE_PREFIX: `${api.redis.prefix}-limits`,
+      CHATRL_QUEUE_PREFIX: `${api.redis.prefix}-${prefix}`,
       CHATRL_LOG_LEVEL: "silent",
     };
     const deps = { db: api.database.db, flow: api.flow, queues: api.queues };
-    const replicas = [await buildApp(loadConfig(env), deps), await buildApp(loadConfig(env), deps)];
+    return [await buildApp(loadConfig(env), deps), await buildApp(loadConfig(env), deps)];
+  }
+
+  it("answers 429 with Retry-After past the limit, per key, counted across replicas", async () => {
+    const replicas = await limitedReplicas("alice,bob", "limits");
     const get = (app: FastifyInstance, key: string) =>
       app.inject({ url: "/v1/runs", headers: { authorization: `Bearer ${key}` } });
     try {
@@ -217,6 +222,29 @@ describe("rate limits", () => {
       // Health checks are limited too, but by address (no key): a prober is not locked out by a user.
       const health = await replicas[0].inject({ url: "/healthz" });
       expect(health.statusCode, health.body).toBe(200);
+    } finally {
+      for (const app of replicas) await app.close();
+    }
+  });
+
+  it("counts requests that arrive together one by one: of 12 at once on two replicas, 5 pass", async () => {
+    const replicas = await limitedReplicas("carol", "together");
+    try {
+      // Requests of one key that arrive while its count is on the way to Redis go in one INCRBY;
+      // each must still get the count it would have got alone.
+      const responses = await Promise.all(
+        Array.from({ length: 12 }, (_, i) =>
+          replicas[i % 2].inject({ url: "/v1/runs", headers: { authorization: "Bearer carol" } }),
+        ),
+      );
+      const statuses = responses.map((r) => r.statusCode);
+      expect(statuses.filter((s) => s === 200)).toHaveLength(5);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(7);
+      const remaining = responses
+        .filter((r) => r.statusCode === 200)
+        .map((r) => Number(r.headers["x-ratelimit-remaining"]))
+        .sort();
+      expect(remaining).toEqual([0, 1, 2, 3, 4]);
     } finally {
       for (const app of replicas) await app.close();
     }

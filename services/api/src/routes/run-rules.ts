@@ -14,13 +14,7 @@ import {
   splitRowCounts,
   trainedStages,
 } from "@chatrl/contracts";
-import {
-  type DatasetLengths,
-  type Db,
-  datasetLengths,
-  getCheckpoint,
-  getDataset,
-} from "@chatrl/db";
+import { type DatasetFactsLookup, type DatasetLengths, type Db, getCheckpoint } from "@chatrl/db";
 import { MODEL_PRESETS } from "@chatrl/engine/config";
 
 /** Blended rows of one stage past this would not fit a worker's memory (examples are tokenized up front). */
@@ -238,9 +232,12 @@ const ROWS: Record<StageName, string> = { sft: "rows", reward: "preference pairs
  * Routes each dataset's rows to the run's stages by THE rule (contracts' datasetSplit, which the
  * worker applies too), refuses a stage left without rows it can use, estimates each stage's
  * steps and collects the warnings: rows a stage cannot use, examples longer than a stage's
- * sequence length. Looks up every dataset (404 naming the param).
+ * sequence length. Looks up every dataset (404 naming the param) with `lookupDatasets`.
  */
-export async function planStages(p: Db, spec: RunSpec): Promise<StagePlan> {
+export async function planStages(
+  lookupDatasets: DatasetFactsLookup,
+  spec: RunSpec,
+): Promise<StagePlan> {
   const trained = trainedStages(spec);
   const usable: Record<StageName, number> = { sft: 0, reward: 0, ppo: 0 };
   // Whether any dataset feeds the stage, and any of a format it can use.
@@ -250,8 +247,12 @@ export async function planStages(p: Db, spec: RunSpec): Promise<StagePlan> {
   const feeding: { id: string; stages: StageName[] }[] = [];
   const warnings: string[] = [];
 
+  // At most one round trip for all of them (a dataset's facts, its longest examples measured at
+  // upload among them, never change: datasetFactsCache).
+  const datasets = await lookupDatasets(spec.datasets.map((ref) => ref.id));
+  const lengths = new Map<string, DatasetLengths>();
   for (const [i, ref] of spec.datasets.entries()) {
-    const dataset = await getDataset(p, ref.id);
+    const dataset = datasets.get(ref.id);
     if (!dataset) throw notFound("dataset", ref.id, `datasets[${i}].id`);
     const split = datasetSplit(spec, i);
     if (split.every((share) => share === 0)) {
@@ -281,6 +282,11 @@ export async function planStages(p: Db, spec: RunSpec): Promise<StagePlan> {
       }
     }
     feeding.push({ id: ref.id, stages });
+    lengths.set(ref.id, {
+      prompt: dataset.longestPrompt,
+      sft: dataset.longestSft,
+      pair: dataset.longestPair,
+    });
   }
 
   for (const kind of trained) {
@@ -322,13 +328,11 @@ export async function planStages(p: Db, spec: RunSpec): Promise<StagePlan> {
     }
   }
 
-  const lengths = await datasetLengths(
-    p,
-    feeding.filter((d) => d.stages.length > 0).map((d) => d.id),
-  );
   for (const dataset of feeding) {
     const measured = lengths.get(dataset.id);
-    if (measured) warnings.push(...lengthWarnings(spec, dataset.id, dataset.stages, measured));
+    if (measured && dataset.stages.length > 0) {
+      warnings.push(...lengthWarnings(spec, dataset.id, dataset.stages, measured));
+    }
   }
 
   return {

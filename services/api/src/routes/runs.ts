@@ -12,17 +12,21 @@ import {
 import {
   addEvent,
   cancelRun,
-  createRun,
+  coalesceReads,
+  createRuns,
+  datasetFactsCache,
+  failUnqueuedRun,
   findRunByIdempotencyKey,
   getRun,
+  groupCalls,
   listEvents,
   listMetrics,
   listRuns,
-  markRunFailed,
+  type NewRun,
   type RunWithStages,
   type StageRow,
 } from "@chatrl/db";
-import { enqueueRun, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
+import { enqueueRuns, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { unknownCursor } from "./cursor.ts";
 import {
@@ -103,9 +107,24 @@ function idempotencyKeyReused(): ApiError {
 
 export default async function runRoutes(app: FastifyInstance) {
   const prisma = app.db.prisma;
+  // Clients polling a run (the CLI's follow, the dashboard) ask for the same run at once; they
+  // share queries, each answer still read after its request arrived (coalesceReads).
+  const readRun = coalesceReads((id: string) => getRun(prisma, id));
+  const lookupDatasets = datasetFactsCache(prisma);
+  // Concurrent submissions share one Postgres statement (one commit) and one Redis transaction
+  // (groupCalls); each still answers only once its run is stored and queued.
+  // Postgres commits several transactions with one WAL flush: a few statements in flight.
+  const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 4 });
+  const queueRun = groupCalls(
+    async (runs: RunWithStages[]) => {
+      await enqueueRuns(app.queue.flow, runs, { timeoutMs: app.queue.timeoutMs });
+      return runs.map(() => undefined);
+    },
+    { concurrency: 2 },
+  );
 
   async function loadRun(id: string): Promise<RunWithStages> {
-    const run = await getRun(prisma, id);
+    const run = await readRun(id);
     if (!run) throw notFound("run", id, "id");
     return run;
   }
@@ -130,13 +149,19 @@ export default async function runRoutes(app: FastifyInstance) {
         }
       }
 
-      const plan = await planStages(prisma, spec);
-      const run = await createRun(prisma, {
+      const plan = await planStages(lookupDatasets, spec);
+      // The events go in with the run (one commit); should queueing fail, the first is taken back.
+      const queued = `Queued stages: ${plan.stages.map((s) => s.kind).join(", ")}`;
+      const run = await writeRun({
         name: spec.name,
         spec,
         idempotencyKey,
         stages: plan.stages,
         warnings: plan.warnings,
+        events: [
+          { level: "info", message: queued },
+          ...plan.warnings.map((message) => ({ level: "warn" as const, message })),
+        ],
       });
       // A concurrent request with the same key may have written its run first: createRun then
       // returns that run, which is this request's only if the bodies agree.
@@ -144,12 +169,15 @@ export default async function runRoutes(app: FastifyInstance) {
 
       try {
         // Job ids are stage ids: should a concurrent retry reach here too, nothing is queued twice.
-        await enqueueRun(app.queue.flow, run, { timeoutMs: app.queue.timeoutMs });
+        await queueRun(run);
       } catch (error) {
         if (!(error instanceof QueueUnavailableError)) throw error;
         request.log.error({ err: error, runId: run.id }, "run could not be queued");
-        await markRunFailed(prisma, run.id, "The job queue (Redis) was unavailable");
-        await addEvent(prisma, run.id, "error", `Could not queue the run: ${error.message}`);
+        await failUnqueuedRun(prisma, run.id, {
+          error: "The job queue (Redis) was unavailable",
+          retract: queued,
+          event: `Could not queue the run: ${error.message}`,
+        });
         // The driver's own words (in the log and the run's events) mean little to a client.
         throw new ApiError(
           503,
@@ -158,13 +186,6 @@ export default async function runRoutes(app: FastifyInstance) {
           { code: "queue_unavailable" },
         );
       }
-      await addEvent(
-        prisma,
-        run.id,
-        "info",
-        `Queued stages: ${run.stages.map((s) => s.kind).join(", ")}`,
-      );
-      for (const warning of run.warnings) await addEvent(prisma, run.id, "warn", warning);
       return reply.code(201).send(toRunJson(run));
     },
   });
