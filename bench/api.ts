@@ -3,7 +3,15 @@
 // run: a bare Fastify route (its own process) and raw BullMQ 3-job flow adds (the flow POST
 // /v1/runs queues). Prints one JSON object.
 //
-//   npm run bench:api -- [--seconds 10] [--connections 50]
+//   npm run bench:api -- [--seconds 10] [--connections 50] [--rounds 3] [--cpu-prof DIR]
+//
+// The two goals of issue 9 compare the api with its ceilings: GET /v1/runs/{id} with the bare
+// route, POST /v1/runs with raw flow adds. Each pair is measured in --rounds alternating slices
+// of seconds/rounds (bare, get, bare, get, ...), so a machine whose load drifts during the run
+// (other jobs on it) weighs on both sides of a ratio alike; the rates are over all slices.
+//
+// --cpu-prof DIR runs the api under `node --cpu-prof` and leaves its .cpuprofile in DIR (for
+// Chrome DevTools or `node bench/profile-summary.ts DIR/*.cpuprofile`).
 //
 // DATABASE_URL names the Postgres server (default 127.0.0.1:5432, user postgres) where a
 // throwaway database is created and dropped; REDIS_URL the Redis (a throwaway key prefix).
@@ -23,10 +31,13 @@ const { values: args } = parseArgs({
   options: {
     seconds: { type: "string", default: "10" },
     connections: { type: "string", default: "50" },
+    rounds: { type: "string", default: "3" },
+    "cpu-prof": { type: "string" },
   },
 });
 const SECONDS = Number(args.seconds);
 const CONNECTIONS = Number(args.connections);
+const ROUNDS = Number(args.rounds);
 const root = path.resolve(import.meta.dirname, "..");
 const serverUrl = process.env.DATABASE_URL || "postgresql://postgres@127.0.0.1:5432/postgres";
 const redisUrl = process.env.REDIS_URL || "redis://127.0.0.1:6379";
@@ -51,8 +62,13 @@ function databaseUrl(name: string): string {
 }
 
 /** A TypeScript entry point in its own process; resolves once `url` answers. */
-async function serve(script: string, env: Record<string, string>, url: string) {
-  const child = spawn(process.execPath, ["--import", "tsx", script], {
+async function serve(
+  script: string,
+  env: Record<string, string>,
+  url: string,
+  nodeArgs: string[] = [],
+) {
+  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "inherit"],
@@ -77,10 +93,11 @@ async function stop(child: ChildProcess) {
 
 type Load = { rps: number; p50_ms: number; p99_ms: number; non2xx: number; errors: number };
 
-async function load(opts: autocannon.Options): Promise<Load> {
-  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts });
+async function load(opts: autocannon.Options, seconds = SECONDS): Promise<Load> {
+  const result = await autocannon({ connections: CONNECTIONS, duration: seconds, ...opts });
   return {
-    rps: Math.round(result.requests.average),
+    // Requests over the whole run (autocannon's per-second average undercounts a partial last second).
+    rps: Math.round(result.requests.total / result.duration),
     p50_ms: result.latency.p50,
     p99_ms: result.latency.p99,
     non2xx: result.non2xx,
@@ -89,17 +106,17 @@ async function load(opts: autocannon.Options): Promise<Load> {
 }
 
 /** 3-job flows (ppo parent of sft and reward, as a run queues) added by CONNECTIONS callers. */
-async function flowAdds(): Promise<{ per_s: number }> {
+async function flowAdds(seconds: number, round: number): Promise<{ per_s: number }> {
   const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const flow = new FlowProducer({ connection, prefix: `${prefix}-raw` });
   let added = 0;
-  const until = Date.now() + SECONDS * 1000;
+  const until = Date.now() + seconds * 1000;
   const started = Date.now();
   const opts = { attempts: 1, removeOnFail: false };
   await Promise.all(
     Array.from({ length: CONNECTIONS }, async (_, c) => {
       for (let i = 0; Date.now() < until; i++) {
-        const id = `${c}-${i}`;
+        const id = `${round}-${c}-${i}`;
         const data = { runId: `run_${id}`, stageId: `stage_${id}`, kind: "ppo" };
         await flow.add({
           name: "ppo",
@@ -121,6 +138,21 @@ async function flowAdds(): Promise<{ per_s: number }> {
   await flow.close();
   await connection.quit();
   return { per_s: Math.round(perS) };
+}
+
+function mean(values: number[]): number {
+  return values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/** Equal-length slices as one measurement: mean rate, worst p99, summed failures. */
+function combine(slices: Load[]): Load {
+  return {
+    rps: Math.round(mean(slices.map((s) => s.rps))),
+    p50_ms: Math.round(mean(slices.map((s) => s.p50_ms))),
+    p99_ms: Math.max(...slices.map((s) => s.p99_ms)),
+    non2xx: slices.reduce((a, s) => a + s.non2xx, 0),
+    errors: slices.reduce((a, s) => a + s.errors, 0),
+  };
 }
 
 async function deleteKeys(pattern: string) {
@@ -175,6 +207,7 @@ async function main() {
         CHATRL_RATE_LIMIT_MAX: "1000000000",
       },
       `http://127.0.0.1:${apiPort}/healthz`,
+      args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", path.resolve(args["cpu-prof"])] : [],
     );
     children.push(api);
     const base = `http://127.0.0.1:${apiPort}`;
@@ -211,24 +244,45 @@ async function main() {
     await autocannon({ url: `${base}/v1/runs/${run.id}`, connections: 10, duration: 2 });
     await autocannon({ url: `http://127.0.0.1:${barePort}/hello`, connections: 10, duration: 2 });
 
-    const bareFastify = await load({ url: `http://127.0.0.1:${barePort}/hello` });
+    // The goals' pairs, in alternating slices (see the top of this file).
+    const slice = SECONDS / ROUNDS;
+    const bareSlices: Load[] = [];
+    const getRunSlices: Load[] = [];
+    const postRunsSlices: Load[] = [];
+    const flowSlices: { per_s: number }[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      bareSlices.push(await load({ url: `http://127.0.0.1:${barePort}/hello` }, slice));
+      getRunSlices.push(await load({ url: `${base}/v1/runs/${run.id}` }, slice));
+      postRunsSlices.push(
+        await load(
+          {
+            url: `${base}/v1/runs`,
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: spec,
+          },
+          slice,
+        ),
+      );
+      flowSlices.push(await flowAdds(slice, round));
+    }
+    const bareFastify = combine(bareSlices);
+    const getRun = combine(getRunSlices);
+    const postRuns = combine(postRunsSlices);
+    const flows = { per_s: Math.round(mean(flowSlices.map((f) => f.per_s))) };
+
     const healthz = await load({ url: `${base}/healthz` });
-    const getRun = await load({ url: `${base}/v1/runs/${run.id}` });
     const listRuns = await load({ url: `${base}/v1/runs?limit=20` });
     const getDataset = await load({ url: `${base}/v1/datasets/${dataset.id}` });
-    const postRuns = await load({
-      url: `${base}/v1/runs`,
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: spec,
-    });
-    const flows = await flowAdds();
 
+    const getRunRatio = +(getRun.rps / bareFastify.rps).toFixed(3);
+    const postRunsRatio = +(postRuns.rps / flows.per_s).toFixed(3);
     const report = {
       bench: "api",
       machine: { cores: availableParallelism(), load_average: loadavg().map((l) => +l.toFixed(2)) },
       seconds: SECONDS,
       connections: CONNECTIONS,
+      rounds: ROUNDS,
       bare_fastify: bareFastify,
       healthz,
       get_run: getRun,
@@ -236,14 +290,27 @@ async function main() {
       get_dataset: getDataset,
       post_runs: postRuns,
       bullmq_flow_adds: flows,
-      get_run_vs_bare: +(getRun.rps / bareFastify.rps).toFixed(3),
-      post_runs_vs_flow_adds: +(postRuns.rps / flows.per_s).toFixed(3),
+      get_run_vs_bare: getRunRatio,
+      post_runs_vs_flow_adds: postRunsRatio,
+      // Per round, to see how steady the ratios were.
+      get_run_vs_bare_by_round: getRunSlices.map((g, i) => +(g.rps / bareSlices[i].rps).toFixed(3)),
+      post_runs_vs_flow_adds_by_round: postRunsSlices.map(
+        (p, i) => +(p.rps / flowSlices[i].per_s).toFixed(3),
+      ),
       goals: {
-        "get_run >= 1/4 bare fastify": getRun.rps >= bareFastify.rps / 4,
-        "post_runs >= 1/2 bullmq flow adds": postRuns.rps >= flows.per_s / 2,
+        "get_run >= 1/4 bare fastify": getRunRatio >= 0.25,
+        "post_runs >= 1/2 bullmq flow adds": postRunsRatio >= 0.5,
       },
     };
     console.log(JSON.stringify(report, null, 2));
+    // The two ratios and whether each goal is met, in words, after the JSON (on stderr, so
+    // stdout stays one JSON object).
+    for (const [name, ratio, goal] of [
+      ["GET /v1/runs/{id} / bare Fastify", getRunRatio, 0.25],
+      ["POST /v1/runs / raw BullMQ flow adds", postRunsRatio, 0.5],
+    ] as const) {
+      console.error(`${name}: ${ratio} (goal >= ${goal}: ${ratio >= goal ? "met" : "NOT met"})`);
+    }
   } finally {
     for (const child of children) await stop(child);
     await deleteKeys(`${prefix}*`);
