@@ -1139,6 +1139,7 @@ export interface operations {
                     "application/json": components["schemas"]["Health"];
                 };
             };
+            429: components["responses"]["Error"];
         };
     };
     getReadiness: {
@@ -1159,6 +1160,7 @@ export interface operations {
                     "application/json": components["schemas"]["Health"];
                 };
             };
+            429: components["responses"]["Error"];
             503: components["responses"]["Error"];
         };
     };
@@ -1188,6 +1190,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     createDataset: {
@@ -1215,8 +1218,10 @@ export interface operations {
                 };
             };
             400: components["responses"]["Error"];
+            408: components["responses"]["Error"];
             413: components["responses"]["Error"];
             415: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getDataset: {
@@ -1240,6 +1245,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     listRuns: {
@@ -1270,6 +1276,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     createRun: {
@@ -1307,8 +1314,12 @@ export interface operations {
             };
             400: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            408: components["responses"]["Error"];
             409: components["responses"]["Error"];
+            413: components["responses"]["Error"];
+            415: components["responses"]["Error"];
             422: components["responses"]["Error"];
+            429: components["responses"]["Error"];
             503: components["responses"]["Error"];
         };
     };
@@ -1333,6 +1344,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     cancelRun: {
@@ -1356,6 +1368,10 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            408: components["responses"]["Error"];
+            413: components["responses"]["Error"];
+            415: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     listRunEvents: {
@@ -1383,6 +1399,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     listRunMetrics: {
@@ -1409,6 +1426,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     listRunCheckpoints: {
@@ -1432,6 +1450,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getRunTiming: {
@@ -1455,6 +1474,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getCheckpointContent: {
@@ -1487,6 +1507,7 @@ export interface operations {
                 content?: never;
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getCostSummary: {
@@ -1514,6 +1535,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getTimeSummary: {
@@ -1542,6 +1564,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     listQueues: {
@@ -1562,6 +1585,7 @@ export interface operations {
                     "application/json": components["schemas"]["QueueList"];
                 };
             };
+            429: components["responses"]["Error"];
             503: components["responses"]["Error"];
         };
     };
@@ -1583,6 +1607,7 @@ export interface operations {
                     "text/html": string;
                 };
             };
+            429: components["responses"]["Error"];
         };
     };
     getDashboardAsset: {
@@ -1607,6 +1632,7 @@ export interface operations {
                 };
             };
             404: components["responses"]["Error"];
+            429: components["responses"]["Error"];
         };
     };
     getMetrics: {
@@ -1647,6 +1673,7 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
+            429: components["responses"]["Error"];
         };
     };
     createChatCompletion: {
@@ -1674,6 +1701,9 @@ export interface operations {
             };
             400: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            408: components["responses"]["Error"];
+            413: components["responses"]["Error"];
+            415: components["responses"]["Error"];
             429: components["responses"]["Error"];
             503: components["responses"]["Error"];
         };
@@ -1703,6 +1733,9 @@ export interface operations {
             };
             400: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            408: components["responses"]["Error"];
+            413: components["responses"]["Error"];
+            415: components["responses"]["Error"];
             429: components["responses"]["Error"];
             503: components["responses"]["Error"];
         };
