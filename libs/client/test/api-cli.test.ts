@@ -186,7 +186,15 @@ describe("chatrl runs", () => {
     const datasetId = await uploadDataset("to-follow");
     const runId = runIdOf((await createRun(datasetId)).stdout);
     const stageId = await sftStageOf(runId);
-    const following = chatrl("runs", "follow", runId, "--interval", "50");
+    // The follower's output so far; the half-way state is held until the follower printed it
+    // (a fixed sleep was too short for a loaded machine's process start and polls).
+    let printed = "";
+    const following = cli(["runs", "follow", runId, "--interval", "50"], {
+      env: { CHATRL_API_URL: apiUrl },
+      onStdout: (text) => {
+        printed = text;
+      },
+    });
 
     const prisma = database.db.prisma;
     await startStage(prisma, stageId, "cpu");
@@ -199,7 +207,8 @@ describe("chatrl runs", () => {
       tokens: 1000,
       costUsd: 0.001,
     });
-    await sleep(400); // several polls see the half-way point
+    const halfWay = "sft: running step 10/20 loss 2.5000\n";
+    for (let i = 0; i < 400 && !printed.includes(halfWay); i++) await sleep(50);
     await addMetrics(prisma, stageId, 20, { loss: 1.25 });
     await recordStageProgress(prisma, stageId, {
       step: 20,
