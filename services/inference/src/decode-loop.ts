@@ -62,7 +62,17 @@ export type LoopLimits = {
   maxKvTokens: number;
   /** Requests waiting for room; past it, requests are refused. */
   maxQueuedRequests: number;
+  /**
+   * Prompt tokens prefilled in one forward pass between two decode steps (vLLM's chunked
+   * prefill budget); a longer prompt still goes alone. Admitted requests past it are prefilled
+   * at the next steps, so a burst of arrivals reaches its first tokens in turn instead of all
+   * waiting for one long prefill. Default DEFAULT_MAX_PREFILL_TOKENS.
+   */
+  maxPrefillTokens?: number;
 };
+
+/** Prompt tokens per prefill pass when LoopLimits leaves it unset. */
+export const DEFAULT_MAX_PREFILL_TOKENS = 256;
 
 export type LoopEvent =
   | { type: "first_token"; seconds: number }
@@ -109,6 +119,8 @@ export class DecodeLoop {
   readonly #batch: DecodeBatch;
   readonly #queue: Active[] = [];
   readonly #running = new Set<Active>();
+  /** Admitted requests whose prompts are not prefilled yet, oldest first. */
+  readonly #unfilled: Active[] = [];
   readonly #owner = new Map<DecodeRow, { active: Active; choice: number }>();
   #kvReserved = 0;
   #rows = 0;
@@ -266,9 +278,10 @@ export class DecodeLoop {
 
   async #run(): Promise<void> {
     try {
-      while (this.#queue.length > 0 || this.#batch.size > 0) {
-        const admitted = this.#admit();
-        if (admitted.length > 0) await this.#prefill(admitted);
+      while (this.#queue.length > 0 || this.#unfilled.length > 0 || this.#batch.size > 0) {
+        this.#unfilled.push(...this.#admit());
+        const prefilling = this.#nextPrefill();
+        if (prefilling.length > 0) await this.#prefill(prefilling);
         if (this.#batch.size > 0) {
           this.observe({ type: "step", rows: this.#batch.size });
           const start = performance.now();
@@ -282,6 +295,7 @@ export class DecodeLoop {
       }
     } catch (error) {
       // A failed forward pass fails every request in the batch; the batch starts over empty.
+      this.#unfilled.length = 0;
       for (const active of [...this.#running, ...this.#queue.splice(0)]) {
         this.#release(active);
         active.reject(error);
@@ -289,6 +303,25 @@ export class DecodeLoop {
       for (const row of this.#owner.keys()) row.dropped = true;
       this.#owner.clear();
     }
+  }
+
+  /** The admitted requests to prefill now: oldest first, within the prefill token budget. */
+  #nextPrefill(): Active[] {
+    const budget = this.limits.maxPrefillTokens ?? DEFAULT_MAX_PREFILL_TOKENS;
+    const chosen: Active[] = [];
+    let tokens = 0;
+    while (this.#unfilled.length > 0) {
+      const next = this.#unfilled[0];
+      if (!this.#running.has(next)) {
+        this.#unfilled.shift(); // its client left before its prefill
+        continue;
+      }
+      const length = next.request.prompt.length;
+      if (chosen.length > 0 && tokens + length > budget) break;
+      chosen.push(this.#unfilled.shift() as Active);
+      tokens += length;
+    }
+    return chosen;
   }
 
   async #prefill(admitted: Active[]): Promise<void> {

@@ -17,6 +17,7 @@ import { LRUCache } from "lru-cache";
 import {
   DecodeLoop,
   type GenerationRequest,
+  DEFAULT_MAX_PREFILL_TOKENS,
   type GenerationResult,
   type LoopEvent,
   type LoopLimits,
@@ -41,6 +42,7 @@ export const REGISTRY_DEFAULTS = {
   maxRunningRows: 64,
   maxKvTokens: 64 * 1024,
   maxQueuedRequests: 256,
+  maxPrefillTokens: DEFAULT_MAX_PREFILL_TOKENS,
   refreshIntervalMs: 2000,
 } as const;
 

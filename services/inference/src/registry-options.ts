@@ -8,6 +8,7 @@ const VARIABLES = {
   CHATRL_INFERENCE_MAX_ROWS: "maxRunningRows",
   CHATRL_INFERENCE_MAX_KV_TOKENS: "maxKvTokens",
   CHATRL_INFERENCE_MAX_QUEUED: "maxQueuedRequests",
+  CHATRL_INFERENCE_MAX_PREFILL_TOKENS: "maxPrefillTokens",
   CHATRL_INFERENCE_REFRESH_MS: "refreshIntervalMs",
 } as const satisfies Record<string, keyof RegistryOptions>;
 

@@ -9,9 +9,15 @@ describe("inference limits from the environment", () => {
         CHATRL_INFERENCE_MAX_ROWS: "16",
         CHATRL_INFERENCE_MAX_KV_TOKENS: "4096",
         CHATRL_INFERENCE_MAX_QUEUED: "0",
+        CHATRL_INFERENCE_MAX_PREFILL_TOKENS: "512",
         CHATRL_INFERENCE_MAX_MODEL_BYTES: "",
       }),
-    ).toEqual({ maxRunningRows: 16, maxKvTokens: 4096, maxQueuedRequests: 0 });
+    ).toEqual({
+      maxRunningRows: 16,
+      maxKvTokens: 4096,
+      maxQueuedRequests: 0,
+      maxPrefillTokens: 512,
+    });
   });
 
   it("names every bad variable", () => {
