@@ -110,21 +110,24 @@ type RedisWithIncrement = Redis & {
 
 /**
  * A store for @fastify/rate-limit that counts in Redis as its RedisStore does (INCR, and
- * PEXPIRE when a window starts), but sends the requests of one key that arrive while its last
- * count is on the way as one INCRBY: each request gets the count it would have got alone, as
- * if they had come one after another. Fifty clients on one key cost one Redis call per round
+ * PEXPIRE when a window starts), but sends the requests of one key that arrive while a few of its
+ * counts are on the way as one INCRBY: each request gets the count it would have got alone, as
+ * if they had come one after another (Redis runs the INCRBYs one at a time). Fifty clients on one key cost one Redis call per round
  * trip instead of fifty; the budget is still one, shared by every replica.
  */
+/** Counts of one key on the way to Redis at once; the requests arriving meanwhile wait together. */
+const IN_FLIGHT_PER_KEY = 4;
+
 function batchingRedisStore(redis: Redis, prefix: string) {
   const client = redis as RedisWithIncrement;
   if (!client.chatrlRateIncrement) {
     client.defineCommand("chatrlRateIncrement", { numberOfKeys: 1, lua: INCREMENT_BY });
   }
-  // Per key: whether a count is on the way, and the requests waiting for the next one.
-  const flying = new Set<string>();
+  // Per key: how many counts are on the way, and the requests waiting for the next one.
+  const flying = new Map<string, number>();
   const waiting = new Map<string, { windowMs: number; callbacks: CountCallback[] }>();
   const send = (key: string, windowMs: number, callbacks: CountCallback[]) => {
-    flying.add(key);
+    flying.set(key, (flying.get(key) ?? 0) + 1);
     const n = callbacks.length;
     client
       .chatrlRateIncrement(key, windowMs, n)
@@ -139,7 +142,9 @@ function batchingRedisStore(redis: Redis, prefix: string) {
         },
       )
       .finally(() => {
-        flying.delete(key);
+        const left = (flying.get(key) ?? 1) - 1;
+        if (left === 0) flying.delete(key);
+        else flying.set(key, left);
         const next = waiting.get(key);
         if (next) {
           waiting.delete(key);
@@ -155,7 +160,7 @@ function batchingRedisStore(redis: Redis, prefix: string) {
     ) {}
     incr(id: string, callback: CountCallback, windowMs: number): void {
       const key = this.key + id;
-      if (!flying.has(key)) {
+      if ((flying.get(key) ?? 0) < IN_FLIGHT_PER_KEY) {
         send(key, windowMs, [callback]);
         return;
       }

@@ -111,16 +111,18 @@ export default async function runRoutes(app: FastifyInstance) {
   // share queries, each answer still read after its request arrived (coalesceReads).
   const readRun = coalesceReads((id: string) => getRun(prisma, id));
   const lookupDatasets = datasetFactsCache(prisma);
-  // Concurrent submissions share one Postgres statement (one commit) and one Redis transaction
-  // (groupCalls); each still answers only once its run is stored and queued.
-  // Postgres commits several transactions with one WAL flush: a few statements in flight.
+  // Concurrent submissions share Postgres statements (one commit for many runs) and Redis
+  // transactions (groupCalls); each still answers only once its run is stored and queued. A few
+  // batches in flight at once, so that under load a submission rarely waits for another batch
+  // to end (bench:api on a busy 2-core machine: with one, ~25 ms in Postgres and ~28 ms in Redis
+  // per submission; with four, ~20 and ~15).
   const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 4 });
   const queueRun = groupCalls(
     async (runs: RunWithStages[]) => {
       await enqueueRuns(app.queue.flow, runs, { timeoutMs: app.queue.timeoutMs });
       return runs.map(() => undefined);
     },
-    { concurrency: 2 },
+    { concurrency: 4 },
   );
 
   async function loadRun(id: string): Promise<RunWithStages> {
