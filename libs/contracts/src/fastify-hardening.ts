@@ -257,6 +257,12 @@ export const slowBodyPlugin = fp(
       const hasBody =
         headers["transfer-encoding"] !== undefined || Number(headers["content-length"] ?? 0) > 0;
       if (!hasBody) return payload;
+      // A body already here in full (a small JSON body comes with its headers) cannot trickle:
+      // no guard, no timer.
+      const length = Number(headers["content-length"]);
+      if (headers["transfer-encoding"] === undefined && payload.readableLength >= length) {
+        return payload;
+      }
       const started = Date.now();
       let received = 0;
       const guard = new Transform({
