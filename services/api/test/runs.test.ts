@@ -312,6 +312,14 @@ describe("reading runs", () => {
     const run = (await postRun(runBody(datasetId))).json();
     const got = await api.app.inject({ url: `/v1/runs/${run.id}` });
     expect(got.json()).toEqual(run);
+    expect(got.headers["content-type"]).toBe("application/json; charset=utf-8");
+    // Readers sharing a query (coalesceReads) share its serialized answer: the same bytes as
+    // the submission's own answer, whichever reader serialized it.
+    const together = await Promise.all(
+      Array.from({ length: 5 }, () => api.app.inject({ url: `/v1/runs/${run.id}` })),
+    );
+    for (const answer of together) expect(answer.body).toBe(got.body);
+    expect(got.body).toBe(JSON.stringify(run));
     const missing = await api.app.inject({ url: `/v1/runs/run_${"0".repeat(24)}` });
     expect(missing.statusCode).toBe(404);
     expect(missing.json().error).toMatchObject({ type: "not_found_error", param: "id" });

@@ -110,6 +110,7 @@ export default async function runRoutes(app: FastifyInstance) {
   // Clients polling a run (the CLI's follow, the dashboard) ask for the same run at once; they
   // share queries, each answer still read after its request arrived (coalesceReads).
   const readRun = coalesceReads((id: string) => getRun(prisma, id));
+  const serializedRuns = new WeakMap<RunWithStages, Buffer>();
   const lookupDatasets = datasetFactsCache(prisma);
   // Concurrent submissions share Postgres statements (one commit for many runs) and Redis
   // transactions (groupCalls); each still answers only once its run is stored and queued. A few
@@ -209,7 +210,17 @@ export default async function runRoutes(app: FastifyInstance) {
 
   app.route({
     ...openApiRoute("GET", "/v1/runs/{id}"),
-    handler: async (request) => toRunJson(await loadRun((request.params as { id: string }).id)),
+    handler: async (request, reply) => {
+      const run = await loadRun((request.params as { id: string }).id);
+      // Readers that shared a query share its answer's bytes too: serialized once (by the
+      // route's own serializer, so the bytes are the same), not once per reader.
+      let body = serializedRuns.get(run);
+      if (!body) {
+        body = Buffer.from(reply.serialize(toRunJson(run)) as string);
+        serializedRuns.set(run, body);
+      }
+      return reply.type("application/json; charset=utf-8").send(body);
+    },
   });
 
   app.route({
