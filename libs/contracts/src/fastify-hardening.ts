@@ -116,7 +116,7 @@ type RedisWithIncrement = Redis & {
  * trip instead of fifty; the budget is still one, shared by every replica.
  */
 /** Counts of one key on the way to Redis at once; the requests arriving meanwhile wait together. */
-const IN_FLIGHT_PER_KEY = 4;
+const IN_FLIGHT_PER_KEY = 2;
 
 function batchingRedisStore(redis: Redis, prefix: string) {
   const client = redis as RedisWithIncrement;
@@ -195,8 +195,6 @@ export const rateLimitPlugin = fp(
         maxRetriesPerRequest: 0,
         commandTimeout: 200,
         connectTimeout: 2000,
-        // Counting requests that arrive together goes to Redis in one write (the same commands).
-        enableAutoPipelining: true,
       });
       redis.on("error", () => {}); // requests pass while Redis is away (skipOnError)
       app.addHook("onClose", async () => {
