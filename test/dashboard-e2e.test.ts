@@ -3,15 +3,19 @@
 // its page in Debian's chromium shows the worker's own curves, its time split with the queue
 // wait and PPO's phases, and the api's /metrics counts it. A screenshot goes to
 // test-output/dashboard/real-run.png.
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { createChatrlClient, type Run } from "@chatrl/client";
+import { createChatrlClient } from "@chatrl/client";
 import type { components } from "@chatrl/contracts";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { launchChromium } from "./support/chromium.ts";
-import { startTestPlatform, type TestPlatform } from "./support/platform.ts";
+import {
+  readExample,
+  startTestPlatform,
+  type TestPlatform,
+  waitForRun,
+} from "./support/platform.ts";
 import { promSample } from "./support/prometheus.ts";
 
 const SHOTS = path.resolve(import.meta.dirname, "../test-output/dashboard");
@@ -28,27 +32,15 @@ afterAll(async () => {
   await platform?.stop();
 });
 
-const example = (name: string) => readFile(new URL(`../examples/${name}`, import.meta.url), "utf8");
-
-async function waitForRun(api: ReturnType<typeof createChatrlClient>, id: string): Promise<Run> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    const run = await api.getRun(id);
-    if (["succeeded", "failed", "cancelled"].includes(run.status)) return run;
-    if (Date.now() > deadline) throw new Error(`run ${id} still ${run.status} after 10 minutes`);
-    await sleep(500);
-  }
-}
-
 describe("the dashboard over a run the platform trained", () => {
   it("shows the worker's curves, the queue wait and PPO's phases, and counts the stages", async () => {
     const api = createChatrlClient({ baseUrl: platform.apiUrl });
-    const sftData = await api.uploadDataset("polite-sft", await example("polite-sft.jsonl"));
+    const sftData = await api.uploadDataset("polite-sft", await readExample("polite-sft.jsonl"));
     const pairs = await api.uploadDataset(
       "polite-pairs",
-      await example("polite-preferences.jsonl"),
+      await readExample("polite-preferences.jsonl"),
     );
-    const spec = JSON.parse(await example("polite-rlhf.json"));
+    const spec = JSON.parse(await readExample("polite-rlhf.json"));
     spec.name = "dashboard e2e";
     spec.datasets[0].id = sftData.id;
     spec.datasets[1].id = pairs.id;

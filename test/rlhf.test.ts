@@ -3,11 +3,14 @@
 // The proof that it learns: the reward model ranks held-out pairs, the reward score rises during
 // PPO, and the PPO actor answers held-out prompts in the preferred style more often than its
 // SFT model does.
-import { readFile } from "node:fs/promises";
-import { setTimeout as sleep } from "node:timers/promises";
-import { createChatrlClient, evaluateRun, type Run } from "@chatrl/client";
+import { createChatrlClient, evaluateRun } from "@chatrl/client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestPlatform, type TestPlatform } from "./support/platform.ts";
+import {
+  readExample,
+  startTestPlatform,
+  type TestPlatform,
+  waitForRun,
+} from "./support/platform.ts";
 
 let platform: TestPlatform;
 
@@ -19,28 +22,16 @@ afterAll(async () => {
   await platform?.stop();
 });
 
-const example = (name: string) => readFile(new URL(`../examples/${name}`, import.meta.url), "utf8");
-
-async function waitForRun(api: ReturnType<typeof createChatrlClient>, id: string): Promise<Run> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    const run = await api.getRun(id);
-    if (["succeeded", "failed", "cancelled"].includes(run.status)) return run;
-    if (Date.now() > deadline) throw new Error(`run ${id} still ${run.status} after 10 minutes`);
-    await sleep(500);
-  }
-}
-
 describe("a three-stage RLHF run of the polite arithmetic example", () => {
   it("trains SFT and a reward model, then a PPO actor that beats its SFT model on the task's scorer", async () => {
     const api = createChatrlClient({ baseUrl: platform.apiUrl });
     const inference = createChatrlClient({ baseUrl: platform.inferenceUrl });
-    const sftData = await api.uploadDataset("polite-sft", await example("polite-sft.jsonl"));
+    const sftData = await api.uploadDataset("polite-sft", await readExample("polite-sft.jsonl"));
     const pairs = await api.uploadDataset(
       "polite-preferences",
-      await example("polite-preferences.jsonl"),
+      await readExample("polite-preferences.jsonl"),
     );
-    const spec = JSON.parse(await example("polite-rlhf.json"));
+    const spec = JSON.parse(await readExample("polite-rlhf.json"));
     spec.datasets[0].id = sftData.id;
     spec.datasets[1].id = pairs.id;
 
