@@ -1,12 +1,12 @@
 // `chatrl chat` against a listening inference service serving a real tiny checkpoint.
 import { type AddressInfo, createServer } from "node:net";
 import { loadConfig } from "@chatrl/contracts";
-import { createRun, saveCheckpoint } from "@chatrl/db";
 import { GPT, MODEL_PRESETS, saveModel } from "@chatrl/engine";
 import { buildInferenceApp } from "@chatrl/inference";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { saveServedSft } from "../../../test/support/served-model.ts";
 import { createChatrlClient } from "../src/index.ts";
 import { cli } from "./cli-io.ts";
 
@@ -34,24 +34,10 @@ beforeAll(async () => {
   });
   url = await app.listen({ port: 0, host: "127.0.0.1" });
 
-  const run = await createRun(testDb.db.prisma, {
-    name: "cli chat",
-    spec: {},
-    stages: [{ kind: "sft", maxSteps: 1 }],
-  });
   const model = new GPT(MODEL_PRESETS.tiny, 11);
   const bytes = await saveModel(model);
   model.dispose();
-  await saveCheckpoint(testDb.db.prisma, {
-    runId: run.id,
-    stageId: run.stages[0].id,
-    step: 1,
-    role: "sft",
-    final: true,
-    config: MODEL_PRESETS.tiny,
-    model: bytes,
-  });
-  modelId = `run-${run.id}-sft`;
+  ({ modelId } = await saveServedSft(testDb.db.prisma, bytes, MODEL_PRESETS.tiny, "cli chat"));
 });
 
 afterAll(async () => {

@@ -3,7 +3,7 @@
 // a run's actor is served while it trains, its new checkpoints loaded in the background.
 import { request as httpRequest } from "node:http";
 import { loadConfig } from "@chatrl/contracts";
-import { createRun, saveCheckpoint, saveCheckpoints } from "@chatrl/db";
+import { createRun, saveCheckpoints } from "@chatrl/db";
 import {
   decodeSafetensors,
   encodeSafetensors,
@@ -17,6 +17,7 @@ import {
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { saveServedSft } from "../../../test/support/served-model.ts";
 import { buildInferenceApp } from "../src/app.ts";
 import type { RegistryEvent, RegistryOptions } from "../src/model-registry.ts";
 
@@ -60,21 +61,7 @@ const until = async (done: () => boolean, ms = 10_000) => {
 beforeAll(async () => {
   testDb = await createTestDatabase();
   await newApp(); // initializes the tensor backend
-  const run = await createRun(testDb.db.prisma, {
-    name: "continuous batching",
-    spec: {},
-    stages: [{ kind: "sft", maxSteps: 1 }],
-  });
-  await saveCheckpoint(testDb.db.prisma, {
-    runId: run.id,
-    stageId: run.stages[0].id,
-    step: 1,
-    role: "sft",
-    final: true,
-    config: tiny,
-    model: await policyFile(1),
-  });
-  modelId = `run-${run.id}-sft`;
+  ({ modelId } = await saveServedSft(testDb.db.prisma, await policyFile(1), tiny));
 });
 
 afterAll(async () => {
@@ -252,22 +239,14 @@ describe("chat roles as special tokens, served", () => {
       await policyFile(3, legacyConfig as typeof tiny),
     );
     delete metadata[TOKENIZER_KEY];
-    const run = await createRun(testDb.db.prisma, {
-      name: "legacy",
-      spec: {},
-      stages: [{ kind: "sft", maxSteps: 1 }],
-    });
-    await saveCheckpoint(testDb.db.prisma, {
-      runId: run.id,
-      stageId: run.stages[0].id,
-      step: 1,
-      role: "sft",
-      final: true,
-      config: legacyConfig,
-      model: encodeSafetensors(tensors, metadata),
-    });
+    const legacy = await saveServedSft(
+      testDb.db.prisma,
+      encodeSafetensors(tensors, metadata),
+      legacyConfig,
+      "legacy",
+    );
     const app = await newApp();
-    const res = await chat(app, { model: `run-${run.id}-sft`, messages: hello, max_tokens: 3 });
+    const res = await chat(app, { model: legacy.modelId, messages: hello, max_tokens: 3 });
     expect(res.statusCode, res.body).toBe(200);
     expect(res.json().usage.prompt_tokens).toBe(
       Buffer.byteLength(renderChatPrompt(hello as never)),

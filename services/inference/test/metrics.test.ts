@@ -1,10 +1,10 @@
 // The inference service's /metrics against a real test database holding a real tiny model.
 import { loadConfig } from "@chatrl/contracts";
-import { createRun, saveCheckpoint } from "@chatrl/db";
 import { GPT, MODEL_PRESETS, saveModel } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { saveServedSft } from "../../../test/support/served-model.ts";
 import { promSample } from "../../../test/support/prometheus.ts";
 import { buildInferenceApp } from "../src/app.ts";
 
@@ -23,24 +23,11 @@ afterAll(async () => {
 });
 
 async function tinyRun(): Promise<{ model: string; checkpointId: string; bytes: number }> {
-  const run = await createRun(testDb.db.prisma, {
-    name: "metrics",
-    spec: {},
-    stages: [{ kind: "sft", maxSteps: 1 }],
-  });
   const gpt = new GPT(MODEL_PRESETS.tiny, 7);
   const model = await saveModel(gpt);
   gpt.dispose();
-  const checkpoint = await saveCheckpoint(testDb.db.prisma, {
-    runId: run.id,
-    stageId: run.stages[0].id,
-    step: 1,
-    role: "sft",
-    final: true,
-    config: MODEL_PRESETS.tiny,
-    model,
-  });
-  return { model: `run-${run.id}-sft`, checkpointId: checkpoint.id, bytes: model.byteLength };
+  const served = await saveServedSft(testDb.db.prisma, model, MODEL_PRESETS.tiny, "metrics");
+  return { model: served.modelId, checkpointId: served.checkpointId, bytes: model.byteLength };
 }
 
 describe("inference metrics", () => {

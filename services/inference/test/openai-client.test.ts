@@ -2,12 +2,12 @@
 // real port: n, logprobs, stop, max_completion_tokens, streaming usage, seed, vLLM's extra
 // sampling fields, finish reasons, raw /v1/completions, and 429 as the client's RateLimitError.
 import { loadConfig } from "@chatrl/contracts";
-import { createRun, saveCheckpoint } from "@chatrl/db";
 import { GPT, MODEL_PRESETS, saveModel } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
+import { saveServedSft } from "../../../test/support/served-model.ts";
 import { buildInferenceApp } from "../src/app.ts";
 
 let testDb: TestDatabase;
@@ -25,21 +25,7 @@ beforeAll(async () => {
   const gpt = new GPT(MODEL_PRESETS.tiny, 9);
   const bytes = await saveModel(gpt, "sft");
   gpt.dispose();
-  const run = await createRun(testDb.db.prisma, {
-    name: "openai client",
-    spec: {},
-    stages: [{ kind: "sft", maxSteps: 1 }],
-  });
-  await saveCheckpoint(testDb.db.prisma, {
-    runId: run.id,
-    stageId: run.stages[0].id,
-    step: 1,
-    role: "sft",
-    final: true,
-    config: MODEL_PRESETS.tiny,
-    model: bytes,
-  });
-  model = `run-${run.id}-sft`;
+  model = (await saveServedSft(testDb.db.prisma, bytes, MODEL_PRESETS.tiny)).modelId;
   const url = await app.listen({ port: 0, host: "127.0.0.1" });
   client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0 });
 });
