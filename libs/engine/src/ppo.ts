@@ -145,26 +145,30 @@ export class PPOTrainer implements StageTrainer {
     // The schedules count optimizer updates: ppo_epochs x minibatches per step.
     const updates = this.totalSteps * config.ppoEpochs * this.minibatchesPerStep();
     const warmupUpdates = config.warmupSteps * config.ppoEpochs * this.minibatchesPerStep();
-    const schedule = (peak: number) => ({ peak, warmupSteps: warmupUpdates, totalSteps: updates });
-    this.actorState = new TrainState(
+    const state = (prefix: string, weights: Map<string, tf.Variable>, lr: number, wd: number) =>
+      new TrainState(
+        prefix,
+        weights,
+        {
+          learningRate: lr,
+          warmupSteps: warmupUpdates,
+          totalSteps: updates,
+          weightDecay: wd,
+          gradClip: config.gradClip,
+        },
+        config.log,
+      );
+    this.actorState = state(
       "actor.",
       models.actor.namedWeights(),
-      {
-        schedule: schedule(config.actorLearningRate),
-        weightDecay: config.actorWeightDecay,
-        gradClip: config.gradClip,
-      },
-      config.log,
+      config.actorLearningRate,
+      config.actorWeightDecay,
     );
-    this.criticState = new TrainState(
+    this.criticState = state(
       "critic.",
       models.critic.namedWeights(),
-      {
-        schedule: schedule(config.criticLearningRate),
-        weightDecay: config.criticWeightDecay,
-        gradClip: config.gradClip,
-      },
-      config.log,
+      config.criticLearningRate,
+      config.criticWeightDecay,
     );
   }
 

@@ -111,15 +111,7 @@ export class RewardModelTrainer implements StageTrainer {
     this.state = new TrainState(
       "",
       model.namedWeights(),
-      {
-        schedule: {
-          peak: config.learningRate,
-          warmupSteps: config.warmupSteps,
-          totalSteps: this.totalSteps,
-        },
-        weightDecay: config.weightDecay,
-        gradClip: config.gradClip,
-      },
+      { ...config, totalSteps: this.totalSteps },
       config.log,
     );
   }

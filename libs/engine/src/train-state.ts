@@ -6,9 +6,13 @@ import { tensorsToStored } from "./checkpoint";
 import { AdamW, clipByGlobalNorm, type LrSchedule, lrAt } from "./optim";
 import { decodeSafetensors, encodeSafetensors } from "./safetensors";
 
+/** Named as the trainers' configs name them, so a trainer passes `{ ...config, totalSteps }`. */
 export type TrainStateConfig = {
-  /** The schedule's peak, warmup and length (decays to peak / 10 by default). */
-  schedule: Omit<LrSchedule, "minRatio"> & { minRatio?: number };
+  /** Peak of the schedule: linear warmup over warmupSteps, then a cosine to a tenth at totalSteps. */
+  learningRate: number;
+  warmupSteps: number;
+  /** Optimizer updates in all. */
+  totalSteps: number;
   weightDecay: number;
   /** Global gradient-norm limit; 0 disables clipping. */
   gradClip: number;
@@ -35,7 +39,8 @@ export class TrainState {
   ) {
     this.variables = [...weights.values()];
     for (const [name, variable] of weights) this.nameOf.set(variable.name, name);
-    this.schedule = { minRatio: 0.1, ...config.schedule };
+    const { learningRate: peak, warmupSteps, totalSteps } = config;
+    this.schedule = { peak, warmupSteps, totalSteps, minRatio: 0.1 };
     this.optimizer = new AdamW(weights, { weightDecay: config.weightDecay });
     const { decay, noDecay } = this.optimizer.groups();
     log?.(
