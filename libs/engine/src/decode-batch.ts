@@ -4,12 +4,13 @@
 // caller drops it, its cache rows released. Each row samples with its own options and from its
 // own seeded stream, so a seeded row gives the same tokens whatever else shares its batch.
 //
-// Rows are right-aligned in one cache of T positions: row b has padLeft[b] empty positions before
-// its first token, and its positions count from there (GPT.forward's padLeft), so rows of any
-// length share one [B, 1] forward per step.
+// Each row keeps its keys and values in blocks of a paged cache (./paged-kv-cache): joining takes
+// blocks, leaving gives them back, and no other row's cache is copied or realigned, so rows of
+// any length share one [B, 1] forward per step.
 import * as tf from "@tensorflow/tfjs";
 import { KVCache } from "./kv-cache";
 import type { GPT } from "./model";
+import { PagedKVCache } from "./paged-kv-cache";
 import { Rng } from "./rng";
 import { applyRepetitionPenalty, logSoftmaxAt, sampleToken, type TokenSampling } from "./sampler";
 
@@ -51,8 +52,9 @@ export class DecodeRow {
   dropped = false;
   readonly rng: Rng;
   readonly seen: Set<number>;
-  /** Cache positions before this row's first token. */
-  padLeft = 0;
+  /** The row's blocks in the paged cache, and the positions they hold. */
+  blocks: number[] = [];
+  length = 0;
 
   constructor(
     readonly prompt: readonly number[],
@@ -77,7 +79,7 @@ export type DecodeRequest = { prompt: readonly number[]; rows: DecodeRowOptions[
 
 export class DecodeBatch {
   readonly #model: GPT;
-  readonly #cache: KVCache;
+  readonly #cache: PagedKVCache;
   /** Active rows in cache order. */
   #rows: DecodeRow[] = [];
   #disposed = false;
@@ -86,20 +88,13 @@ export class DecodeBatch {
 
   constructor(model: GPT) {
     this.#model = model;
-    this.#cache = new KVCache(model.config.nLayers);
-    // Padding is kept as zero keys and values (prefill zeroes it, joins pad with zeros), so
-    // decode steps run attention on the fused kernel.
-    this.#cache.zeroPadding = true;
+    const { nLayers, nHeads, dModel } = model.config;
+    this.#cache = new PagedKVCache(nLayers, nHeads, dModel);
   }
 
   /** Rows in the batch (done rows leave at the next step). */
   get size(): number {
     return this.#rows.length;
-  }
-
-  /** Positions each row's cache spans (the longest row's length). */
-  get width(): number {
-    return this.#cache.length;
   }
 
   /** Bytes held by the KV cache. */
@@ -141,33 +136,37 @@ export class DecodeBatch {
       logits = (await last.data()) as Float32Array;
       last.dispose();
       this.counts.prefills++;
-      // The padding tokens' keys and values become zeros (see KVCache.zeroPadding).
-      joining.zeroStart(padLeft);
-      // One cache row per decode row: a prompt's row repeats for each of its rows.
-      joining.selectRows(requests.flatMap((r, i) => r.rows.map(() => i)));
-      // Right-align the joiners with the running rows.
-      const grow = width - this.#cache.length;
-      if (this.#rows.length > 0 && grow > 0) {
-        this.#cache.padStart(grow);
-        for (const row of this.#rows) row.padLeft += grow;
-      } else if (this.#rows.length > 0 && grow < 0) {
-        joining.padStart(-grow);
-      }
-      this.#cache.concatRows(joining);
+      // One set of blocks per decode row: a prompt's positions are copied once per row.
+      const joined = requests.map((request) =>
+        request.rows.map((options) => {
+          const row = new DecodeRow(request.prompt, options);
+          row.length = request.prompt.length;
+          row.blocks = this.#cache.allocate(this.#cache.blocksFor(row.length + 1));
+          return row;
+        }),
+      );
+      this.#cache.store(
+        joining,
+        joined.flatMap((rows, i) =>
+          rows.map((row) => ({
+            blocks: row.blocks,
+            length: row.length,
+            source: i,
+            start: padLeft[i],
+          })),
+        ),
+      );
+      return joined.map((rows, i) => {
+        const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
+        for (const row of rows) {
+          row.pending = Float32Array.from(own);
+          this.#rows.push(row);
+        }
+        return rows;
+      });
     } finally {
       joining.dispose();
     }
-    const shift = Math.max(0, this.#cache.length - width);
-    return requests.map((request, i) => {
-      const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
-      return request.rows.map((options) => {
-        const row = new DecodeRow(request.prompt, options);
-        row.padLeft = padLeft[i] + shift;
-        row.pending = Float32Array.from(own);
-        this.#rows.push(row);
-        return row;
-      });
-    });
   }
 
   /**
@@ -192,11 +191,10 @@ export class DecodeBatch {
       if (row.options.repetitionPenalty && row.options.repetitionPenalty !== 1) row.seen.add(token);
       advanced.push(row);
       this.counts.tokens++;
-      const ownLength = this.#cache.length - row.padLeft; // positions cached for this row
       if (row.options.stopIds.includes(token)) row.finish = "stop";
       else if (row.tokens.length >= row.options.maxNewTokens) row.finish = "length";
-      // Feeding the token would need position ownLength: past the context, nothing follows.
-      else if (ownLength >= contextLength) row.finish = "length";
+      // Feeding the token would need position row.length: past the context, nothing follows.
+      else if (row.length >= contextLength) row.finish = "length";
       onToken?.(row, token);
     }
     this.#removeDone();
@@ -231,17 +229,26 @@ export class DecodeBatch {
   async #forward(): Promise<void> {
     const { vocabSize } = this.#model.config;
     const batch = this.#rows.length;
-    const last = tf.tidy(() => {
-      const input = tf.tensor2d(
-        this.#rows.map((row) => row.tokens[row.tokens.length - 1]),
-        [batch, 1],
-        "int32",
-      );
-      const padLeft = this.#rows.map((row) => row.padLeft);
-      return this.#model
-        .forward(input, { cache: this.#cache, padLeft })
-        .reshape([batch, vocabSize]);
-    });
+    // A row whose blocks are full takes one more for the position this step writes.
+    for (const row of this.#rows) {
+      if (row.blocks.length * this.#cache.blockSize <= row.length)
+        row.blocks.push(...this.#cache.allocate(1));
+    }
+    this.#cache.beginStep(this.#rows);
+    let last: tf.Tensor;
+    try {
+      last = tf.tidy(() => {
+        const input = tf.tensor2d(
+          this.#rows.map((row) => row.tokens[row.tokens.length - 1]),
+          [batch, 1],
+          "int32",
+        );
+        return this.#model.forward(input, { paged: this.#cache }).reshape([batch, vocabSize]);
+      });
+    } finally {
+      this.#cache.endStep();
+    }
+    for (const row of this.#rows) row.length++;
     const logits = (await last.data()) as Float32Array;
     last.dispose();
     this.counts.steps++;
@@ -249,17 +256,17 @@ export class DecodeBatch {
       row.pending = logits.slice(i * vocabSize, (i + 1) * vocabSize);
   }
 
-  /** Drops done rows from the batch and their cache rows, and padding no row needs. */
+  /** Drops done rows from the batch; their blocks go back to the cache. */
   #removeDone(): void {
     if (!this.#rows.some((row) => row.done)) return;
-    const keep = [...this.#rows.keys()].filter((i) => !this.#rows[i].done);
-    this.#cache.selectRows(keep);
-    this.#rows = keep.map((i) => this.#rows[i]);
-    const unused = Math.min(...this.#rows.map((row) => row.padLeft));
-    if (this.#rows.length > 0 && unused > 0) {
-      this.#cache.dropStart(unused);
-      for (const row of this.#rows) row.padLeft -= unused;
+    for (const row of this.#rows) {
+      if (!row.done) continue;
+      this.#cache.release(row.blocks);
+      row.blocks = [];
     }
+    this.#rows = this.#rows.filter((row) => !row.done);
+    // An idle batch holds no cache memory (a served model may wait a long time for requests).
+    if (this.#rows.length === 0) this.#cache.clear();
   }
 
   #check(): void {

@@ -4,6 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
+import type { PagedKVCache } from "./paged-kv-cache";
 import { causalAttention, embedding, layerNorm, linear, mergeHeads, splitHeads } from "./ops";
 import { paddedCausalAttention } from "./padded-attention";
 import { Rng } from "./rng";
@@ -18,12 +19,23 @@ export type ForwardOptions = {
    * are never attended to and positions count from the first real token.
    */
   padLeft?: readonly number[];
+  /**
+   * A decode step of continuous batching: one new token per row (ids [B, 1]) at each row's own
+   * position, its keys and values written into the paged cache's blocks (beginStep set the rows).
+   */
+  paged?: PagedKVCache;
   /** Source of dropout seeds while training (the trainer passes its own to make runs resumable). */
   rng?: Rng;
 };
 
 /** Per-forward state the modules need besides their input. */
-type Context = { training: boolean; cache?: KVCache; padLeft?: readonly number[]; rng: Rng };
+type Context = {
+  training: boolean;
+  cache?: KVCache;
+  padLeft?: readonly number[];
+  paged?: PagedKVCache;
+  rng: Rng;
+};
 
 type Init = { normal: number } | "zeros" | "ones";
 type MakeParam = (name: string, shape: number[], init: Init) => tf.Variable;
@@ -90,12 +102,17 @@ class CausalSelfAttention {
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
     const nh = this.config.nHeads;
     const qkv = linear(x, this.cAttnW, this.cAttnB) as tf.Tensor3D; // [B, T, 3C]
+    if (ctx.paged) {
+      const [batch, , threeC] = qkv.shape; // T = 1
+      const y = ctx.paged.attend(this.layer, qkv.reshape([batch, threeC])); // [B, C]
+      return linear(y.reshape([batch, 1, threeC / 3]), this.cProjW, this.cProjB) as tf.Tensor3D;
+    }
     const [qh, k, v] = splitHeads(qkv, nh, 3); // [B, T, 3C] -> 3 x [B, nh, T, hs]
     let kh = k;
     let vh = v;
     if (ctx.cache) [kh, vh] = ctx.cache.append(this.layer, kh, vh); // [B, nh, past + T, hs]
     const y = ctx.padLeft
-      ? paddedCausalAttention(qh, kh, vh, ctx.padLeft, ctx.cache?.zeroPadding)
+      ? paddedCausalAttention(qh, kh, vh, ctx.padLeft)
       : causalAttention(qh, kh, vh); // [B, nh, T, hs]
     const merged = mergeHeads(y); // [B, nh, T, hs] -> [B, T, C]
     return dropout(
@@ -217,9 +234,11 @@ export class GPT {
    */
   hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
     if (this.disposed) throw new Error("GPT.forward on a disposed model");
-    const { training = false, cache, padLeft, rng = this.ownRng } = opts;
-    if (training && cache)
+    const { training = false, cache, padLeft, paged, rng = this.ownRng } = opts;
+    if (training && (cache || paged))
       throw new Error("GPT.forward: a KV cache is for inference, not training");
+    if (paged && (cache || padLeft || ids.shape[1] !== 1))
+      throw new Error("GPT.forward: a paged cache takes one new token per row, alone");
     if (ids.dtype !== "int32") throw new Error(`GPT.forward: ids must be int32, got ${ids.dtype}`);
     const [batch, time] = ids.shape;
     const past = cache?.length ?? 0;
@@ -228,10 +247,11 @@ export class GPT {
         `sequence of ${past + time} tokens exceeds the context length ${this.config.contextLength}`,
       );
     }
-    const ctx: Context = { training, cache, padLeft, rng };
+    const ctx: Context = { training, cache, padLeft, paged, rng };
     return tf.tidy(() => {
       const tok = embedding(this.wte, ids); // [B, T, C]
-      const pos = embedding(this.wpe, this.positions(batch, time, past, padLeft)); // [B, T, C] or [T, C]
+      const positions = paged?.positionIds() ?? this.positions(batch, time, past, padLeft);
+      const pos = embedding(this.wpe, positions); // [B, T, C] or [T, C]
       let x = dropout(tf.add(tok, pos), this.config.dropout, ctx) as tf.Tensor3D;
       for (const block of this.blocks) x = block.forward(x, ctx);
       return this.lnF.forward(x) as tf.Tensor3D; // [B, T, C]

@@ -1,7 +1,7 @@
 // Causal attention for a batch of left-padded sequences (batched generation of prompts of
 // different lengths). A plain version; ./ops holds the fast unpadded one used in training.
 import * as tf from "@tensorflow/tfjs";
-import { FUSED, fusedKernelsActive } from "./kernels/index.ts";
+import { fusedKernelsActive } from "./kernels/index.ts";
 import { causalAttention } from "./ops";
 
 /**
@@ -13,7 +13,6 @@ export function paddedCausalAttention(
   k: tf.Tensor4D,
   v: tf.Tensor4D,
   padLeft: readonly number[],
-  zeroPadding = false,
 ): tf.Tensor4D {
   const [batch, , tq, hs] = q.shape;
   const tk = k.shape[2];
@@ -22,7 +21,6 @@ export function paddedCausalAttention(
   if (fusedKernelsActive() && !tf.engine().isTapeOn()) {
     // No row padded (a prompt prefilled alone): plain causal attention on the fused kernel.
     if (padLeft.every((n) => n === 0)) return causalAttention(q, k, v);
-    if (tq === 1 && zeroPadding) return decodeStepAttention(q, k, v, padLeft);
   }
   const scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)); // [B, nh, Tq, Tk]
   // The mask is built in JS: one upload instead of a handful of small ops per layer and token.
@@ -36,36 +34,4 @@ export function paddedCausalAttention(
   }
   const att = tf.softmax(tf.add(scores, tf.tensor4d(bias, [batch, 1, tq, tk])));
   return tf.matMul(att, v) as tf.Tensor4D;
-}
-
-/**
- * One decode step (Tq = 1) whose padded keys and values are zero vectors (a KV cache that keeps
- * them so: continuous batching's), on the fused attention kernel. A zero key scores 0 and a zero
- * value adds nothing, so the kernel's output is the true attention scaled by 1 - P_pad, where
- * P_pad is the probability the softmax gave the padding: dividing by it gives the exact result
- * without the slower composed path. The fused kernel is 2x faster per decode step on wasm.
- */
-function decodeStepAttention(
-  q: tf.Tensor4D,
-  k: tf.Tensor4D,
-  v: tf.Tensor4D,
-  padLeft: readonly number[],
-): tf.Tensor4D {
-  const [batch, , , hs] = q.shape;
-  const tk = k.shape[2];
-  const [out, probs] = tf
-    .engine()
-    .runKernel(FUSED.attention, { q, k, v }, { scale: 1 / Math.sqrt(hs) }) as tf.Tensor4D[];
-  if (padLeft.every((n) => n === 0)) {
-    probs.dispose();
-    return out;
-  }
-  const mask = new Float32Array(batch * tk); // 1 on each row's padding
-  for (let b = 0; b < batch; b++) mask.fill(1, b * tk, b * tk + padLeft[b]);
-  return tf.tidy(() => {
-    const padMass = tf.sum(tf.mul(probs, tf.tensor4d(mask, [batch, 1, 1, tk])), -1, true); // [B, nh, 1, 1]
-    const result = tf.div(out, tf.sub(1, padMass)) as tf.Tensor4D;
-    tf.dispose([out, probs]);
-    return result;
-  });
 }

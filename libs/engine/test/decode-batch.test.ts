@@ -15,8 +15,9 @@ import {
   type TokenSampling,
   tf,
 } from "../src/index";
-import { fusedKernelsActive } from "../src/kernels/index.ts";
-import { paddedCausalAttention } from "../src/padded-attention.ts";
+import { fusedKernelsActive, setFastKernelsEnabled } from "../src/kernels/index.ts";
+import { KVCache } from "../src/kv-cache.ts";
+import { PagedKVCache } from "../src/paged-kv-cache.ts";
 import { useTestBackend } from "./support";
 
 const config = { ...MODEL_PRESETS.tiny, contextLength: 64 };
@@ -229,26 +230,139 @@ describe("sampling rules", () => {
   });
 });
 
-describe("a decode step's attention over zeroed padding", () => {
-  it("matches the exact masked attention, on the fused kernel", () => {
-    expect(fusedKernelsActive()).toBe(true); // the native kernels are built (npm run setup)
-    const [batch, heads, time, hs] = [3, 2, 9, 8];
-    const padLeft = [0, 4, 7];
-    const rand = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, "float32", seed);
-    tf.tidy(() => {
-      const keep = tf.tensor4d(
-        Array.from({ length: batch * time }, (_, i) =>
-          i % time < padLeft[Math.floor(i / time)] ? 0 : 1,
-        ),
-        [batch, 1, time, 1],
+describe("the paged KV cache", () => {
+  const { nLayers, nHeads, dModel } = config;
+
+  /** One decode step's attention for rows of these lengths, on blocks handed out out of order. */
+  function pagedStep(lengths: number[], seed: number): { out: number[]; reference: number[] } {
+    const cache = new PagedKVCache(1, nHeads, dModel, 4);
+    const hs = dModel / nHeads;
+    const prefill = new KVCache(1);
+    const width = Math.max(...lengths, 1);
+    try {
+      // Take and give back blocks first, so the rows' blocks are neither contiguous nor in order.
+      cache.release(cache.allocate(7).filter((_, i) => i % 2 === 0));
+      const rows = lengths.map((length) => ({
+        blocks: cache.allocate(Math.floor(length / 4) + 1),
+        length,
+      }));
+      const keys = tf.randomNormal([lengths.length, nHeads, width, hs], 0, 1, "float32", seed);
+      const values = tf.randomNormal(
+        [lengths.length, nHeads, width, hs],
+        0,
+        1,
+        "float32",
+        seed + 1,
       );
-      const q = rand([batch, heads, 1, hs], 1) as tf.Tensor4D;
-      const k = tf.mul(rand([batch, heads, time, hs], 2), keep) as tf.Tensor4D;
-      const v = tf.mul(rand([batch, heads, time, hs], 3), keep) as tf.Tensor4D;
-      const fast = paddedCausalAttention(q, k, v, padLeft, true);
-      const exact = paddedCausalAttention(q, k, v, padLeft, false);
-      const diff = tf.max(tf.abs(tf.sub(fast, exact))).dataSync()[0];
-      expect(diff).toBeLessThan(1e-5);
-    });
+      prefill.append(0, keys as tf.Tensor4D, values as tf.Tensor4D);
+      cache.store(
+        prefill,
+        rows.map((r, i) => ({ ...r, source: i, start: 0 })),
+      );
+      const qkv = tf.randomNormal(
+        [lengths.length, 3 * dModel],
+        0,
+        1,
+        "float32",
+        seed + 2,
+      ) as tf.Tensor2D;
+      cache.beginStep(rows);
+      const out = tf.tidy(() => Array.from(cache.attend(0, qkv).dataSync()));
+      cache.endStep();
+      // The same attention written out: each row's cached positions and this step's key and value.
+      const reference = tf.tidy(() => {
+        const heads = (t: tf.Tensor, part: number) =>
+          t
+            .slice([0, part * dModel], [lengths.length, dModel])
+            .reshape([lengths.length, nHeads, 1, hs]);
+        const parts = lengths.map((length, i) => {
+          const q = heads(qkv, 0).slice([i, 0, 0, 0], [1, nHeads, 1, hs]);
+          const k = tf.concat(
+            [
+              keys.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
+              heads(qkv, 1).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
+            ],
+            2,
+          );
+          const v = tf.concat(
+            [
+              values.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
+              heads(qkv, 2).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
+            ],
+            2,
+          );
+          const att = tf.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)));
+          return tf.matMul(att, v).reshape([1, dModel]);
+        });
+        return Array.from(tf.concat(parts).dataSync());
+      });
+      tf.dispose([keys, values, qkv]);
+      return { out, reference };
+    } finally {
+      prefill.dispose();
+      cache.dispose();
+    }
+  }
+
+  const near = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i])));
+
+  it("attends over each row's own positions, on the native kernel and on plain tfjs", () => {
+    expect(fusedKernelsActive()).toBe(true); // the native kernels are built (npm run setup)
+    const lengths = [0, 3, 4, 9, 13];
+    const native = pagedStep(lengths, 11);
+    expect(near(native.out, native.reference)).toBeLessThan(1e-5);
+    setFastKernelsEnabled(false);
+    try {
+      const plain = pagedStep(lengths, 11);
+      expect(near(plain.out, plain.reference)).toBeLessThan(1e-5);
+    } finally {
+      setFastKernelsEnabled(true);
+    }
+  });
+
+  it("keeps what rows hold when its pools grow, and reuses the blocks of rows that left", () => {
+    const cache = new PagedKVCache(nLayers, nHeads, dModel, 4);
+    try {
+      const first = cache.allocate(3);
+      expect(cache.capacity).toBe(16);
+      cache.allocate(20); // grows: 16 -> 32 blocks
+      expect(cache.capacity).toBe(32);
+      cache.release(first);
+      const again = cache.allocate(3);
+      expect(new Set(again)).toEqual(new Set(first));
+      expect(cache.capacity).toBe(32);
+    } finally {
+      cache.dispose();
+    }
+    // Growth in the middle of a step's rows: pagedStep's reference still holds (fresh pools each
+    // time), and rows longer than one pool's first size cross blocks.
+    const { out, reference } = pagedStep([70, 1], 21);
+    expect(near(out, reference)).toBeLessThan(1e-5);
+  });
+
+  it("decodes greedy rows of any length as generate() does, natively and on plain tfjs", async () => {
+    const prompts = ["a prompt across blocks of sixteen", "hi", "third one!"];
+    const greedy = row({ temperature: 0, maxNewTokens: 20 });
+    const expected = await sampleTokens(
+      model,
+      prompts.map((p) => ids(p)),
+      { maxNewTokens: 20, temperature: 0, topP: 1, seed: 0, eosId: -1, padId: 0 },
+    );
+    for (const fast of [true, false]) {
+      setFastKernelsEnabled(fast);
+      try {
+        const batch = new DecodeBatch(model);
+        const rows = await batch.add(
+          prompts.slice(0, 2).map((p) => ({ prompt: ids(p), rows: [greedy] })),
+        );
+        const [[late]] = await drain(batch, 0, [{ prompt: ids(prompts[2]), rows: [greedy] }]);
+        expect([rows[0][0].tokens, rows[1][0].tokens, late.tokens]).toEqual(
+          expected.map((r) => r.tokens),
+        );
+        batch.dispose();
+      } finally {
+        setFastKernelsEnabled(true);
+      }
+    }
   });
 });

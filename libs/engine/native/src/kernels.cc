@@ -579,6 +579,159 @@ const int32_t* IntData(const Napi::Value& v, size_t need, const char* name, Napi
   return arr.Data();
 }
 
+// Paged KV cache (vLLM's PagedAttention at this project's scale): every layer keeps its keys
+// in one pool of [blocks * blockSize, C] positions and its values in another, and each row of a
+// decode batch owns a list of blocks (its row of `table`, maxBlocks wide). A row's position p
+// lives at pool position table[row][p / blockSize] * blockSize + p % blockSize.
+int64_t PoolPosition(const int32_t* table, int64_t row, int64_t maxBlocks, int64_t blockSize,
+                     int64_t p) {
+  return static_cast<int64_t>(table[row * maxBlocks + p / blockSize]) * blockSize + p % blockSize;
+}
+
+// pagedAttention(qkv, kPool, vPool, table, lengths, out, rows, nh, hs, blockSize, maxBlocks,
+// poolPositions, scale): one decode step. Row r has lengths[r] positions cached; this step's key
+// and value (the second and third thirds of qkv[r], [3C]) are written at position lengths[r],
+// then each head's query attends to positions 0..lengths[r]. out: [rows, C], heads side by side
+// (the layout the output projection takes).
+Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 13, "pagedAttention")) return env.Undefined();
+  const int64_t rows = Int(info, 6), nh = Int(info, 7), hs = Int(info, 8),
+                blockSize = Int(info, 9), maxBlocks = Int(info, 10), poolPositions = Int(info, 11);
+  const float scale = info[12].As<Napi::Number>().FloatValue();
+  const int64_t c = nh * hs;
+  const float* qkv = FloatData(info[0], rows * 3 * c, "qkv", env);
+  float* kPool = qkv ? FloatData(info[1], poolPositions * c, "kPool", env) : nullptr;
+  float* vPool = kPool ? FloatData(info[2], poolPositions * c, "vPool", env) : nullptr;
+  const int32_t* table = vPool ? IntData(info[3], rows * maxBlocks, "table", env) : nullptr;
+  const int32_t* lengths = table ? IntData(info[4], rows, "lengths", env) : nullptr;
+  float* out = lengths ? FloatData(info[5], rows * c, "out", env) : nullptr;
+  if (out == nullptr) return env.Undefined();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t len = lengths[r];
+    if (len < 0 || len >= maxBlocks * blockSize) {
+      Napi::RangeError::New(env, "pagedAttention: a row's length is outside its block table")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    for (int64_t b = 0; b <= len / blockSize; ++b) {
+      const int64_t block = table[r * maxBlocks + b];
+      if (block < 0 || (block + 1) * blockSize > poolPositions) {
+        Napi::RangeError::New(env, "pagedAttention: a block id is outside the pool")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+    }
+    // This step's key and value go in first: the query sees its own position.
+    const int64_t at = PoolPosition(table, r, maxBlocks, blockSize, len) * c;
+    std::copy(qkv + r * 3 * c + c, qkv + r * 3 * c + 2 * c, kPool + at);
+    std::copy(qkv + r * 3 * c + 2 * c, qkv + r * 3 * c + 3 * c, vPool + at);
+  }
+  int64_t work = 0;
+  for (int64_t r = 0; r < rows; ++r) work += (lengths[r] + 1) * c * 2;
+  const int64_t maxLength = maxBlocks * blockSize;
+  std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
+                                          std::vector<float>(nh * maxLength));
+  // Row by row, every head at once: a position's key (all heads, C floats side by side) is read
+  // in one sequential pass, which the hardware prefetcher follows; head by head it would be
+  // hs floats every C, and 2-3x slower.
+  ParallelFor(rows, work, [&](int64_t r, int worker) {
+    const int64_t seen = lengths[r] + 1;
+    const int32_t* blocks = table + r * maxBlocks;
+    const float* q = qkv + r * 3 * c;
+    float* scores = scratch[worker].data();  // [nh, maxLength]
+    // Block by block: position j = b * blockSize + o of the row, without a division per position.
+    for (int64_t b = 0, j = 0; j < seen; ++b) {
+      const float* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+      for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
+        const float* kj = kb + o * c;
+        for (int64_t h = 0; h < nh; ++h) {
+          const float* qh = q + h * hs;
+          const float* kh = kj + h * hs;
+          float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t d = 0;
+          for (; d + 8 <= hs; d += 8)
+            for (int u = 0; u < 8; ++u) part[u] += qh[d + u] * kh[d + u];
+          float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
+                      ((part[4] + part[5]) + (part[6] + part[7]));
+          for (; d < hs; ++d) dot += qh[d] * kh[d];
+          scores[h * maxLength + j] = scale * dot;
+        }
+      }
+    }
+    for (int64_t h = 0; h < nh; ++h) {
+      float* ph = scores + h * maxLength;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < seen; ++j) mx = std::max(mx, ph[j]);
+      float sum = 0.0f;
+      for (int64_t j = 0; j < seen; ++j) {
+        ph[j] = std::exp(ph[j] - mx);
+        sum += ph[j];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t j = 0; j < seen; ++j) ph[j] *= inv;
+    }
+    float* o = out + r * c;
+    std::fill(o, o + c, 0.0f);
+    for (int64_t b = 0, j = 0; j < seen; ++b) {
+      const float* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+      for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
+        const float* vj = vb + t * c;
+        for (int64_t h = 0; h < nh; ++h) {
+          const float pj = scores[h * maxLength + j];
+          float* oh = o + h * hs;
+          const float* vh = vj + h * hs;
+          for (int64_t d = 0; d < hs; ++d) oh[d] += pj * vh[d];
+        }
+      }
+    }
+  });
+  return env.Undefined();
+}
+
+// pagedStore(src, pool, table, sources, starts, counts, rows, nh, time, hs, blockSize, maxBlocks,
+// poolPositions): copies prefilled keys (or values) into rows' blocks. src: [N, nh, time, hs] (a
+// prefill's cache, head layout); row r takes counts[r] positions of src row sources[r] from
+// position starts[r] on (after its padding), as its positions 0..counts[r]-1.
+Napi::Value PagedStore(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 13, "pagedStore")) return env.Undefined();
+  const int64_t rows = Int(info, 6), nh = Int(info, 7), time = Int(info, 8), hs = Int(info, 9),
+                blockSize = Int(info, 10), maxBlocks = Int(info, 11), poolPositions = Int(info, 12);
+  const int64_t c = nh * hs;
+  const float* src = FloatData(info[0], 0, "src", env);
+  float* pool = src ? FloatData(info[1], poolPositions * c, "pool", env) : nullptr;
+  const int32_t* table = pool ? IntData(info[2], rows * maxBlocks, "table", env) : nullptr;
+  const int32_t* sources = table ? IntData(info[3], rows, "sources", env) : nullptr;
+  const int32_t* starts = sources ? IntData(info[4], rows, "starts", env) : nullptr;
+  const int32_t* counts = starts ? IntData(info[5], rows, "counts", env) : nullptr;
+  if (counts == nullptr) return env.Undefined();
+  const size_t srcSize = info[0].As<Napi::Float32Array>().ElementLength();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = counts[r], from = starts[r], s = sources[r];
+    const bool inside = n >= 0 && from >= 0 && from + n <= time && n <= maxBlocks * blockSize &&
+                        s >= 0 && static_cast<size_t>((s + 1) * nh * time * hs) <= srcSize;
+    bool blocksInside = inside;
+    for (int64_t b = 0; blocksInside && b * blockSize < n; ++b) {
+      const int64_t block = table[r * maxBlocks + b];
+      blocksInside = block >= 0 && (block + 1) * blockSize <= poolPositions;
+    }
+    if (!blocksInside) {
+      Napi::RangeError::New(env, "pagedStore: a row's positions or blocks are out of range")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    for (int64_t p = 0; p < n; ++p) {
+      float* dst = pool + PoolPosition(table, r, maxBlocks, blockSize, p) * c;
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* from_ = src + ((s * nh + h) * time + from + p) * hs;
+        std::copy(from_, from_ + hs, dst + h * hs);
+      }
+    }
+  }
+  return env.Undefined();
+}
+
 // crossEntropyForward(logits, targets, nll, logSumExp, rows, classes)
 // nll[i] = logsumexp(logits[i]) - logits[i, targets[i]]; logSumExp is kept for the backward.
 Napi::Value CrossEntropyForward(const Napi::CallbackInfo& info) {
@@ -705,6 +858,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crossEntropyForward", Napi::Function::New(env, CrossEntropyForward));
   exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));
+  exports.Set("pagedAttention", Napi::Function::New(env, PagedAttention));
+  exports.Set("pagedStore", Napi::Function::New(env, PagedStore));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("blasInfo", Napi::Function::New(env, BlasInfo));

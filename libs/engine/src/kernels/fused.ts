@@ -19,6 +19,7 @@ export const FUSED = {
   adamw: "ChatrlAdamW",
   crossEntropy: "ChatrlCrossEntropy",
   crossEntropyGrad: "ChatrlCrossEntropyGrad",
+  pagedAttention: "ChatrlPagedAttention",
 } as const;
 
 /** Input names of ChatrlMergeHeads: one per part. */
@@ -270,6 +271,32 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       a.bc2,
     );
     return outs;
+  });
+
+  // One decode step on a paged KV cache (paged-kv-cache.ts). qkv: [rows, 3C]; kPool, vPool:
+  // [positions, C] (written in place: this step's keys and values); table: [rows, maxBlocks];
+  // lengths: [rows] -> [rows, C]
+  kernel(FUSED.pagedAttention, ({ qkv, kPool, vPool, table, lengths }, attrs, io) => {
+    const a = attrs as Record<"heads" | "blockSize" | "scale", number>;
+    const [rows, threeC] = qkv.shape;
+    const c = threeC / 3;
+    const out = io.alloc([rows, c], "float32");
+    native.pagedAttention(
+      f32(io, qkv),
+      f32(io, kPool),
+      f32(io, vPool),
+      io.view(table) as Int32Array,
+      io.view(lengths) as Int32Array,
+      f32(io, out),
+      rows,
+      a.heads,
+      c / a.heads,
+      a.blockSize,
+      table.shape[1],
+      kPool.shape[0],
+      a.scale,
+    );
+    return out;
   });
 
   registerHeadGradients();

@@ -7,6 +7,7 @@ import { sharedIdentity } from "./identity.ts";
 import { nativeBatchMatMul, transposingBatchMatMul } from "./matmul.ts";
 import { loadNativeKernels, nativeLoadError } from "./native.ts";
 import { unsortedSegmentSum } from "./segment-sum.ts";
+import { dataAccess } from "./views.ts";
 
 export { FUSED, partName } from "./fused.ts";
 export type { BlasInfo, NativeKernels } from "./native.ts";
@@ -112,6 +113,44 @@ export function fusedKernelsActive(): boolean {
  */
 export function setFastKernelsEnabled(on: boolean): void {
   enabled = on;
+}
+
+/**
+ * Copies prefilled keys or values (src: [N, nh, T, hs]) into a paged KV cache's pool ([positions,
+ * C]) in place, on the native addon: row r of `table` takes counts[r] positions of src row
+ * sources[r] from starts[r] on. Only where fusedKernelsActive().
+ */
+export function pagedStore(
+  src: tf.Tensor4D,
+  pool: tf.Tensor2D,
+  table: Int32Array,
+  rows: {
+    sources: Int32Array;
+    starts: Int32Array;
+    counts: Int32Array;
+    blockSize: number;
+    maxBlocks: number;
+  },
+): void {
+  const native = loadNativeKernels();
+  if (!native) throw new Error("pagedStore needs the native addon");
+  const io = dataAccess(tf.getBackend(), tf.backend());
+  const [, nh, time, hs] = src.shape;
+  native.pagedStore(
+    io.view(src) as Float32Array,
+    io.view(pool) as Float32Array,
+    table,
+    rows.sources,
+    rows.starts,
+    rows.counts,
+    rows.sources.length,
+    nh,
+    time,
+    hs,
+    rows.blockSize,
+    rows.maxBlocks,
+    pool.shape[0],
+  );
 }
 
 /** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */

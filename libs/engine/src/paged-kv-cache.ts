@@ -1,0 +1,272 @@
+// The KV cache of continuous batching (vLLM's PagedAttention at this project's scale). Each layer
+// keeps its keys in one pool of positions and its values in another, [blocks * blockSize, C],
+// and every row of a decode batch owns a list of blocks: a row joins by taking blocks, grows by
+// one block every blockSize tokens and leaves by giving its blocks back, and no other row's
+// cache moves. A decode step writes each row's new key and value into its next position in place
+// (the native kernel; tfjs has no in-place write, so the plain path builds new pools) and attends
+// over the row's own positions only: rows of any length share one [B, 1] forward without padding.
+import * as tf from "@tensorflow/tfjs";
+import { FUSED, fusedKernelsActive, pagedStore } from "./kernels/index.ts";
+import type { KVCache } from "./kv-cache";
+
+/** One row of a step: its blocks and how many positions it has cached. */
+export type PagedRow = { blocks: readonly number[]; length: number };
+
+/** Where a joining row's prefilled positions come from in a prefill's KVCache. */
+export type PagedSource = PagedRow & {
+  /** Row of the prefill cache. */
+  source: number;
+  /** Its first real position there (after left padding); `length` positions are taken. */
+  start: number;
+};
+
+export class PagedKVCache {
+  readonly blockSize: number;
+  readonly #heads: number;
+  readonly #width: number;
+  /** Per layer: [capacity * blockSize, C]. */
+  #keys: tf.Tensor2D[] = [];
+  #values: tf.Tensor2D[] = [];
+  #capacity = 0;
+  readonly #free: number[] = [];
+  /** The rows of the forward pass under way (beginStep .. endStep). */
+  #step: { table: Int32Array; lengths: Int32Array; maxBlocks: number } | null = null;
+
+  constructor(
+    readonly nLayers: number,
+    heads: number,
+    width: number,
+    blockSize = 16,
+  ) {
+    this.#heads = heads;
+    this.#width = width;
+    this.blockSize = blockSize;
+  }
+
+  /** Blocks the pools hold, free or not. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /** Blocks no row holds. */
+  get freeBlocks(): number {
+    return this.#free.length;
+  }
+
+  /** Blocks a row of `positions` positions needs. */
+  blocksFor(positions: number): number {
+    return Math.ceil(positions / this.blockSize);
+  }
+
+  /** `count` blocks for one row; the pools grow (doubling) when too few are free. */
+  allocate(count: number): number[] {
+    if (this.#free.length < count) this.#grow(count - this.#free.length);
+    return this.#free.splice(this.#free.length - count, count);
+  }
+
+  /** Gives a row's blocks back. */
+  release(blocks: readonly number[]): void {
+    this.#free.push(...blocks);
+  }
+
+  /**
+   * Copies prefilled keys and values into joining rows' blocks: row r takes `length` positions of
+   * prefill row `source` from `start` on (several rows may share one source: n > 1).
+   */
+  store(prefill: KVCache, rows: readonly PagedSource[]): void {
+    if (rows.length === 0) return;
+    const maxBlocks = Math.max(1, ...rows.map((r) => r.blocks.length));
+    const table = this.#table(rows, maxBlocks);
+    for (let layer = 0; layer < this.nLayers; layer++) {
+      const [k, v] = prefill.layer(layer); // [N, nh, T, hs]
+      if (fusedKernelsActive()) {
+        for (const [src, pool] of [
+          [k, this.#keys[layer]],
+          [v, this.#values[layer]],
+        ] as const) {
+          pagedStore(src, pool, table, {
+            sources: Int32Array.from(rows, (r) => r.source),
+            starts: Int32Array.from(rows, (r) => r.start),
+            counts: Int32Array.from(rows, (r) => r.length),
+            blockSize: this.blockSize,
+            maxBlocks,
+          });
+        }
+        continue;
+      }
+      // Plain tfjs: gather the positions each row takes and scatter them into new pools.
+      const [n, nh, time, hs] = k.shape;
+      const from: number[] = [];
+      const to: number[] = [];
+      for (const r of rows) {
+        for (let p = 0; p < r.length; p++) {
+          from.push(r.source * time + r.start + p);
+          to.push(this.#position(r.blocks, p));
+        }
+      }
+      const scatter = (src: tf.Tensor4D, pool: tf.Tensor2D) =>
+        tf.tidy(() => {
+          const flat = src.transpose([0, 2, 1, 3]).reshape([n * time, nh * hs]); // [N*T, C]
+          const updates = tf.gather(flat, tf.tensor1d(from, "int32"));
+          return tf.tensorScatterUpdate(pool, tf.tensor2d(to, [to.length, 1], "int32"), updates);
+        }) as tf.Tensor2D;
+      this.#replace(layer, scatter(k, this.#keys[layer]), scatter(v, this.#values[layer]));
+    }
+  }
+
+  /** Sets the rows of the next forward pass. Each must hold a block for position `length`. */
+  beginStep(rows: readonly PagedRow[]): void {
+    const maxBlocks = Math.max(1, ...rows.map((r) => r.blocks.length));
+    for (const r of rows) {
+      if (r.blocks.length * this.blockSize <= r.length)
+        throw new Error(`a row of ${r.length} positions has no block for its next one`);
+    }
+    this.#step = {
+      table: this.#table(rows, maxBlocks),
+      lengths: Int32Array.from(rows, (r) => r.length),
+      maxBlocks,
+    };
+  }
+
+  endStep(): void {
+    this.#step = null;
+  }
+
+  /** The new tokens' positions: [B, 1] int32 (each row's length). */
+  positionIds(): tf.Tensor2D {
+    const step = this.#current();
+    return tf.tensor2d(step.lengths, [step.lengths.length, 1], "int32");
+  }
+
+  /**
+   * One layer of a decode step: this step's keys and values (qkv's second and third thirds) go
+   * into each row's next position, then each head attends to the row's positions so far.
+   * qkv: [B, 3C] -> [B, C] (heads side by side).
+   */
+  attend(layer: number, qkv: tf.Tensor2D): tf.Tensor2D {
+    const step = this.#current();
+    const scale = 1 / Math.sqrt(this.#width / this.#heads);
+    if (fusedKernelsActive()) {
+      return tf.tidy(() =>
+        tf.engine().runKernel(
+          FUSED.pagedAttention,
+          {
+            qkv,
+            kPool: this.#keys[layer],
+            vPool: this.#values[layer],
+            table: tf.tensor2d(step.table, [step.lengths.length, step.maxBlocks], "int32"),
+            lengths: tf.tensor1d(step.lengths, "int32"),
+          },
+          { heads: this.#heads, blockSize: this.blockSize, scale },
+        ),
+      ) as tf.Tensor2D;
+    }
+    return this.#plainAttend(layer, qkv, step, scale);
+  }
+
+  /** Bytes the pools hold. */
+  bytes(): number {
+    return 2 * this.nLayers * this.#capacity * this.blockSize * this.#width * 4;
+  }
+
+  /** Frees the pools (no row may hold blocks); the next allocate() starts them again. */
+  clear(): void {
+    if (this.#free.length !== this.#capacity)
+      throw new Error("PagedKVCache.clear() while rows still hold blocks");
+    this.dispose();
+  }
+
+  dispose(): void {
+    tf.dispose([...this.#keys, ...this.#values]);
+    this.#keys = [];
+    this.#values = [];
+    this.#capacity = 0;
+    this.#free.length = 0;
+  }
+
+  #plainAttend(
+    layer: number,
+    qkv: tf.Tensor2D,
+    step: { table: Int32Array; lengths: Int32Array; maxBlocks: number },
+    scale: number,
+  ): tf.Tensor2D {
+    const rows = step.lengths.length;
+    const c = this.#width;
+    const nh = this.#heads;
+    const hs = c / nh;
+    const blocksOf = (r: number) =>
+      step.table.subarray(r * step.maxBlocks, (r + 1) * step.maxBlocks);
+    const at = Array.from(step.lengths, (len, r) => this.#position(blocksOf(r), len));
+    const [keys, values] = tf.tidy(() => {
+      const index = tf.tensor2d(at, [rows, 1], "int32");
+      const write = (pool: tf.Tensor2D, part: number) =>
+        tf.tensorScatterUpdate(pool, index, qkv.slice([0, part * c], [rows, c]));
+      return [write(this.#keys[layer], 1), write(this.#values[layer], 2)] as tf.Tensor2D[];
+    });
+    this.#replace(layer, keys, values);
+    return tf.tidy(() => {
+      // Every row's positions 0..length, padded to the longest with position 0 and masked.
+      const seen = Math.max(...step.lengths) + 1;
+      const index = new Int32Array(rows * seen);
+      const bias = new Float32Array(rows * seen);
+      for (let r = 0; r < rows; r++) {
+        for (let p = 0; p < seen; p++) {
+          if (p <= step.lengths[r]) index[r * seen + p] = this.#position(blocksOf(r), p);
+          else bias[r * seen + p] = -1e9;
+        }
+      }
+      const gathered = (pool: tf.Tensor2D) =>
+        tf
+          .gather(pool, tf.tensor1d(index, "int32"))
+          .reshape([rows, seen, nh, hs])
+          .transpose([0, 2, 1, 3]); // [B, nh, seen, hs]
+      const q = qkv.slice([0, 0], [rows, c]).reshape([rows, nh, 1, hs]);
+      const scores = tf.add(
+        tf.mul(tf.matMul(q, gathered(this.#keys[layer]), false, true), scale),
+        tf.tensor4d(bias, [rows, 1, 1, seen]),
+      ); // [B, nh, 1, seen]
+      const y = tf.matMul(tf.softmax(scores), gathered(this.#values[layer])); // [B, nh, 1, hs]
+      return y.reshape([rows, c]) as tf.Tensor2D;
+    });
+  }
+
+  #position(blocks: ArrayLike<number>, p: number): number {
+    return blocks[Math.floor(p / this.blockSize)] * this.blockSize + (p % this.blockSize);
+  }
+
+  #table(rows: readonly PagedRow[], maxBlocks: number): Int32Array {
+    const table = new Int32Array(rows.length * maxBlocks);
+    for (const [r, row] of rows.entries()) table.set(row.blocks, r * maxBlocks);
+    return table;
+  }
+
+  #current() {
+    if (!this.#step) throw new Error("PagedKVCache: no step begun (beginStep first)");
+    return this.#step;
+  }
+
+  /** Room for at least `more` blocks: the pools double (new zeroed pools, the old copied in). */
+  #grow(more: number): void {
+    const old = this.#capacity;
+    const capacity = Math.max(old + more, 2 * old, 16);
+    const positions = (capacity - old) * this.blockSize;
+    for (let layer = 0; layer < this.nLayers; layer++) {
+      const extend = (pool: tf.Tensor2D | undefined) =>
+        tf.tidy(() => {
+          const room = tf.zeros([positions, this.#width]) as tf.Tensor2D;
+          return pool ? tf.concat([pool, room]) : room;
+        });
+      this.#replace(layer, extend(this.#keys[layer]), extend(this.#values[layer]));
+    }
+    for (let b = capacity - 1; b >= old; b--) this.#free.push(b);
+    this.#capacity = capacity;
+  }
+
+  #replace(layer: number, keys: tf.Tensor2D, values: tf.Tensor2D): void {
+    const oldKeys = this.#keys[layer];
+    const oldValues = this.#values[layer];
+    this.#keys[layer] = tf.keep(keys);
+    this.#values[layer] = tf.keep(values);
+    tf.dispose([oldKeys, oldValues].filter((t) => t !== undefined) as tf.Tensor[]);
+  }
+}
