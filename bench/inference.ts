@@ -9,11 +9,13 @@
 // are met.
 //
 //   npm run bench:inference -- [--requests N (per stream, default 3)] [--levels 1,4,16,64]
+//                              [--cpu-prof DIR (the service runs under node --cpu-prof)]
 //
 // Postgres: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/chatrl_bench_inference
 // (created and migrated if missing; the bench's run is deleted at the end).
 import { type ChildProcess, spawn } from "node:child_process";
 import { availableParallelism, loadavg } from "node:os";
+import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { createRun, ensureDatabaseExists, migrate, openDatabase, saveCheckpoint } from "@chatrl/db";
@@ -28,6 +30,7 @@ const { values: args } = parseArgs({
     requests: { type: "string", default: "3" },
     levels: { type: "string", default: "1,4,16,64" },
     port: { type: "string", default: "8471" },
+    "cpu-prof": { type: "string" },
   },
 });
 const requestsPerStream = Number(args.requests);
@@ -145,18 +148,25 @@ async function main() {
   const model = `run-${run.id}-sft`;
 
   const port = Number(args.port);
-  const server = spawn(process.execPath, ["--import", "tsx", "services/inference/src/main.ts"], {
-    env: {
-      ...process.env,
-      DATABASE_URL: databaseUrl,
-      CHATRL_INFERENCE_PORT: String(port),
-      CHATRL_HOST: "127.0.0.1",
-      CHATRL_LOG_LEVEL: "warn",
-      CHATRL_RATE_LIMIT_MAX: "0", // the bench measures the model, not the rate limiter
-      CHATRL_INFERENCE_MAX_ROWS: String(Math.max(64, ...levels)),
+  const profile = args["cpu-prof"]
+    ? ["--cpu-prof", "--cpu-prof-dir", path.resolve(args["cpu-prof"])]
+    : [];
+  const server = spawn(
+    process.execPath,
+    [...profile, "--import", "tsx", "services/inference/src/main.ts"],
+    {
+      env: {
+        ...process.env,
+        DATABASE_URL: databaseUrl,
+        CHATRL_INFERENCE_PORT: String(port),
+        CHATRL_HOST: "127.0.0.1",
+        CHATRL_LOG_LEVEL: "warn",
+        CHATRL_RATE_LIMIT_MAX: "0", // the bench measures the model, not the rate limiter
+        CHATRL_INFERENCE_MAX_ROWS: String(Math.max(64, ...levels)),
+      },
+      stdio: ["ignore", "inherit", "inherit"],
     },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
+  );
   const url = `http://127.0.0.1:${port}`;
   const load = loadavg();
   try {

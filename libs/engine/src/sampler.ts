@@ -168,6 +168,9 @@ export function sampleToken(logits: Float32Array, opts: TokenSampling, rng: Rng)
   }
   let max = Number.NEGATIVE_INFINITY;
   for (const x of logits) max = Math.max(max, x);
+  const unrestricted =
+    opts.topP >= 1 && !(opts.topK && opts.topK > 0) && !(opts.minP && opts.minP > 0);
+  if (unrestricted) return drawFromSoftmax(logits, max, opts.temperature, rng);
   const probs = Array.from(logits, (x) => Math.exp((x - max) / opts.temperature));
   const order = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
   const total = probs.reduce((a, b) => a + b, 0);
@@ -188,4 +191,27 @@ export function sampleToken(logits: Float32Array, opts: TokenSampling, rng: Rng)
     if (r < 0) return order[i];
   }
   return order[kept - 1];
+}
+
+/**
+ * A draw from the whole softmax at `temperature` (no top-k, nucleus or floor): one pass for the
+ * weights and one to find the token, in id order, instead of sorting the vocabulary. Draws one
+ * number from `rng`, as the restricted path does.
+ */
+function drawFromSoftmax(logits: Float32Array, max: number, temperature: number, rng: Rng): number {
+  const weights = new Float64Array(logits.length);
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) {
+    weights[i] = Math.exp((logits[i] - max) / temperature);
+    total += weights[i];
+  }
+  let r = rng.next() * total;
+  let last = 0;
+  for (let i = 0; i < weights.length; i++) {
+    if (weights[i] === 0) continue;
+    last = i;
+    r -= weights[i];
+    if (r < 0) return i;
+  }
+  return last; // rounding left r at 0: the last token with any weight
 }
