@@ -108,65 +108,114 @@ type RedisWithIncrement = Redis & {
   chatrlRateIncrement(key: string, windowMs: number, n: number): Promise<[number, number]>;
 };
 
-/**
- * A store for @fastify/rate-limit that counts in Redis as its RedisStore does (INCR, and
- * PEXPIRE when a window starts), but sends the requests of one key that arrive while a few of its
- * counts are on the way as one INCRBY: each request gets the count it would have got alone, as
- * if they had come one after another (Redis runs the INCRBYs one at a time). Fifty clients on one key cost one Redis call per round
- * trip instead of fifty; the budget is still one, shared by every replica.
- */
-/** Counts of one key on the way to Redis at once; the requests arriving meanwhile wait together. */
-const IN_FLIGHT_PER_KEY = 2;
+/** The share of a key's budget a replica takes from Redis at a time, and the most it takes. */
+const BLOCK_SHARE = 0.01;
+const MAX_BLOCK = 100;
+/** Keys past which those whose window has ended are forgotten. */
+const SWEEP_AT = 10_000;
 
-function batchingRedisStore(redis: Redis, prefix: string) {
+/** How many numbers of a key's count a replica takes at a time, for a budget of `max`. */
+export function rateLimitBlock(max: number): number {
+  return Math.max(1, Math.min(MAX_BLOCK, Math.floor(max * BLOCK_SHARE)));
+}
+
+/**
+ * A store for @fastify/rate-limit that counts in Redis, one count per key shared by every
+ * replica, without a round trip per request. A replica takes a block of numbers from a key's
+ * count at once (one INCRBY, which starts the window when the key is new) and hands them to its
+ * requests one by one, in order; it goes back to Redis when the block is used up or its window has
+ * ended, taking one number more for each request that arrived meanwhile if those are more than a
+ * block. Every number comes from the one shared count, so no more than `max` requests pass in a
+ * window, whatever the replicas. The price: numbers a replica holds and has not handed out count
+ * as spent, so with R replicas a key may be refused up to R x (block - 1) requests before its
+ * budget is really used (a block is 1% of the budget, at most 100; with a budget below 200 it is
+ * one number, and counts are exact). Once a key's count is past max, its requests are refused
+ * here until its window ends, without asking Redis.
+ */
+function reservingRedisStore(redis: Redis, prefix: string) {
   const client = redis as RedisWithIncrement;
   if (!client.chatrlRateIncrement) {
     client.defineCommand("chatrlRateIncrement", { numberOfKeys: 1, lua: INCREMENT_BY });
   }
-  // Per key: how many counts are on the way, and the requests waiting for the next one.
-  const flying = new Map<string, number>();
-  const waiting = new Map<string, { windowMs: number; callbacks: CountCallback[] }>();
-  const send = (key: string, windowMs: number, callbacks: CountCallback[]) => {
-    flying.set(key, (flying.get(key) ?? 0) + 1);
-    const n = callbacks.length;
+  type Key = {
+    /** The next number to hand out, and the last one taken: none left when next > last. */
+    next: number;
+    last: number;
+    /** When the window of those numbers ends (ms since the epoch, a little early). */
+    windowEnds: number;
+    asking: boolean;
+    waiting: CountCallback[];
+  };
+  const keys = new Map<string, Key>();
+  const sweep = (now: number) => {
+    for (const [name, key] of keys) {
+      if (!key.asking && key.waiting.length === 0 && now >= key.windowEnds) keys.delete(name);
+    }
+  };
+
+  /** Answers waiting requests from the block while it lasts (or while the budget is known spent). */
+  const serve = (key: Key, max: number, now: number) => {
+    if (now >= key.windowEnds) return;
+    const ttl = key.windowEnds - now;
+    while (key.waiting.length > 0 && (key.next <= key.last || key.last >= max)) {
+      const callback = key.waiting.shift() as CountCallback;
+      // Past the budget every number would be refused: the next one says so.
+      const current = key.next <= key.last ? key.next++ : key.last + 1;
+      callback(null, { current, ttl });
+    }
+  };
+
+  const ask = (name: string, key: Key, windowMs: number, max: number) => {
+    const callbacks = key.waiting;
+    key.waiting = [];
+    key.asking = true;
+    const n = Math.max(callbacks.length, rateLimitBlock(max));
+    const sentAt = Date.now();
     client
-      .chatrlRateIncrement(key, windowMs, n)
+      .chatrlRateIncrement(name, windowMs, n)
       .then(
         ([current, ttl]) => {
-          for (const [i, callback] of callbacks.entries()) {
-            callback(null, { current: current - n + 1 + i, ttl });
-          }
+          key.next = current - n + 1;
+          key.last = current;
+          // Measured from before Redis read the TTL, so the block is dropped no later than Redis
+          // starts the next window.
+          key.windowEnds = sentAt + Math.max(0, ttl);
+          const left = Math.max(0, key.windowEnds - Date.now());
+          for (const callback of callbacks) callback(null, { current: key.next++, ttl: left });
         },
         (error: Error) => {
+          key.next = 1;
+          key.last = 0;
+          key.windowEnds = 0;
           for (const callback of callbacks) callback(error);
         },
       )
       .finally(() => {
-        const left = (flying.get(key) ?? 1) - 1;
-        if (left === 0) flying.delete(key);
-        else flying.set(key, left);
-        const next = waiting.get(key);
-        if (next) {
-          waiting.delete(key);
-          send(key, next.windowMs, next.callbacks);
-        }
+        key.asking = false;
+        serve(key, max, Date.now());
+        if (key.waiting.length > 0) ask(name, key, windowMs, max);
       });
   };
+
   class Store implements FastifyRateLimitStore {
     // @fastify/rate-limit constructs the store with its options; children name their route.
     constructor(
       _options?: unknown,
       private readonly key: string = prefix,
     ) {}
-    incr(id: string, callback: CountCallback, windowMs: number): void {
-      const key = this.key + id;
-      if ((flying.get(key) ?? 0) < IN_FLIGHT_PER_KEY) {
-        send(key, windowMs, [callback]);
-        return;
+    incr(id: string, callback: CountCallback, windowMs: number, max: number): void {
+      const name = this.key + id;
+      const now = Date.now();
+      let key = keys.get(name);
+      if (!key) {
+        if (keys.size >= SWEEP_AT) sweep(now);
+        key = { next: 1, last: 0, windowEnds: 0, asking: false, waiting: [] };
+        keys.set(name, key);
       }
-      const next = waiting.get(key);
-      if (next) next.callbacks.push(callback);
-      else waiting.set(key, { windowMs, callbacks: [callback] });
+      key.waiting.push(callback);
+      if (key.asking) return;
+      serve(key, max, now);
+      if (key.waiting.length > 0) ask(name, key, windowMs, max);
     }
     child(routeOptions: unknown): Store {
       // As RedisStore.child: one count per route (the options carry the route's method and url).
@@ -207,7 +256,7 @@ export const rateLimitPlugin = fp(
       max: opts.max,
       timeWindow: opts.windowMs,
       ...(redis
-        ? { store: batchingRedisStore(redis, `${opts.prefix}:ratelimit:`) }
+        ? { store: reservingRedisStore(redis, `${opts.prefix}:ratelimit:`) }
         : { nameSpace: `${opts.prefix}:ratelimit:` }),
       skipOnError: true,
       keyGenerator: (request: FastifyRequest) =>

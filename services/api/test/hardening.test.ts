@@ -3,10 +3,11 @@
 import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
-import { loadConfig } from "@chatrl/contracts";
+import { loadConfig, rateLimitBlock } from "@chatrl/contracts";
 import { openDatabase } from "@chatrl/db";
 import type { FastifyInstance } from "fastify";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { freePort } from "../../../test/support/process.ts";
 import { buildInferenceApp } from "../../inference/src/app.ts";
 import { buildApp } from "../src/app.ts";
@@ -180,13 +181,21 @@ describe("headers and forms", () => {
 });
 
 describe("rate limits", () => {
-  /** Two api replicas allowing 5 requests a minute per key, counting under a prefix of their own. */
-  async function limitedReplicas(keys: string, prefix: string): Promise<FastifyInstance[]> {
+  /**
+   * Two api replicas allowing `max` requests (default 5) a window (default a minute) per key,
+   * counting under a prefix of their own.
+   */
+  async function limitedReplicas(
+    keys: string,
+    prefix: string,
+    limit: { max?: number; windowMs?: number } = {},
+  ): Promise<FastifyInstance[]> {
     const env = {
       DATABASE_URL: api.database.url,
       REDIS_URL: api.redis.url,
       CHATRL_API_KEYS: keys,
-      CHATRL_RATE_LIMIT_MAX: "5",
+      CHATRL_RATE_LIMIT_MAX: String(limit.max ?? 5),
+      CHATRL_RATE_LIMIT_WINDOW_MS: String(limit.windowMs ?? 60_000),
       // Counters of their own (they expire after the window): the other tests' requests count
       // against the same address under the test's prefix.
       CHATRL_QUEUE_PREFIX: `${api.redis.prefix}-${prefix}`,
@@ -247,6 +256,67 @@ describe("rate limits", () => {
       expect(remaining).toEqual([0, 1, 2, 3, 4]);
     } finally {
       for (const app of replicas) await app.close();
+    }
+  });
+
+  /** Sends `n` requests to `app`, `together` at a time; the statuses in order. */
+  async function statuses(app: FastifyInstance, n: number, together = 50): Promise<number[]> {
+    const all: number[] = [];
+    for (let sent = 0; sent < n; sent += together) {
+      const wave = Array.from({ length: Math.min(together, n - sent) }, () =>
+        app.inject({ url: "/healthz" }),
+      );
+      for (const response of await Promise.all(wave)) all.push(response.statusCode);
+    }
+    return all;
+  }
+  const passed = (codes: number[]) => codes.filter((c) => c === 200).length;
+
+  it("takes a key's count from Redis a block at a time, and still lets exactly max pass across replicas", async () => {
+    const max = 1000;
+    const block = rateLimitBlock(max);
+    expect(block).toBe(10);
+    const [a, b] = await limitedReplicas("erin", "blocks", { max });
+    const redis = new Redis(api.redis.url);
+    try {
+      // One request on a takes a whole block from the shared count (the address's count, as
+      // /healthz is counted without a key).
+      expect(passed(await statuses(a, 1))).toBe(1);
+      const counter = `${api.redis.prefix}-blocks:ratelimit:ip:127.0.0.1`;
+      expect(Number(await redis.get(counter))).toBe(block);
+      // b can spend only what a does not hold; a still spends the rest of its block.
+      const onB = await statuses(b, max + 100);
+      expect(passed(onB)).toBe(max - block);
+      expect(onB.slice(0, max - block).every((c) => c === 200)).toBe(true);
+      const onA = await statuses(a, block + 20);
+      expect(passed(onA)).toBe(block - 1);
+      // Past the budget: 429 with Retry-After on either replica.
+      const refused = await b.inject({ url: "/healthz" });
+      expect(refused.statusCode).toBe(429);
+      expect(Number(refused.headers["retry-after"])).toBeGreaterThan(0);
+      expect(refused.json().error.code).toBe("rate_limit_exceeded");
+    } finally {
+      redis.disconnect();
+      for (const app of [a, b]) await app.close();
+    }
+  });
+
+  it("starts over when the window ends, dropping the numbers a replica still held", async () => {
+    const [a, b] = await limitedReplicas("frank", "window", { max: 200, windowMs: 1000 });
+    try {
+      const first = [...(await statuses(a, 150)), ...(await statuses(b, 100))];
+      expect(passed(first)).toBeLessThanOrEqual(200);
+      expect((await a.inject({ url: "/healthz" })).statusCode).toBe(429);
+      await vi.waitFor(
+        async () => {
+          const response = await a.inject({ url: "/healthz" });
+          if (response.statusCode !== 200) throw new Error(`still ${response.statusCode}`);
+        },
+        { timeout: 5000, interval: 50 },
+      );
+      expect(passed(await statuses(b, 100))).toBeGreaterThan(0);
+    } finally {
+      for (const app of [a, b]) await app.close();
     }
   });
 });
