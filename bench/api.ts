@@ -22,7 +22,7 @@ import { availableParallelism, loadavg } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
-import { FlowProducer } from "bullmq";
+import { FlowProducer, Queue } from "bullmq";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { freePort } from "../test/support/process.ts";
@@ -94,14 +94,28 @@ async function stop(child: ChildProcess) {
 type Load = { rps: number; p50_ms: number; p99_ms: number; non2xx: number; errors: number };
 
 async function load(opts: autocannon.Options, seconds = SECONDS): Promise<Load> {
+  const { load } = await loadWith(opts, seconds);
+  return load;
+}
+
+async function loadWith(
+  opts: autocannon.Options,
+  seconds: number,
+  after: (created: number) => Promise<number> = async () => 0,
+): Promise<{ load: Load; afterSeconds: number }> {
   const result = await autocannon({ connections: CONNECTIONS, duration: seconds, ...opts });
+  const afterSeconds = await after(result["2xx"]);
   return {
-    // Requests over the whole run (autocannon's per-second average undercounts a partial last second).
-    rps: Math.round(result.requests.total / result.duration),
-    p50_ms: result.latency.p50,
-    p99_ms: result.latency.p99,
-    non2xx: result.non2xx,
-    errors: result.errors + result.timeouts,
+    load: {
+      // Requests over the whole run (autocannon's per-second average undercounts a partial last
+      // second), and over what `after` waited for.
+      rps: Math.round(result.requests.total / (result.duration + afterSeconds)),
+      p50_ms: result.latency.p50,
+      p99_ms: result.latency.p99,
+      non2xx: result.non2xx,
+      errors: result.errors + result.timeouts,
+    },
+    afterSeconds,
   };
 }
 
@@ -250,26 +264,44 @@ async function main() {
     const getRunSlices: Load[] = [];
     const postRunsSlices: Load[] = [];
     const flowSlices: { per_s: number }[] = [];
+    // POST /v1/runs answers once a run is committed; its flow goes to Redis right after. A POST
+    // slice ends when the last flow of its runs is in Redis (one ppo job per run), and that wait
+    // counts in its rate, so that no flow is left to add during the next slice.
+    const ppoQueue = new Queue("ppo", { connection: { url: redisUrl }, prefix });
+    let runsCreated = 1;
+    const dispatchLagsS: number[] = [];
+    const flowsIn = async (created: number): Promise<number> => {
+      runsCreated += created;
+      const started = Date.now();
+      while ((await ppoQueue.getJobCountByTypes("waiting-children")) < runsCreated) {
+        if (Date.now() - started > 60_000) throw new Error("POST /v1/runs: flows missing");
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const lag = (Date.now() - started) / 1000;
+      dispatchLagsS.push(lag);
+      return lag;
+    };
     for (let round = 0; round < ROUNDS; round++) {
       bareSlices.push(await load({ url: `http://127.0.0.1:${barePort}/hello` }, slice));
       getRunSlices.push(await load({ url: `${base}/v1/runs/${run.id}` }, slice));
-      postRunsSlices.push(
-        await load(
-          {
-            url: `${base}/v1/runs`,
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: spec,
-          },
-          slice,
-        ),
+      const posted = await loadWith(
+        {
+          url: `${base}/v1/runs`,
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: spec,
+        },
+        slice,
+        flowsIn,
       );
+      postRunsSlices.push(posted.load);
       flowSlices.push(await flowAdds(slice, round));
     }
     const bareFastify = combine(bareSlices);
     const getRun = combine(getRunSlices);
     const postRuns = combine(postRunsSlices);
     const flows = { per_s: Math.round(mean(flowSlices.map((f) => f.per_s))) };
+    await ppoQueue.close();
 
     const healthz = await load({ url: `${base}/healthz` });
     const listRuns = await load({ url: `${base}/v1/runs?limit=20` });
@@ -289,6 +321,8 @@ async function main() {
       list_runs: listRuns,
       get_dataset: getDataset,
       post_runs: postRuns,
+      // Seconds after each POST slice until its last run's flow was in Redis (counted in its rate).
+      post_runs_flow_lag_s: dispatchLagsS.map((s) => +s.toFixed(3)),
       bullmq_flow_adds: flows,
       get_run_vs_bare: getRunRatio,
       post_runs_vs_flow_adds: postRunsRatio,

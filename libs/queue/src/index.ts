@@ -70,6 +70,15 @@ export function createFlowProducer(connection: Redis, prefix: string): FlowProdu
   return new FlowProducer({ connection, prefix });
 }
 
+/**
+ * Whether the Redis connection the flow producer was given is up now (its ioredis status is
+ * `ready`); false for a producer built from connection options, whose state is not known here.
+ */
+export function isFlowConnected(flow: FlowProducer): boolean {
+  const connection = flow.opts.connection as { status?: unknown } | undefined;
+  return connection?.status === "ready";
+}
+
 /** The three stage queues under a prefix (for cancelling queued jobs and for inspection). */
 export function createStageQueues(connection: Redis, prefix: string): Record<StageKind, Queue> {
   return {

@@ -34,6 +34,8 @@ export type ApiDeps = {
   queues: Record<StageKind, Queue>;
   /** How long a request waits for Redis before answering 503 (default 5000 ms). */
   queueTimeoutMs?: number;
+  /** Pauses before each retry of a run's flow that Redis did not take (default 0.25, 1, 4 s). */
+  dispatchRetryDelaysMs?: number[];
 };
 
 /** JSON bodies (run specs) are small; only dataset uploads get config.maxUploadBytes. */
@@ -80,6 +82,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
     flow: deps.flow,
     queues: deps.queues,
     timeoutMs: deps.queueTimeoutMs ?? 5000,
+    dispatchRetryDelaysMs: deps.dispatchRetryDelaysMs,
   });
   await app.register(authPlugin, {
     apiKeys: config.apiKeys,

@@ -7,6 +7,7 @@ import {
   redisConnection,
 } from "@chatrl/queue";
 import type { FastifyInstance } from "fastify";
+import { vi } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
 import { createTestRedis, type TestRedis } from "../../../test/support/redis.ts";
 import { buildApp } from "../src/app.ts";
@@ -22,7 +23,7 @@ export type TestApi = {
 
 export async function startTestApi(
   env: Record<string, string> = {},
-  opts: { redisUrl?: string; queueTimeoutMs?: number } = {},
+  opts: { redisUrl?: string; queueTimeoutMs?: number; dispatchRetryDelaysMs?: number[] } = {},
 ): Promise<TestApi> {
   const database = await createTestDatabase();
   const redis = await createTestRedis();
@@ -43,6 +44,7 @@ export async function startTestApi(
     flow,
     queues,
     queueTimeoutMs: opts.queueTimeoutMs ?? 5000,
+    dispatchRetryDelaysMs: opts.dispatchRetryDelaysMs,
   });
   return {
     app,
@@ -59,6 +61,27 @@ export async function startTestApi(
       await database.drop();
     },
   };
+}
+
+/**
+ * Resolves once every stage of `run` has its job in BullMQ: POST /v1/runs answers once the run is
+ * committed, and its jobs follow (routes/run-dispatch.ts). Fails after `timeoutMs`.
+ */
+export async function waitForJobs(
+  queues: Partial<TestApi["queues"]>,
+  run: { stages: { id: string; kind: "sft" | "reward" | "ppo" }[] },
+  timeoutMs = 5000,
+): Promise<void> {
+  await vi.waitFor(
+    async () => {
+      for (const stage of run.stages) {
+        if (!(await queues[stage.kind]?.getJob(stage.id))) {
+          throw new Error(`no job for ${stage.kind} stage ${stage.id} yet`);
+        }
+      }
+    },
+    { timeout: timeoutMs, interval: 20 },
+  );
 }
 
 /** A localhost port nothing listens on (taken from the OS, then released). */

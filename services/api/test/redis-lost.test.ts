@@ -6,7 +6,7 @@ import { createTestDatabase, type TestDatabase } from "../../../test/support/db.
 import { freePort } from "../../../test/support/process.ts";
 import { createTestRedis, redisProxy, type TestRedis } from "../../../test/support/redis.ts";
 import { startApiServer } from "../src/server.ts";
-import { runBody, SFT_JSONL } from "./helpers.ts";
+import { runBody, SFT_JSONL, waitForJobs } from "./helpers.ts";
 
 let database: TestDatabase;
 let redis: TestRedis;
@@ -69,7 +69,7 @@ it("answers 503 to a run submitted while Redis is lost, and queues no job for it
       again = await submit();
     }
     expect(again.statusCode, again.body).toBe(201);
-    expect(await sft.getJob(again.json().stages[0].id)).toBeDefined();
+    await waitForJobs({ sft }, again.json());
     for (const stageId of failedStages) expect(await sft.getJob(stageId)).toBeUndefined();
     await server.close();
     await restored.cut();

@@ -2,7 +2,7 @@
 // data routing rule, step estimates, warnings, and what GET returns of them.
 import { createRun, finishStage, recordStageData, saveCheckpoint, startStage } from "@chatrl/db";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestApi, type TestApi, uploadDataset } from "./helpers.ts";
+import { startTestApi, type TestApi, uploadDataset, waitForJobs } from "./helpers.ts";
 
 let api: TestApi;
 let supervisedId: string; // 40 supervised rows
@@ -69,8 +69,16 @@ function body(extra: Record<string, unknown> = {}) {
   };
 }
 
-function postRun(payload: unknown, headers: Record<string, string> = {}) {
-  return api.app.inject({ method: "POST", url: "/v1/runs", payload: payload as object, headers });
+/** POST /v1/runs; a created run once its jobs are in BullMQ too (they follow the answer). */
+async function postRun(payload: unknown, headers: Record<string, string> = {}) {
+  const response = await api.app.inject({
+    method: "POST",
+    url: "/v1/runs",
+    payload: payload as object,
+    headers,
+  });
+  if (response.statusCode === 201) await waitForJobs(api.queues, response.json());
+  return response;
 }
 
 async function allJobIds(): Promise<string[]> {

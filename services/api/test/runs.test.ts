@@ -1,7 +1,14 @@
 import { addEvent } from "@chatrl/db";
 import { STAGE_QUEUES } from "@chatrl/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDatasetId, runBody, startTestApi, type TestApi, uploadDataset } from "./helpers.ts";
+import {
+  createDatasetId,
+  runBody,
+  startTestApi,
+  type TestApi,
+  uploadDataset,
+  waitForJobs,
+} from "./helpers.ts";
 
 let api: TestApi;
 let datasetId: string;
@@ -69,6 +76,7 @@ describe("POST /v1/runs", () => {
     });
 
     const stageId = run.stages[0].id;
+    await waitForJobs(api.queues, run);
     expect(await queuedJobIds()).toEqual([...jobsBefore, stageId].sort());
     const job = await api.queues.sft.getJob(stageId);
     expect(job?.name).toBe("sft");
@@ -90,6 +98,7 @@ describe("POST /v1/runs", () => {
     const headers = { "idempotency-key": "retry-me-1" };
     const first = await postRun(runBody(datasetId, { name: "idem" }), headers);
     expect(first.statusCode).toBe(201);
+    await waitForJobs(api.queues, first.json());
     const jobsAfterFirst = await queuedJobIds();
     const runsAfterFirst = await api.database.db.prisma.run.count();
 
@@ -117,6 +126,7 @@ describe("POST /v1/runs", () => {
     expect([a.statusCode, b.statusCode].sort()).toEqual(expect.arrayContaining([201]));
     expect(a.json().id).toBe(b.json().id);
     expect(await api.database.db.prisma.run.count()).toBe(runsBefore + 1);
+    await waitForJobs(api.queues, a.json());
     expect(await queuedJobIds()).toEqual([...jobsBefore, a.json().stages[0].id].sort());
   });
 
@@ -391,7 +401,7 @@ describe("POST /v1/runs/{id}/cancel", () => {
   it("cancels a queued run and removes its job from the queue", async () => {
     const run = (await postRun(runBody(datasetId))).json();
     const stageId = run.stages[0].id;
-    expect(await api.queues.sft.getJob(stageId)).toBeTruthy();
+    await waitForJobs(api.queues, run);
 
     const response = await api.app.inject({ method: "POST", url: `/v1/runs/${run.id}/cancel` });
     expect(response.statusCode).toBe(200);

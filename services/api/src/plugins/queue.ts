@@ -8,6 +8,8 @@ export type QueueDeps = {
   queues: Record<StageKind, Queue>;
   /** How long a request waits for Redis before answering 503 (default 5 s). */
   timeoutMs: number;
+  /** Pauses before each retry of a committed run's flow (routes/run-dispatch.ts's default). */
+  dispatchRetryDelaysMs?: number[];
 };
 
 declare module "fastify" {

@@ -26,9 +26,10 @@ import {
   type RunWithStages,
   type StageRow,
 } from "@chatrl/db";
-import { enqueueRuns, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
-import type { FastifyInstance, FastifyReply } from "fastify";
+import { enqueueRun, isFlowConnected, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { unknownCursor } from "./cursor.ts";
+import { runDispatcher } from "./run-dispatch.ts";
 import {
   checkModelSources,
   checkPipeline,
@@ -105,6 +106,13 @@ function idempotencyKeyReused(): ApiError {
   });
 }
 
+/**
+ * Runs committed but whose flows are not in Redis yet, past which a submission waits for its own
+ * flow before its answer: Redis then takes flows slower than runs come, and waiting keeps the
+ * backlog (and what a crash would leave to the reconciler) bounded.
+ */
+const MAX_DISPATCH_BACKLOG = 1000;
+
 export default async function runRoutes(app: FastifyInstance) {
   const prisma = app.db.prisma;
   // Clients polling a run (the CLI's follow, the dashboard) ask for the same run at once; they
@@ -112,19 +120,54 @@ export default async function runRoutes(app: FastifyInstance) {
   const readRun = coalesceReads((id: string) => getRun(prisma, id));
   const serializedRuns = new WeakMap<RunWithStages, Buffer>();
   const lookupDatasets = datasetFactsCache(prisma);
-  // Concurrent submissions share Postgres statements (one commit for many runs) and Redis
-  // transactions (groupCalls); each still answers only once its run is stored and queued. A few
-  // batches in flight at once, so that under load a submission rarely waits for another batch
-  // to end (bench:api on a busy 2-core machine: with one, ~25 ms in Postgres and ~28 ms in Redis
-  // per submission; with four, ~20 and ~15).
+  // Concurrent submissions share Postgres statements (one commit for many runs: groupCalls); each
+  // answers once its run is committed. A few batches in flight at once, so that under load a
+  // submission rarely waits for another batch to end (bench:api on a busy 2-core machine: with
+  // one, ~25 ms in Postgres per submission; with four, ~20).
   const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 4 });
-  const queueRun = groupCalls(
-    async (runs: RunWithStages[]) => {
-      await enqueueRuns(app.queue.flow, runs, { timeoutMs: app.queue.timeoutMs });
-      return runs.map(() => undefined);
+  // The committed runs' flows go to Redis after the answer, batched (run-dispatch.ts).
+  const dispatcher = runDispatcher(app.queue.flow, {
+    timeoutMs: app.queue.timeoutMs,
+    retryDelaysMs: app.queue.dispatchRetryDelaysMs,
+    onLost: async (run, error) => {
+      app.log.error({ err: error, runId: run.id }, "run committed but not queued");
+      await addEvent(
+        prisma,
+        run.id,
+        "warn",
+        "The job queue (Redis) did not take the run's jobs; it stays queued and the " +
+          "reconciler queues it again",
+      );
     },
-    { concurrency: 4 },
-  );
+  });
+  app.addHook("onClose", () => dispatcher.close());
+
+  /**
+   * With Redis known to be down, a submission waits for it as long as a request may, and
+   * otherwise fails the run it just wrote (503): a client never holds a queued run that nothing
+   * will queue while it can still be told.
+   */
+  async function queueNow(request: FastifyRequest, run: RunWithStages, queued: string) {
+    try {
+      // Job ids are stage ids: should a concurrent retry reach here too, nothing is queued twice.
+      await enqueueRun(app.queue.flow, run, { timeoutMs: app.queue.timeoutMs });
+    } catch (error) {
+      if (!(error instanceof QueueUnavailableError)) throw error;
+      request.log.error({ err: error, runId: run.id }, "run could not be queued");
+      await failUnqueuedRun(prisma, run.id, {
+        error: "The job queue (Redis) was unavailable",
+        retract: queued,
+        event: `Could not queue the run: ${error.message}`,
+      });
+      // The driver's own words (in the log and the run's events) mean little to a client.
+      throw new ApiError(
+        503,
+        `Run ${run.id} could not be queued: the job queue (Redis) is unavailable. The run is ` +
+          "recorded as failed; submit it again (with a new Idempotency-Key) once Redis is back",
+        { code: "queue_unavailable" },
+      );
+    }
+  }
 
   async function loadRun(id: string): Promise<RunWithStages> {
     const run = await readRun(id);
@@ -170,24 +213,12 @@ export default async function runRoutes(app: FastifyInstance) {
       // returns that run, which is this request's only if the bodies agree.
       if (idempotencyKey && !sameSpec(run.spec, spec)) throw idempotencyKeyReused();
 
-      try {
-        // Job ids are stage ids: should a concurrent retry reach here too, nothing is queued twice.
-        await queueRun(run);
-      } catch (error) {
-        if (!(error instanceof QueueUnavailableError)) throw error;
-        request.log.error({ err: error, runId: run.id }, "run could not be queued");
-        await failUnqueuedRun(prisma, run.id, {
-          error: "The job queue (Redis) was unavailable",
-          retract: queued,
-          event: `Could not queue the run: ${error.message}`,
-        });
-        // The driver's own words (in the log and the run's events) mean little to a client.
-        throw new ApiError(
-          503,
-          `Run ${run.id} could not be queued: the job queue (Redis) is unavailable. The run is ` +
-            "recorded as failed; submit it again (with a new Idempotency-Key) once Redis is back",
-          { code: "queue_unavailable" },
-        );
+      if (isFlowConnected(app.queue.flow)) {
+        // Committed, so answered now: the run is queued in Postgres, its jobs follow at once.
+        const dispatched = dispatcher.dispatch(run);
+        if (dispatcher.backlog > MAX_DISPATCH_BACKLOG) await dispatched;
+      } else {
+        await queueNow(request, run, queued);
       }
       return reply.code(201).send(toRunJson(run));
     },
@@ -231,6 +262,8 @@ export default async function runRoutes(app: FastifyInstance) {
       const run = (await cancelRun(prisma, id)) ?? before;
       if (before.status !== run.status) {
         // Stages already running stop at their next step: the worker reads the stage status.
+        // Jobs still on their way to Redis are let in first, so that they are removed too.
+        await dispatcher.settled(id);
         try {
           const removed = await removeRunJobs(app.queue.queues, run, {
             timeoutMs: app.queue.timeoutMs,
