@@ -121,10 +121,10 @@ export default async function runRoutes(app: FastifyInstance) {
   const serializedRuns = new WeakMap<RunWithStages, Buffer>();
   const lookupDatasets = datasetFactsCache(prisma);
   // Concurrent submissions share Postgres statements (one commit for many runs: groupCalls); each
-  // answers once its run is committed. A few batches in flight at once, so that under load a
-  // submission rarely waits for another batch to end (bench:api on a busy 2-core machine: with
-  // one, ~25 ms in Postgres per submission; with four, ~20).
-  const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 4 });
+  // answers once its run is committed. One batch in flight, the next forming meanwhile: with the
+  // flow no longer in the answer's path, fewer and larger commits did best in bench:api on a busy
+  // 2-core machine (POST /v1/runs 1,418/s with four in flight, 1,545 with two, 1,595 with one).
+  const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 1 });
   // The committed runs' flows go to Redis after the answer, batched (run-dispatch.ts).
   const dispatcher = runDispatcher(app.queue.flow, {
     timeoutMs: app.queue.timeoutMs,
