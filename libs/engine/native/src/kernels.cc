@@ -10,8 +10,15 @@
 #include <dlfcn.h>
 #include <napi.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -101,10 +108,78 @@ bool CheckArgs(const Napi::CallbackInfo& info, size_t n, const char* fn) {
 // Threads the caller allows: for OpenBLAS's own products and for our parallel loops.
 int workerThreads = 1;
 
-// Below this many multiply-adds a product runs on one thread: waking a second thread costs more
-// than it saves, and far more when the other core is busy (decoding one token at a time makes
-// hundreds of such small products per second).
-constexpr int64_t kParallelMinWork = int64_t{1} << 23;
+// Below this many multiply-adds (about 20 us of one core's work) a product runs on one thread:
+// waking a pool thread costs more than it saves. A decode step of one row stays on one thread;
+// one of 16 rows (products of 3-4 M multiply-adds) uses two.
+constexpr int64_t kParallelMinWork = int64_t{1} << 20;
+
+// Threads that live as long as the process and run the parts of a parallel loop. Starting a
+// thread per loop costs ~40 us, as much as a whole decode-sized product; a woken pool thread
+// costs a few. After a task a pool thread spins for a short while (decoding calls the kernels
+// back to back) and then sleeps, so an idle process does not keep the other core busy.
+class WorkerPool {
+ public:
+  // Runs task(w) for w in [0, workers): w = 0 on the calling thread, the rest on pool threads.
+  void Run(int workers, const std::function<void(int)>& task) {
+    if (workers <= 1) {
+      task(0);
+      return;
+    }
+    while (static_cast<int>(threads_.size()) < workers - 1) {
+      const int index = static_cast<int>(threads_.size()) + 1;
+      // The thread starts from the generation before this task's, so it runs this one too.
+      const uint64_t before = generation_.load(std::memory_order_acquire);
+      threads_.emplace_back([this, index, before] { Loop(index, before); });
+      threads_.back().detach();
+    }
+    task_ = &task;
+    active_ = workers;
+    pending_.store(workers - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    task(0);
+    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  }
+
+ private:
+  static constexpr auto kSpin = std::chrono::microseconds(50);
+
+  void Loop(int index, uint64_t seen) {
+    for (;;) {
+      uint64_t now = generation_.load(std::memory_order_acquire);
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      for (int spins = 0; now == seen; ++spins) {
+        _mm_pause();
+        if ((spins & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+        now = generation_.load(std::memory_order_acquire);
+      }
+      if (now == seen) {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        now = generation_.load(std::memory_order_acquire);
+      }
+      seen = now;
+      if (index < active_) {
+        (*task_)(index);
+        pending_.fetch_sub(1, std::memory_order_release);
+      }
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  const std::function<void(int)>* task_ = nullptr;
+  int active_ = 0;
+};
+
+// Never destroyed: its threads may still wait on its mutex while the process exits.
+WorkerPool& workerPool = *new WorkerPool();
 
 // Sets OpenBLAS's thread count for one product when it differs from what is set.
 int blasThreadsNow = -1;
@@ -150,10 +225,7 @@ void SizedGemm(bool transA, bool transB, int m, int n, int k, float alpha, const
       Gemm(transA, transB, m, size, k, alpha, a, lda, bPart, ldb, beta, c + from, ldc);
     }
   };
-  std::vector<std::thread> pool;
-  for (int w = 1; w < workers; ++w) pool.emplace_back(part, w);
-  part(0);
-  for (auto& t : pool) t.join();
+  workerPool.Run(workers, part);
 }
 
 // `work` is the multiply-adds of all iterations together; small loops stay on this thread.
@@ -167,14 +239,9 @@ void ParallelFor(int64_t count, int64_t work, Body body) {
     for (int64_t i = 0; i < count; ++i) body(i, 0);
     return;
   }
-  std::vector<std::thread> pool;
-  for (int w = 1; w < workers; ++w) {
-    pool.emplace_back([=, &body] {
-      for (int64_t i = w; i < count; i += workers) body(i, w);
-    });
-  }
-  for (int64_t i = 0; i < count; i += workers) body(i, 0);
-  for (auto& t : pool) t.join();
+  workerPool.Run(workers, [&](int w) {
+    for (int64_t i = w; i < count; i += workers) body(i, w);
+  });
 }
 
 // Element loops (norms, losses, optimizer, layout moves) split into contiguous ranges once
@@ -192,13 +259,10 @@ void ParallelRanges(int64_t count, int64_t elements, Body body) {
     return;
   }
   const int64_t chunk = (count + workers - 1) / workers;
-  std::vector<std::thread> pool;
-  for (int w = 1; w < workers; ++w) {
+  workerPool.Run(workers, [&](int w) {
     const int64_t from = w * chunk, to = std::min(count, from + chunk);
-    if (from < to) pool.emplace_back([=, &body] { body(from, to, w); });
-  }
-  body(int64_t{0}, std::min(count, chunk), 0);
-  for (auto& t : pool) t.join();
+    if (from < to) body(from, to, w);
+  });
 }
 
 // batchMatMul(a, b, out, batchA, batchB, m, n, k, transA, transB)
