@@ -115,37 +115,60 @@ constexpr int64_t kParallelMinWork = int64_t{1} << 20;
 
 // Threads that live as long as the process and run the parts of a parallel loop. Starting a
 // thread per loop costs ~40 us, as much as a whole decode-sized product; a woken pool thread
-// costs a few. After a task a pool thread spins for a short while (decoding calls the kernels
-// back to back) and then sleeps, so an idle process does not keep the other core busy.
+// costs a few. After a part a pool thread spins for a short while (decoding calls the kernels
+// back to back) and then sleeps, so an idle process does not keep the other core busy. The
+// caller runs part 0 and then any part no pool thread has started yet: on a busy machine a
+// pool thread that is not scheduled in time costs nothing but the split.
 class WorkerPool {
  public:
-  // Runs task(w) for w in [0, workers): w = 0 on the calling thread, the rest on pool threads.
-  void Run(int workers, const std::function<void(int)>& task) {
-    if (workers <= 1) {
+  static constexpr int kMaxParts = 64;
+
+  WorkerPool() {
+    for (auto& state : state_) state.store(kDone, std::memory_order_relaxed);
+  }
+
+  // Runs task(w) for w in [0, parts), each part once, on this thread and pool threads.
+  void Run(int parts, const std::function<void(int)>& task) {
+    parts = std::min(parts, kMaxParts);
+    if (parts <= 1) {
       task(0);
       return;
     }
-    while (static_cast<int>(threads_.size()) < workers - 1) {
+    while (static_cast<int>(threads_.size()) < parts - 1) {
       const int index = static_cast<int>(threads_.size()) + 1;
-      // The thread starts from the generation before this task's, so it runs this one too.
+      // The thread starts from the generation before this task's, so it sees this one.
       const uint64_t before = generation_.load(std::memory_order_acquire);
       threads_.emplace_back([this, index, before] { Loop(index, before); });
       threads_.back().detach();
     }
     task_ = &task;
-    active_ = workers;
-    pending_.store(workers - 1, std::memory_order_relaxed);
+    parts_.store(parts, std::memory_order_relaxed);
+    for (int w = 1; w < parts; ++w) state_[w].store(kFree, std::memory_order_release);
     {
       std::lock_guard<std::mutex> lock(mu_);
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     task(0);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    for (int w = 1; w < parts; ++w) {
+      if (Claim(w)) {
+        task(w);
+        state_[w].store(kDone, std::memory_order_release);
+      }
+    }
+    for (int w = 1; w < parts; ++w) {
+      while (state_[w].load(std::memory_order_acquire) != kDone) _mm_pause();
+    }
   }
 
  private:
+  static constexpr int kFree = 0, kTaken = 1, kDone = 2;
   static constexpr auto kSpin = std::chrono::microseconds(50);
+
+  bool Claim(int w) {
+    int expected = kFree;
+    return state_[w].compare_exchange_strong(expected, kTaken, std::memory_order_acq_rel);
+  }
 
   void Loop(int index, uint64_t seen) {
     for (;;) {
@@ -162,9 +185,11 @@ class WorkerPool {
         now = generation_.load(std::memory_order_acquire);
       }
       seen = now;
-      if (index < active_) {
+      // A part is claimed before the task is read: a thread that woke late either finds its
+      // part taken (by the caller) or claims the current task's.
+      if (index < parts_.load(std::memory_order_acquire) && Claim(index)) {
         (*task_)(index);
-        pending_.fetch_sub(1, std::memory_order_release);
+        state_[index].store(kDone, std::memory_order_release);
       }
     }
   }
@@ -173,9 +198,9 @@ class WorkerPool {
   std::mutex mu_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> parts_{0};
+  std::atomic<int> state_[kMaxParts];
   const std::function<void(int)>* task_ = nullptr;
-  int active_ = 0;
 };
 
 // Never destroyed: its threads may still wait on its mutex while the process exits.
