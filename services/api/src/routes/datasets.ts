@@ -1,5 +1,5 @@
 import { ApiError, type components, JsonlError, openApiRoute, parseJsonl } from "@chatrl/contracts";
-import { createDataset, type Dataset, getDataset, listDatasets } from "@chatrl/db";
+import { coalesceReads, createDataset, type Dataset, getDataset, listDatasets } from "@chatrl/db";
 import { isUtf8 } from "node:buffer";
 import type { FastifyInstance } from "fastify";
 import { unknownCursor } from "./cursor.ts";
@@ -59,6 +59,9 @@ export default async function datasetRoutes(
   app: FastifyInstance,
   opts: { maxUploadBytes: number },
 ) {
+  // Readers of one dataset at once share a query, each still read after it asked (as runs do):
+  // fifty clients on one dataset cost one query per round trip, not fifty waiting for the pool.
+  const readDataset = coalesceReads((id: string) => getDataset(app.db.prisma, id));
   // JSONL arrives as bytes, decoded as strict UTF-8 in the handler; parseJsonl validates it
   // line by line. Another charset is refused before the body is read.
   app.addContentTypeParser(
@@ -134,7 +137,7 @@ export default async function datasetRoutes(
     ...openApiRoute("GET", "/v1/datasets/{id}"),
     handler: async (request) => {
       const { id } = request.params as { id: string };
-      const dataset = await getDataset(app.db.prisma, id);
+      const dataset = await readDataset(id);
       if (!dataset) {
         throw new ApiError(404, `No dataset with id '${id}'`, { param: "id", code: "not_found" });
       }
