@@ -90,15 +90,18 @@ export interface paths {
         put?: never;
         /**
          * Submit a training run.
-         * @description Writes the run and one row per stage, then queues one BullMQ flow whose job ids are the
-         *     stage ids (ppo is the parent of sft and reward, so it starts when both are done). Unknown
+         * @description Writes the run and one row per stage and answers once they are committed; one BullMQ flow
+         *     whose job ids are the stage ids (ppo is the parent of sft and reward, so it starts when
+         *     both are done) is queued right after, and should that be lost the workers' reconciler
+         *     queues the run (a GET meanwhile shows it queued, as it is). Unknown
          *     fields and values out of range are refused (400); a spec whose parts do not fit together
          *     (a sequence length past the model's context, a stage left without rows it can use, a
          *     checkpoint of the wrong role) is a 422 naming the parameter, and an unknown dataset or
          *     checkpoint a 404. With an `Idempotency-Key`, a retried submission
          *     returns the first run (200) and queues nothing; the same key with a different body is
-         *     a 409. When Redis is unreachable the run is recorded as failed and the answer is 503; a
-         *     retry with the same key returns that failed run, so retry with a new key.
+         *     a 409. When Redis is known to be unreachable at submission the run is recorded as failed
+         *     and the answer is 503; a retry with the same key returns that failed run, so retry with a
+         *     new key.
          */
         post: operations["createRun"];
         delete?: never;
