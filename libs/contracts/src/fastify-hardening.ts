@@ -244,8 +244,12 @@ export const rateLimitPlugin = fp(
         maxRetriesPerRequest: 0,
         commandTimeout: 200,
         connectTimeout: 2000,
+        lazyConnect: true,
       });
       redis.on("error", () => {}); // requests pass while Redis is away (skipOnError)
+      // Connected before the first request, which would otherwise pass uncounted (no offline
+      // queue); a Redis that is down at start is retried in the background meanwhile.
+      await redis.connect().catch(() => {});
       app.addHook("onClose", async () => {
         redis?.disconnect();
       });

@@ -46,6 +46,12 @@ it("answers 503 to a run submitted while Redis is lost, and queues no job for it
     expect(first.statusCode, first.body).toBe(201);
 
     await proxy.cut();
+    // Once the api knows Redis is gone (a submission in the moment before is accepted: it waits
+    // in Postgres for its flow, and the reconciler queues it when Redis is back).
+    for (let i = 0; i < 100; i++) {
+      if ((await server.app.inject({ url: "/readyz" })).statusCode === 503) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     const submit = () =>
       server.app.inject({ method: "POST", url: "/v1/runs", payload: runBody(datasetId) });
     const lost = await submit();
