@@ -1,4 +1,4 @@
-import type { StageKind, Status } from "./generated/prisma/client.ts";
+import type { EventLevel, StageKind, Status } from "./generated/prisma/client.ts";
 import { isFinal, lockRun } from "./run-lock.ts";
 import {
   type Db,
@@ -105,6 +105,8 @@ export type StageOutcome = {
   error?: string;
   /** The stage's final figures (reward accuracy and scores, PPO reward and KL); kept when absent. */
   summary?: StageSummary;
+  /** A run event written in the same transaction (why the stage failed): both land or neither. */
+  event?: { level: EventLevel; message: string };
 };
 
 /**
@@ -140,6 +142,11 @@ export async function finishStage(
         ...(outcome.summary ? { summary: outcome.summary } : {}),
       },
     });
+    if (outcome.event) {
+      await tx.runEvent.create({
+        data: { runId, level: outcome.event.level, message: outcome.event.message },
+      });
+    }
     if (outcome.status === "failed") {
       // The run cannot succeed any more: its other stages stop (a running one at its next step,
       // as on cancel) instead of training for nothing or waiting forever for a failed parent.

@@ -174,6 +174,32 @@ describe("stages and run status", () => {
     expect(ppo.status).toBe("queued");
   });
 
+  it("writes the reason a stage failed with the failure: whoever sees one sees the other", async () => {
+    const run = await newRun("failure event");
+    const [sft] = run.stages;
+    await startStage(t.db.prisma, sft.id, "cpu");
+    const event = { level: "error" as const, message: "sft stage failed: the loss is NaN" };
+    const finishing = finishStage(t.db.prisma, sft.id, {
+      status: "failed",
+      error: "the loss is NaN",
+      event,
+    });
+    // Polled while the transaction runs: once the stage reads failed, its event is there too.
+    for (;;) {
+      if ((await getStage(t.db.prisma, sft.id))?.status !== "failed") continue;
+      const events = await t.db.prisma.runEvent.findMany({
+        where: { runId: run.id, level: "error" },
+      });
+      expect(events.map((e) => e.message)).toEqual([event.message]);
+      break;
+    }
+    await finishing;
+    const logged = await t.db.prisma.runEvent.findMany({
+      where: { runId: run.id, level: "error" },
+    });
+    expect(logged.map((e) => e.message)).toEqual([event.message]);
+  });
+
   it("finds a run's stage by kind, and null for a kind the run does not train", async () => {
     const run = await createRun(t.db.prisma, {
       name: "by-kind",

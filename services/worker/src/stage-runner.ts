@@ -56,7 +56,7 @@ export async function runStage(
       if (!started || err instanceof JobRefused) throw err;
       const message = err instanceof Error ? err.message : String(err);
       ctx.logger.error({ err, stageId, runId, kind }, "stage failed");
-      await recordFailure(ctx, runId, stageId, kind, message, signal);
+      await recordFailure(ctx, stageId, kind, message, signal);
       throw err instanceof UnrecoverableError ? err : new UnrecoverableError(message);
     }
   }
@@ -206,7 +206,6 @@ export async function failAbandonedStage(ctx: StageContext, data: StageJobData):
   if (!stage || (stage.status !== "queued" && stage.status !== "running")) return;
   await recordFailure(
     ctx,
-    data.runId,
     data.stageId,
     data.kind,
     `its worker stopped responding more often than allowed (${STALLED_OUT})`,
@@ -220,7 +219,6 @@ export async function failAbandonedStage(ctx: StageContext, data: StageJobData):
  */
 async function recordFailure(
   ctx: StageContext,
-  runId: string,
   stageId: string,
   kind: string,
   message: string,
@@ -229,8 +227,11 @@ async function recordFailure(
   const { baseMs, maxMs } = ctx.retry ?? DEFAULT_RETRY;
   for (let tries = 0; ; tries++) {
     try {
-      await finishStage(ctx.prisma, stageId, { status: "failed", error: message });
-      await addEvent(ctx.prisma, runId, "error", `${kind} stage failed: ${message}`);
+      await finishStage(ctx.prisma, stageId, {
+        status: "failed",
+        error: message,
+        event: { level: "error", message: `${kind} stage failed: ${message}` },
+      });
       return;
     } catch (dbErr) {
       if (!isTransientError(dbErr) || signal?.aborted) {
