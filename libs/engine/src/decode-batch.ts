@@ -145,17 +145,22 @@ export class DecodeBatch {
           return row;
         }),
       );
-      this.#cache.store(
-        joining,
-        joined.flatMap((rows, i) =>
-          rows.map((row) => ({
-            blocks: row.blocks,
-            length: row.length,
-            source: i,
-            start: padLeft[i],
-          })),
-        ),
-      );
+      try {
+        this.#cache.store(
+          joining,
+          joined.flatMap((rows, i) =>
+            rows.map((row) => ({
+              blocks: row.blocks,
+              length: row.length,
+              source: i,
+              start: padLeft[i],
+            })),
+          ),
+        );
+      } catch (error) {
+        for (const row of joined.flat()) this.#cache.release(row.blocks);
+        throw error;
+      }
       return joined.map((rows, i) => {
         const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
         for (const row of rows) {

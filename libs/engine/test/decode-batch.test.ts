@@ -1,6 +1,6 @@
 // The step-wise decoder under continuous batching: rows join and leave a running batch, each
 // with its own options and seeded stream, and no tensor outlives a step.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   applyRepetitionPenalty,
   ByteTokenizer,
@@ -338,6 +338,25 @@ describe("the paged KV cache", () => {
     // time), and rows longer than one pool's first size cross blocks.
     const { out, reference } = pagedStep([70, 1], 21);
     expect(near(out, reference)).toBeLessThan(1e-5);
+  });
+
+  it("gives back the blocks of a join whose prefill could not be stored", async () => {
+    const batch = new DecodeBatch(model);
+    const store = vi.spyOn(PagedKVCache.prototype, "store").mockImplementationOnce(() => {
+      throw new Error("no room");
+    });
+    try {
+      await expect(batch.add([{ prompt: ids("lost"), rows: [row()] }])).rejects.toThrow("no room");
+      // The batch goes on: a later request decodes, and once it is done the batch frees its
+      // pools (which it refuses while any blocks are still held).
+      const [[next]] = await batch.add([{ prompt: ids("next"), rows: [row({ maxNewTokens: 3 })] }]);
+      await drain(batch);
+      expect(next.tokens).toHaveLength(3);
+      expect(batch.cacheBytes()).toBe(0);
+    } finally {
+      store.mockRestore();
+      batch.dispose();
+    }
   });
 
   it("decodes greedy rows of any length as generate() does, natively and on plain tfjs", async () => {
