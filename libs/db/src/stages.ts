@@ -1,4 +1,4 @@
-import type { EventLevel, StageKind, Status } from "./generated/prisma/client.ts";
+import type { StageKind, Status } from "./generated/prisma/client.ts";
 import { isFinal, lockRun } from "./run-lock.ts";
 import {
   type Db,
@@ -105,8 +105,6 @@ export type StageOutcome = {
   error?: string;
   /** The stage's final figures (reward accuracy and scores, PPO reward and KL); kept when absent. */
   summary?: StageSummary;
-  /** A run event written in the same transaction (why the stage failed): both land or neither. */
-  event?: { level: EventLevel; message: string };
 };
 
 /**
@@ -142,12 +140,15 @@ export async function finishStage(
         ...(outcome.summary ? { summary: outcome.summary } : {}),
       },
     });
-    if (outcome.event) {
-      await tx.runEvent.create({
-        data: { runId, level: outcome.event.level, message: outcome.event.message },
-      });
-    }
     if (outcome.status === "failed") {
+      // Why, in the run's events, in the same transaction: no reader sees the failure without it.
+      await tx.runEvent.create({
+        data: {
+          runId,
+          level: "error",
+          message: `${stage.kind} stage failed: ${outcome.error ?? "unknown error"}`,
+        },
+      });
       // The run cannot succeed any more: its other stages stop (a running one at its next step,
       // as on cancel) instead of training for nothing or waiting forever for a failed parent.
       await tx.stage.updateMany({

@@ -182,7 +182,6 @@ describe("stages and run status", () => {
     const finishing = finishStage(t.db.prisma, sft.id, {
       status: "failed",
       error: "the loss is NaN",
-      event,
     });
     // Polled while the transaction runs: once the stage reads failed, its event is there too.
     for (;;) {

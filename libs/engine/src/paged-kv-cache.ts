@@ -20,6 +20,15 @@ export type PagedSource = PagedRow & {
   start: number;
 };
 
+/** A step's rows as the kernels take them, once for every layer. */
+type Step = {
+  table: Int32Array; // [B, maxBlocks]
+  lengths: Int32Array; // [B]
+  maxBlocks: number;
+  /** The same as tensors, for the native kernel (uploaded once, released at endStep). */
+  tensors: { table: tf.Tensor2D; lengths: tf.Tensor1D } | null;
+};
+
 export class PagedKVCache {
   readonly blockSize: number;
   readonly #heads: number;
@@ -30,7 +39,7 @@ export class PagedKVCache {
   #capacity = 0;
   readonly #free: number[] = [];
   /** The rows of the forward pass under way (beginStep .. endStep). */
-  #step: { table: Int32Array; lengths: Int32Array; maxBlocks: number } | null = null;
+  #step: Step | null = null;
 
   constructor(
     readonly nLayers: number,
@@ -77,6 +86,13 @@ export class PagedKVCache {
     if (rows.length === 0) return;
     const maxBlocks = Math.max(1, ...rows.map((r) => r.blocks.length));
     const table = this.#table(rows, maxBlocks);
+    const where = {
+      sources: Int32Array.from(rows, (r) => r.source),
+      starts: Int32Array.from(rows, (r) => r.start),
+      counts: Int32Array.from(rows, (r) => r.length),
+      blockSize: this.blockSize,
+      maxBlocks,
+    };
     for (let layer = 0; layer < this.nLayers; layer++) {
       const [k, v] = prefill.layer(layer); // [N, nh, T, hs]
       if (fusedKernelsActive()) {
@@ -84,13 +100,7 @@ export class PagedKVCache {
           [k, this.#keys[layer]],
           [v, this.#values[layer]],
         ] as const) {
-          pagedStore(src, pool, table, {
-            sources: Int32Array.from(rows, (r) => r.source),
-            starts: Int32Array.from(rows, (r) => r.start),
-            counts: Int32Array.from(rows, (r) => r.length),
-            blockSize: this.blockSize,
-            maxBlocks,
-          });
+          pagedStore(src, pool, table, where);
         }
         continue;
       }
@@ -121,14 +131,19 @@ export class PagedKVCache {
       if (r.blocks.length * this.blockSize <= r.length)
         throw new Error(`a row of ${r.length} positions has no block for its next one`);
     }
-    this.#step = {
-      table: this.#table(rows, maxBlocks),
-      lengths: Int32Array.from(rows, (r) => r.length),
-      maxBlocks,
-    };
+    const table = this.#table(rows, maxBlocks);
+    const lengths = Int32Array.from(rows, (r) => r.length);
+    const tensors = fusedKernelsActive()
+      ? tf.tidy(() => ({
+          table: tf.keep(tf.tensor2d(table, [rows.length, maxBlocks], "int32")),
+          lengths: tf.keep(tf.tensor1d(lengths, "int32")),
+        }))
+      : null;
+    this.#step = { table, lengths, maxBlocks, tensors };
   }
 
   endStep(): void {
+    if (this.#step?.tensors) tf.dispose([this.#step.tensors.table, this.#step.tensors.lengths]);
     this.#step = null;
   }
 
@@ -146,20 +161,14 @@ export class PagedKVCache {
   attend(layer: number, qkv: tf.Tensor2D): tf.Tensor2D {
     const step = this.#current();
     const scale = 1 / Math.sqrt(this.#width / this.#heads);
-    if (fusedKernelsActive()) {
-      return tf.tidy(() =>
-        tf.engine().runKernel(
+    if (step.tensors) {
+      return tf
+        .engine()
+        .runKernel(
           FUSED.pagedAttention,
-          {
-            qkv,
-            kPool: this.#keys[layer],
-            vPool: this.#values[layer],
-            table: tf.tensor2d(step.table, [step.lengths.length, step.maxBlocks], "int32"),
-            lengths: tf.tensor1d(step.lengths, "int32"),
-          },
+          { qkv, kPool: this.#keys[layer], vPool: this.#values[layer], ...step.tensors },
           { heads: this.#heads, blockSize: this.blockSize, scale },
-        ),
-      ) as tf.Tensor2D;
+        ) as tf.Tensor2D;
     }
     return this.#plainAttend(layer, qkv, step, scale);
   }
@@ -184,12 +193,7 @@ export class PagedKVCache {
     this.#free.length = 0;
   }
 
-  #plainAttend(
-    layer: number,
-    qkv: tf.Tensor2D,
-    step: { table: Int32Array; lengths: Int32Array; maxBlocks: number },
-    scale: number,
-  ): tf.Tensor2D {
+  #plainAttend(layer: number, qkv: tf.Tensor2D, step: Step, scale: number): tf.Tensor2D {
     const rows = step.lengths.length;
     const c = this.#width;
     const nh = this.#heads;

@@ -181,11 +181,7 @@ export function createReconciler(
       reason === STALLED_OUT
         ? `its worker stopped responding more often than allowed (${STALLED_OUT})`
         : reason;
-    await finishStage(prisma, stage.id, {
-      status: "failed",
-      error: message,
-      event: { level: "error", message: `${stage.kind} stage failed: ${message}` },
-    });
+    await finishStage(prisma, stage.id, { status: "failed", error: message });
     logger.warn({ runId: run.id, stageId: stage.id, reason }, "reconcile: failure recorded");
   }
 

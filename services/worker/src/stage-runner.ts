@@ -56,7 +56,7 @@ export async function runStage(
       if (!started || err instanceof JobRefused) throw err;
       const message = err instanceof Error ? err.message : String(err);
       ctx.logger.error({ err, stageId, runId, kind }, "stage failed");
-      await recordFailure(ctx, stageId, kind, message, signal);
+      await recordFailure(ctx, stageId, message, signal);
       throw err instanceof UnrecoverableError ? err : new UnrecoverableError(message);
     }
   }
@@ -207,7 +207,6 @@ export async function failAbandonedStage(ctx: StageContext, data: StageJobData):
   await recordFailure(
     ctx,
     data.stageId,
-    data.kind,
     `its worker stopped responding more often than allowed (${STALLED_OUT})`,
   );
 }
@@ -220,18 +219,13 @@ export async function failAbandonedStage(ctx: StageContext, data: StageJobData):
 async function recordFailure(
   ctx: StageContext,
   stageId: string,
-  kind: string,
   message: string,
   signal?: AbortSignal,
 ): Promise<void> {
   const { baseMs, maxMs } = ctx.retry ?? DEFAULT_RETRY;
   for (let tries = 0; ; tries++) {
     try {
-      await finishStage(ctx.prisma, stageId, {
-        status: "failed",
-        error: message,
-        event: { level: "error", message: `${kind} stage failed: ${message}` },
-      });
+      await finishStage(ctx.prisma, stageId, { status: "failed", error: message });
       return;
     } catch (dbErr) {
       if (!isTransientError(dbErr) || signal?.aborted) {
