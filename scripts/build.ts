@@ -30,6 +30,8 @@ export const RUNTIME_ASSETS = [
   "openapi/openapi.yaml",
   "prisma/migrations",
   "services/api/src/static",
+  // The flow thread's code: a worker thread starts it as a file (libs/queue/src/flow-thread.ts).
+  "libs/queue/src/flow-thread-worker.cjs",
 ] as const;
 
 /**

@@ -18,7 +18,8 @@ let supervisedId: string;
 let preferenceId: string;
 
 beforeAll(async () => {
-  api = await startTestApi({}, { dispatchRetryDelaysMs: [20] });
+  // On the event loop: the tests below make the flow producer's adds fail (interceptFlowAdds).
+  api = await startTestApi({}, { dispatchRetryDelaysMs: [20], flowThread: false });
   supervisedId = await createDatasetId(api.app);
   const pairs = Array.from(
     { length: 20 },

@@ -250,3 +250,5 @@ async function removeWaiting(
   }
   return removed;
 }
+
+export { FlowThread } from "./flow-thread.ts";

@@ -12,6 +12,7 @@ import {
   type StageKind,
 } from "@chatrl/contracts";
 import { type Database, storedApiKeys } from "@chatrl/db";
+import type { FlowThread } from "@chatrl/queue";
 import type { FlowProducer, Queue } from "bullmq";
 import Fastify, { type FastifyInstance } from "fastify";
 import { apiMetricsPlugin } from "./plugins/api-metrics.ts";
@@ -30,6 +31,8 @@ import runRoutes from "./routes/runs.ts";
 export type ApiDeps = {
   db: Database;
   flow: FlowProducer;
+  /** Adds submitted runs' flows on a thread of its own (server.ts starts one); absent: `flow` does. */
+  flowThread?: FlowThread;
   /** The stage queues under the same prefix as `flow`, for removing jobs of cancelled runs. */
   queues: Record<StageKind, Queue>;
   /** How long a request waits for Redis before answering 503 (default 5000 ms). */
@@ -80,6 +83,7 @@ export async function buildApp(config: ChatrlConfig, deps: ApiDeps): Promise<Fas
   await app.register(dbPlugin, { db: deps.db });
   await app.register(queuePlugin, {
     flow: deps.flow,
+    flowThread: deps.flowThread,
     queues: deps.queues,
     timeoutMs: deps.queueTimeoutMs ?? 5000,
     dispatchRetryDelaysMs: deps.dispatchRetryDelaysMs,

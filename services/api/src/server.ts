@@ -4,6 +4,7 @@ import {
   closeStageQueues,
   createFlowProducer,
   createStageQueues,
+  FlowThread,
   redisConnection,
 } from "@chatrl/queue";
 import type { FastifyInstance } from "fastify";
@@ -23,7 +24,9 @@ export async function startApiServer(
   connection.on("error", () => {}); // reported by the queue plugin and by /readyz
   const flow = createFlowProducer(connection, config.queuePrefix);
   const queues = createStageQueues(connection, config.queuePrefix);
+  const flowThread = new FlowThread(config.redisUrl, config.queuePrefix);
   const closeDeps = async () => {
+    await flowThread.close();
     await flow.close();
     await closeStageQueues(queues);
     connection.disconnect();
@@ -31,7 +34,7 @@ export async function startApiServer(
   };
   let app: FastifyInstance;
   try {
-    app = await buildApp(config, { db, flow, queues });
+    app = await buildApp(config, { db, flow, flowThread, queues });
     await app.listen({ host: config.host, port: config.apiPort });
   } catch (error) {
     await closeDeps();

@@ -4,6 +4,7 @@ import {
   closeStageQueues,
   createFlowProducer,
   createStageQueues,
+  FlowThread,
   redisConnection,
 } from "@chatrl/queue";
 import type { FastifyInstance } from "fastify";
@@ -23,7 +24,13 @@ export type TestApi = {
 
 export async function startTestApi(
   env: Record<string, string> = {},
-  opts: { redisUrl?: string; queueTimeoutMs?: number; dispatchRetryDelaysMs?: number[] } = {},
+  opts: {
+    redisUrl?: string;
+    queueTimeoutMs?: number;
+    dispatchRetryDelaysMs?: number[];
+    /** Add submitted runs' flows on a FlowThread, as server.ts does (default true). */
+    flowThread?: boolean;
+  } = {},
 ): Promise<TestApi> {
   const database = await createTestDatabase();
   const redis = await createTestRedis();
@@ -39,9 +46,11 @@ export async function startTestApi(
   connection.on("error", () => {});
   const flow = createFlowProducer(connection, redis.prefix);
   const queues = createStageQueues(connection, redis.prefix);
+  const flowThread = opts.flowThread === false ? undefined : new FlowThread(redisUrl, redis.prefix);
   const app = await buildApp(config, {
     db: database.db,
     flow,
+    flowThread,
     queues,
     queueTimeoutMs: opts.queueTimeoutMs ?? 5000,
     dispatchRetryDelaysMs: opts.dispatchRetryDelaysMs,
@@ -54,6 +63,7 @@ export async function startTestApi(
     flow,
     async close() {
       await app.close();
+      await flowThread?.close();
       await flow.close();
       await closeStageQueues(queues);
       connection.disconnect();

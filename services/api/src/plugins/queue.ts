@@ -1,10 +1,13 @@
 import type { StageKind } from "@chatrl/contracts";
+import type { FlowThread } from "@chatrl/queue";
 import type { FlowProducer, Queue } from "bullmq";
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
 
 export type QueueDeps = {
   flow: FlowProducer;
+  /** Adds submitted runs' flows off the event loop (libs/queue flow-thread.ts); absent: `flow` does. */
+  flowThread?: FlowThread;
   queues: Record<StageKind, Queue>;
   /** How long a request waits for Redis before answering 503 (default 5 s). */
   timeoutMs: number;

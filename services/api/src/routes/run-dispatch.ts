@@ -7,8 +7,7 @@
 // queued in Postgres, and the reconciler (services/worker/src/reconciler.ts) queues it once it
 // is older than CHATRL_RECONCILE_GRACE_MS: docs/decisions/0009.
 import { groupCalls } from "@chatrl/db";
-import { enqueueRuns, type RunToEnqueue } from "@chatrl/queue";
-import type { FlowProducer } from "bullmq";
+import type { RunToEnqueue } from "@chatrl/queue";
 
 export type RunDispatcher = {
   /**
@@ -25,21 +24,26 @@ export type RunDispatcher = {
 };
 
 export type RunDispatcherOptions = {
-  /** How long one attempt waits for Redis. */
-  timeoutMs: number;
   /** Pauses before each retry of a run whose flow could not be added (default 0.25, 1, 4 s). */
   retryDelaysMs?: number[];
   /** Told about a run given up on, with the last error (the reconciler will queue it). */
   onLost(run: RunToEnqueue, error: unknown): Promise<void> | void;
 };
 
-export function runDispatcher(flow: FlowProducer, opts: RunDispatcherOptions): RunDispatcher {
+/**
+ * `addRuns` puts several runs' flows in Redis at once (enqueueRuns, or a FlowThread's addRuns),
+ * waiting for Redis as long as one attempt may.
+ */
+export function runDispatcher(
+  addRuns: (runs: RunToEnqueue[]) => Promise<void>,
+  opts: RunDispatcherOptions,
+): RunDispatcher {
   const retryDelaysMs = opts.retryDelaysMs ?? [250, 1000, 4000];
   // Two transactions on the way at most: under load a batch forms while one is in Redis, so a
   // flow add costs a share of one round trip and one MULTI instead of one of each.
   const send = groupCalls(
     async (runs: RunToEnqueue[]) => {
-      await enqueueRuns(flow, runs, { timeoutMs: opts.timeoutMs });
+      await addRuns(runs);
       return runs.map(() => true);
     },
     { concurrency: 2, maxBatch: 64 },

@@ -26,7 +26,14 @@ import {
   type RunWithStages,
   type StageRow,
 } from "@chatrl/db";
-import { enqueueRun, isFlowConnected, QueueUnavailableError, removeRunJobs } from "@chatrl/queue";
+import {
+  enqueueRun,
+  enqueueRuns,
+  isFlowConnected,
+  QueueUnavailableError,
+  type RunToEnqueue,
+  removeRunJobs,
+} from "@chatrl/queue";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { unknownCursor } from "./cursor.ts";
 import { runDispatcher } from "./run-dispatch.ts";
@@ -126,8 +133,12 @@ export default async function runRoutes(app: FastifyInstance) {
   // 2-core machine (POST /v1/runs 1,418/s with four in flight, 1,545 with two, 1,595 with one).
   const writeRun = groupCalls((runs: NewRun[]) => createRuns(prisma, runs), { concurrency: 1 });
   // The committed runs' flows go to Redis after the answer, batched (run-dispatch.ts).
-  const dispatcher = runDispatcher(app.queue.flow, {
-    timeoutMs: app.queue.timeoutMs,
+  // On the flow thread when the api has one (server.ts), else on the event loop.
+  const { flow, flowThread, timeoutMs } = app.queue;
+  const addRuns = flowThread
+    ? (runs: RunToEnqueue[]) => flowThread.addRuns(runs, { timeoutMs })
+    : (runs: RunToEnqueue[]) => enqueueRuns(flow, runs, { timeoutMs });
+  const dispatcher = runDispatcher(addRuns, {
     retryDelaysMs: app.queue.dispatchRetryDelaysMs,
     onLost: async (run, error) => {
       app.log.error({ err: error, runId: run.id }, "run committed but not queued");
