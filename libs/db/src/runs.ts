@@ -38,6 +38,19 @@ const GET_RUN: Statement = {
   text: `SELECT ${RUN_JSON} AS run FROM "run" r WHERE r.id = $1`,
 };
 
+// A page of runs with their stages in one statement (through Prisma it took three, and its query
+// engine's time: GET /v1/runs?limit=20 answered 377/s in bench:api). Newest first; after the
+// cursor run in that order (keyset: created_at, then id); an unknown cursor gives no rows.
+const LIST_RUNS: Statement = {
+  name: "chatrl_list_runs",
+  text: `SELECT ${RUN_JSON} AS run FROM "run" r
+   WHERE ($1::text IS NULL OR r.status::text = $1::text)
+     AND ($2::text IS NULL OR (r.created_at, r.id) <
+       (SELECT c.created_at, c.id FROM "run" c WHERE c.id = $2::text))
+   ORDER BY r.created_at DESC, r.id DESC
+   LIMIT $3`,
+};
+
 const GET_RUN_BY_IDEMPOTENCY_KEY: Statement = {
   name: "chatrl_get_run_by_idempotency_key",
   text: `SELECT ${RUN_JSON} AS run FROM "run" r WHERE r.idempotency_key = $1`,
@@ -131,14 +144,15 @@ export async function listRuns(
   { after, limit, status }: PageQuery & { status?: Status },
 ): Promise<Page<RunWithStages>> {
   checkLimit(limit);
-  const rows = await p.run.findMany({
-    where: status ? { status } : {},
-    orderBy: [{ createdAt: "desc" }, { id: "desc" }],
-    take: limit + 1,
-    include: withStages,
-    ...(after ? { cursor: { id: after }, skip: 1 } : {}),
-  });
-  return toPage(rows.map(toRunWithStages), limit);
+  const rows = await queryRows<{ run: RunJson }>(p, LIST_RUNS, [
+    status ?? null,
+    after ?? null,
+    limit + 1,
+  ]);
+  return toPage(
+    rows.map(({ run }) => fromRunJson(run)),
+    limit,
+  );
 }
 
 export async function findRunByIdempotencyKey(p: Db, key: string): Promise<RunWithStages | null> {

@@ -97,6 +97,41 @@ describe("runs", () => {
     expect(all.hasMore).toBe(false);
     expect(all.data).toHaveLength(total);
   });
+
+  it("pages through runs created in the same millisecond, and through one status only, without gaps or repeats", async () => {
+    // A group commit writes many runs at once: equal created_at, ordered by id among themselves.
+    const same = [];
+    for (let i = 0; i < 5; i++) same.push(await newRun(`tie-${i}`));
+    await t.db.prisma.run.updateMany({
+      where: { id: { in: same.map((r) => r.id) } },
+      data: { createdAt: new Date("2099-01-01T00:00:00.000Z") },
+    });
+    await t.db.prisma.run.updateMany({
+      where: { id: { in: [same[1].id, same[3].id] } },
+      data: { status: "failed" },
+    });
+    const walk = async (status?: "failed") => {
+      const seen: string[] = [];
+      let after: string | undefined;
+      for (;;) {
+        const page = await listRuns(t.db.prisma, { after, limit: 2, status });
+        seen.push(...page.data.map((r) => r.id));
+        if (!page.hasMore) return seen;
+        after = page.data.at(-1)?.id;
+      }
+    };
+    const everyRun = await walk();
+    expect(everyRun.slice(0, 5)).toEqual(same.map((r) => r.id).sort().reverse());
+    expect(new Set(everyRun).size).toBe(everyRun.length);
+    expect(everyRun).toHaveLength(await t.db.prisma.run.count());
+    const failed = await walk("failed");
+    expect(failed.slice(0, 2)).toEqual([same[1].id, same[3].id].sort().reverse());
+    expect(failed).toHaveLength(await t.db.prisma.run.count({ where: { status: "failed" } }));
+    const page = await listRuns(t.db.prisma, { limit: 1, status: "failed" });
+    expect(page.data[0]).toMatchObject({ status: "failed", name: expect.stringMatching(/^tie-/) });
+    expect(page.data[0].stages).toHaveLength(3);
+    expect(page.data[0].createdAt).toEqual(new Date("2099-01-01T00:00:00.000Z"));
+  });
 });
 
 describe("stages and run status", () => {
