@@ -38,7 +38,7 @@ const GET_RUN: Statement = {
   text: `SELECT ${RUN_JSON} AS run FROM "run" r WHERE r.id = $1`,
 };
 
-// A page of runs with their stages in one statement (through Prisma it took three, and its query
+// A page of runs with their stages in one statement (through Prisma it took two, and its query
 // engine's time: GET /v1/runs?limit=20 answered 377/s in bench:api). Newest first; after the
 // cursor run in that order (keyset: created_at, then id); an unknown cursor gives no rows.
 const LIST_RUNS: Statement = {
