@@ -10,6 +10,7 @@ import {
   closeStageQueues,
   createFlowProducer,
   createStageQueues,
+  FlowThread,
   redisConnection,
 } from "@chatrl/queue";
 import { buildApp } from "@chatrl/api";
@@ -55,13 +56,17 @@ export async function startPlatform(
     closers.push(() => flow.close());
     const queues = createStageQueues(apiConnection, config.queuePrefix);
     closers.push(() => closeStageQueues(queues));
+    // As the api service does (server.ts): submitted runs' flows are added off the event loop,
+    // which here also trains.
+    const flowThread = new FlowThread(config.redisUrl, config.queuePrefix);
+    closers.push(() => flowThread.close());
 
     const workerConnection = redisConnection(config.redisUrl);
     closers.push(async () => workerConnection.disconnect());
     const worker = await startWorker(config, { db, connection: workerConnection });
     closers.push(() => worker.close());
 
-    const api = await buildApp(config, { db, flow, queues });
+    const api = await buildApp(config, { db, flow, flowThread, queues });
     closers.push(() => api.close());
     const apiUrl = await api.listen({ port: config.apiPort, host: config.host });
 
