@@ -120,12 +120,13 @@ describe("runs", () => {
         after = page.data.at(-1)?.id;
       }
     };
+    const newestFirst = (ids: string[]) => [...ids].sort().reverse();
     const everyRun = await walk();
-    expect(everyRun.slice(0, 5)).toEqual(same.map((r) => r.id).sort().reverse());
+    expect(everyRun.slice(0, 5)).toEqual(newestFirst(same.map((r) => r.id)));
     expect(new Set(everyRun).size).toBe(everyRun.length);
     expect(everyRun).toHaveLength(await t.db.prisma.run.count());
     const failed = await walk("failed");
-    expect(failed.slice(0, 2)).toEqual([same[1].id, same[3].id].sort().reverse());
+    expect(failed.slice(0, 2)).toEqual(newestFirst([same[1].id, same[3].id]));
     expect(failed).toHaveLength(await t.db.prisma.run.count({ where: { status: "failed" } }));
     const page = await listRuns(t.db.prisma, { limit: 1, status: "failed" });
     expect(page.data[0]).toMatchObject({ status: "failed", name: expect.stringMatching(/^tie-/) });
