@@ -8,6 +8,7 @@ import { type Database, readCheckpointPart } from "@chatrl/db";
 import {
   type GPT,
   loadModel,
+  type ModelConfig,
   servingTokenRules,
   type Tokenizer,
   type TokenRules,
@@ -56,6 +57,8 @@ export type RegistryStats = {
   rejected: number;
   /** Name switches to a newer checkpoint (a training run's new actor). */
   switches: number;
+  /** Warm-up bursts run at load (one per model shape: DecodeLoop.warmUp). */
+  warmUps: number;
 };
 
 /** One loaded model, as the metrics see it. */
@@ -116,11 +119,12 @@ class LoadedModel {
 }
 
 export class ModelRegistry {
-  readonly stats: RegistryStats = { loads: 0, requests: 0, rejected: 0, switches: 0 };
+  readonly stats: RegistryStats = { loads: 0, requests: 0, rejected: 0, switches: 0, warmUps: 0 };
   readonly limits: LoopLimits & { maxModelBytes: number; refreshIntervalMs: number };
   readonly #db: Database;
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
+  readonly #warmedShapes = new Set<string>();
   /** Model name -> the loaded checkpoint that answers it. */
   readonly #current = new Map<string, LoadedModel>();
   readonly #listeners = new Set<(event: RegistryEvent) => void>();
@@ -294,6 +298,14 @@ export class ModelRegistry {
       const loop = new DecodeLoop(model, tokenizer, rules, this.limits, (event) => {
         for (const listener of this.#listeners) listener({ ...event, model: served.id });
       });
+      // Once per model shape: what a warm-up warms (compiled code, the heap) stays with the
+      // process, so a training run's next checkpoint, loaded beside live requests, skips it.
+      const shape = shapeKey(model.config);
+      if (!this.#warmedShapes.has(shape)) {
+        await loop.warmUp();
+        this.#warmedShapes.add(shape);
+        this.stats.warmUps++;
+      }
       entry = new LoadedModel(served, model, tokenizer, rules, loop, weightBytes);
     } catch (error) {
       model.dispose();
@@ -312,6 +324,11 @@ export class ModelRegistry {
     }
     return entry;
   }
+}
+
+/** Models of one shape share what a warm-up warms. */
+function shapeKey(c: ModelConfig): string {
+  return [c.dModel, c.nLayers, c.nHeads, c.mlpRatio, c.vocabSize, c.contextLength].join("x");
 }
 
 function isNewer(a: ServedModel, b: ServedModel): boolean {

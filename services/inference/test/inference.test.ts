@@ -278,6 +278,29 @@ describe("inference service", () => {
     expect(tf.memory().numTensors).toBeLessThan(before);
   });
 
+  it("warms a model shape up once, at its first load, and keeps no tensors from it", async () => {
+    const registry = new ModelRegistry(testDb.db);
+    const served = await findServedModel(testDb.db.prisma, modelId);
+    if (!served) throw new Error("the model is served");
+    const before = tf.memory().numTensors;
+    const lease = await registry.acquire(served);
+    expect(registry.stats.warmUps).toBe(1);
+    // What the load left: the weights and nothing of the warm-up's batch and cache.
+    const fresh = new GPT(MODEL_PRESETS.tiny, 0);
+    const weightTensors = fresh.namedWeights().size;
+    fresh.dispose();
+    expect(tf.memory().numTensors - before).toBe(weightTensors);
+    // Another checkpoint of the same shape (a training run's next one) loads without a warm-up.
+    const other = await saveTinyModel(3);
+    const next = await findServedModel(testDb.db.prisma, `run-${other.runId}-sft`);
+    if (!next) throw new Error("the other model is served");
+    const second = await registry.acquire(next);
+    expect(registry.stats).toMatchObject({ loads: 2, warmUps: 1 });
+    lease.release();
+    second.release();
+    registry.close();
+  });
+
   it("keeps loaded weights within the byte budget, disposing the evicted model", async () => {
     const other = await saveTinyModel(2);
     const otherId = `run-${other.runId}-sft`;
