@@ -48,7 +48,9 @@ export async function saveModel(model: GPT | ValueModel, role?: ModelRole): Prom
         `(policies: ${POLICY_ROLES.join(", ")}; value models: reward, critic)`,
     );
   }
-  const tensors = await tensorsToStored(model.namedWeights());
+  // LoRA adapters are stored merged into their projections: the file is a plain model.
+  const body = model instanceof ValueModel ? model.body : model;
+  const tensors = await body.withLoraMerged(() => tensorsToStored(model.namedWeights()));
   // "format": "pt" is what Hugging Face transformers checks before loading a safetensors file.
   return encodeSafetensors(tensors, {
     format: "pt",

@@ -3,6 +3,8 @@
 // generation (no gradient tape, dropout off, KV cache, batched sampling: the fused kernels run
 // without their backward bookkeeping) and a training mode for the update (dropout, tape), and back.
 // Nothing is copied at a switch, so the rollout always samples from the weights just trained.
+// LoRA adapters are merged into their projections for generation and taken out again for the
+// update (DeepSpeed-HE fuses and unfuses them the same way).
 import type * as tf from "@tensorflow/tfjs";
 import type { GPT } from "./model";
 import type { Rng } from "./rng";
@@ -47,7 +49,12 @@ export class HybridEngine {
   private switchTo(mode: HybridMode): void {
     if (mode === this.current) throw new Error(`the actor is already in ${mode} mode`);
     this.current = mode;
-    if (mode === "inference") this.switches.toInference++;
-    else this.switches.toTraining++;
+    if (mode === "inference") {
+      this.actor.mergeLora();
+      this.switches.toInference++;
+    } else {
+      this.actor.unmergeLora();
+      this.switches.toTraining++;
+    }
   }
 }

@@ -67,7 +67,7 @@ export {
   tokenLogprob,
 } from "./decode-batch";
 export { KVCache } from "./kv-cache";
-export { type ForwardOptions, GPT } from "./model";
+export { type ForwardOptions, GPT, type LoraConfig } from "./model";
 export {
   ADAMW_DEFAULTS,
   AdamW,
@@ -90,8 +90,11 @@ export { type SftConfig, SFTTrainer, stepsFor } from "./sft";
 export {
   decodeTrainerState,
   encodeTrainerState,
+  isLoraWeight,
+  type LoraTraining,
   TrainState,
   type TrainStateConfig,
+  trainableWeights,
 } from "./train-state";
 export type { StageTrainer, StepReport } from "./trainer";
 export { V_HEAD, ValueModel } from "./value-model";

@@ -51,6 +51,65 @@ function gelu(x: tf.Tensor): tf.Tensor {
   return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
 }
 
+/** LoRA adapters (DeepSpeed-Chat's --lora_dim, --lora_module_name): low-rank updates to projections. */
+export type LoraConfig = {
+  /** Rank of each adapter. */
+  dim: number;
+  /** Projections whose name (h.<layer>.attn.c_attn, ...) contains this string get an adapter. */
+  moduleName: string;
+  /** DeepSpeed-Chat's lora_scaling: the update is (x A) B * scaling / dim. Default 1. */
+  scaling?: number;
+  /** Names the adapters' random init: equal seeds, equal adapters. Default 0. */
+  seed?: number;
+};
+
+/** A low-rank update of one projection: x -> (x right) left * scale. */
+type Adapter = {
+  right: tf.Variable<tf.Rank.R2>; // [in, dim], kaiming-uniform
+  left: tf.Variable<tf.Rank.R2>; // [dim, out], zeros: a fresh adapter changes nothing
+  scale: number;
+  /** The projection's own weight while the adapter is merged into it. */
+  unmerged?: tf.Tensor2D;
+};
+
+/**
+ * A projection y = x W + b in GPT-2's Conv1D layout (W: [in, out]), with an optional LoRA
+ * adapter (DeepSpeed-Chat's LinearLayer_LoRA). Merged, the adapter's product sits inside W (the
+ * hybrid engine's inference mode, and what a checkpoint stores); unmerged, it is added on top.
+ */
+class Projection {
+  readonly w: tf.Variable<tf.Rank.R2>;
+  readonly b: tf.Variable<tf.Rank.R1>;
+  adapter?: Adapter;
+
+  constructor(
+    make: MakeParam,
+    readonly name: string,
+    inDim: number,
+    outDim: number,
+    std: number,
+  ) {
+    this.w = make(`${name}.weight`, [inDim, outDim], { normal: std }) as tf.Variable<tf.Rank.R2>;
+    this.b = make(`${name}.bias`, [outDim], "zeros") as tf.Variable<tf.Rank.R1>;
+  }
+
+  forward(x: tf.Tensor, ctx: Context): tf.Tensor {
+    const y = linear(x, this.w, this.b);
+    const a = this.adapter;
+    if (!a || a.unmerged) {
+      if (a && ctx.training) throw new Error("GPT.forward: cannot train while LoRA is merged");
+      return y;
+    }
+    return tf.add(y, tf.mul(linear(linear(x, a.right), a.left), a.scale));
+  }
+
+  /** The adapter's update, scale * right @ left: [in, out]. */
+  delta(): tf.Tensor2D {
+    const a = this.adapter as Adapter;
+    return tf.tidy(() => tf.mul(tf.matMul(a.right, a.left), a.scale)) as tf.Tensor2D;
+  }
+}
+
 class Norm {
   private readonly weight: tf.Variable;
   private readonly bias?: tf.Variable;
@@ -75,10 +134,8 @@ class Norm {
 }
 
 class CausalSelfAttention {
-  private readonly cAttnW: tf.Variable<tf.Rank.R2>;
-  private readonly cAttnB: tf.Variable<tf.Rank.R1>;
-  private readonly cProjW: tf.Variable<tf.Rank.R2>;
-  private readonly cProjB: tf.Variable<tf.Rank.R1>;
+  readonly cAttn: Projection;
+  readonly cProj: Projection;
 
   constructor(
     make: MakeParam,
@@ -89,23 +146,17 @@ class CausalSelfAttention {
     const c = config.dModel;
     // GPT-2 scales the init of projections into the residual stream by 1/sqrt(2 * nLayers).
     const residualStd = 0.02 / Math.sqrt(2 * config.nLayers);
-    this.cAttnW = make(`${prefix}.c_attn.weight`, [c, 3 * c], {
-      normal: 0.02,
-    }) as tf.Variable<tf.Rank.R2>;
-    this.cAttnB = make(`${prefix}.c_attn.bias`, [3 * c], "zeros") as tf.Variable<tf.Rank.R1>;
-    this.cProjW = make(`${prefix}.c_proj.weight`, [c, c], {
-      normal: residualStd,
-    }) as tf.Variable<tf.Rank.R2>;
-    this.cProjB = make(`${prefix}.c_proj.bias`, [c], "zeros") as tf.Variable<tf.Rank.R1>;
+    this.cAttn = new Projection(make, `${prefix}.c_attn`, c, 3 * c, 0.02);
+    this.cProj = new Projection(make, `${prefix}.c_proj`, c, c, residualStd);
   }
 
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
     const nh = this.config.nHeads;
-    const qkv = linear(x, this.cAttnW, this.cAttnB) as tf.Tensor3D; // [B, T, 3C]
+    const qkv = this.cAttn.forward(x, ctx) as tf.Tensor3D; // [B, T, 3C]
     if (ctx.paged) {
       const [batch, , threeC] = qkv.shape; // T = 1
       const y = ctx.paged.attend(this.layer, qkv.reshape([batch, threeC])); // [B, C]
-      return linear(y.reshape([batch, 1, threeC / 3]), this.cProjW, this.cProjB) as tf.Tensor3D;
+      return this.cProj.forward(y.reshape([batch, 1, threeC / 3]), ctx) as tf.Tensor3D;
     }
     const [qh, k, v] = splitHeads(qkv, nh, 3); // [B, T, 3C] -> 3 x [B, nh, T, hs]
     let kh = k;
@@ -115,19 +166,13 @@ class CausalSelfAttention {
       ? paddedCausalAttention(qh, kh, vh, ctx.padLeft)
       : causalAttention(qh, kh, vh); // [B, nh, T, hs]
     const merged = mergeHeads(y); // [B, nh, T, hs] -> [B, T, C]
-    return dropout(
-      linear(merged, this.cProjW, this.cProjB),
-      this.config.dropout,
-      ctx,
-    ) as tf.Tensor3D;
+    return dropout(this.cProj.forward(merged, ctx), this.config.dropout, ctx) as tf.Tensor3D;
   }
 }
 
 class MLP {
-  private readonly cFcW: tf.Variable<tf.Rank.R2>;
-  private readonly cFcB: tf.Variable<tf.Rank.R1>;
-  private readonly cProjW: tf.Variable<tf.Rank.R2>;
-  private readonly cProjB: tf.Variable<tf.Rank.R1>;
+  readonly cFc: Projection;
+  readonly cProj: Projection;
 
   constructor(
     make: MakeParam,
@@ -136,32 +181,28 @@ class MLP {
   ) {
     const c = config.dModel;
     const hidden = config.mlpRatio * c;
-    this.cFcW = make(`${prefix}.c_fc.weight`, [c, hidden], {
-      normal: 0.02,
-    }) as tf.Variable<tf.Rank.R2>;
-    this.cFcB = make(`${prefix}.c_fc.bias`, [hidden], "zeros") as tf.Variable<tf.Rank.R1>;
-    this.cProjW = make(`${prefix}.c_proj.weight`, [hidden, c], {
-      normal: 0.02 / Math.sqrt(2 * config.nLayers),
-    }) as tf.Variable<tf.Rank.R2>;
-    this.cProjB = make(`${prefix}.c_proj.bias`, [c], "zeros") as tf.Variable<tf.Rank.R1>;
+    this.cFc = new Projection(make, `${prefix}.c_fc`, c, hidden, 0.02);
+    this.cProj = new Projection(
+      make,
+      `${prefix}.c_proj`,
+      hidden,
+      c,
+      0.02 / Math.sqrt(2 * config.nLayers),
+    );
   }
 
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
-    const h = linear(x, this.cFcW, this.cFcB); // [B, T, 4C]
+    const h = this.cFc.forward(x, ctx); // [B, T, 4C]
     const activated = this.config.activation === "gelu" ? gelu(h) : tf.relu(h);
-    return dropout(
-      linear(activated, this.cProjW, this.cProjB),
-      this.config.dropout,
-      ctx,
-    ) as tf.Tensor3D; // [B, T, C]
+    return dropout(this.cProj.forward(activated, ctx), this.config.dropout, ctx) as tf.Tensor3D; // [B, T, C]
   }
 }
 
 class Block {
   private readonly ln1: Norm;
-  private readonly attn: CausalSelfAttention;
+  readonly attn: CausalSelfAttention;
   private readonly ln2: Norm;
-  private readonly mlp: MLP;
+  readonly mlp: MLP;
 
   constructor(make: MakeParam, layer: number, config: ModelConfig) {
     const prefix = `h.${layer}`;
@@ -169,6 +210,10 @@ class Block {
     this.attn = new CausalSelfAttention(make, `${prefix}.attn`, layer, config);
     this.ln2 = new Norm(make, `${prefix}.ln_2`, config);
     this.mlp = new MLP(make, `${prefix}.mlp`, config);
+  }
+
+  projections(): Projection[] {
+    return [this.attn.cAttn, this.attn.cProj, this.mlp.cFc, this.mlp.cProj];
   }
 
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
@@ -193,6 +238,9 @@ export class GPT {
   private readonly lmHead?: tf.Variable<tf.Rank.R2>;
   /** Dropout seeds when the caller passes no rng. */
   private readonly ownRng: Rng;
+  /** Projections with a LoRA adapter (addLora), in layer order. */
+  private adapted: Projection[] = [];
+  private loraIsMerged = false;
   private disposed = false;
 
   /** A freshly initialized model (GPT-2 init); equal seeds give equal weights. */
@@ -302,15 +350,142 @@ export class GPT {
     return 6 * this.parameterCount() + 12 * nLayers * dModel * seqLen;
   }
 
-  /** Every weight under its Hugging Face GPT-2 name. The variables stay owned by the model. */
+  /**
+   * Every weight under its Hugging Face GPT-2 name. The variables stay owned by the model. With
+   * LoRA merged (mergeLora) the projections hold the adapters' updates: what a checkpoint stores.
+   */
   namedWeights(): Map<string, tf.Variable> {
     return new Map(this.weights);
   }
 
+  /**
+   * Adds a LoRA adapter to every projection whose name contains `lora.moduleName`, as
+   * DeepSpeed-Chat's convert_linear_layer_to_lora does: right [in, dim] kaiming-uniform, left
+   * [dim, out] zeros, so the model computes exactly what it did before. Returns the names.
+   */
+  addLora(lora: LoraConfig): string[] {
+    if (this.adapted.length > 0) throw new Error("this model already has LoRA adapters");
+    const { dim, moduleName, scaling = 1, seed = 0 } = lora;
+    if (!Number.isInteger(dim) || dim <= 0 || dim > this.config.dModel)
+      throw new Error(`LoRA dim must be an integer in 1..${this.config.dModel}, got ${dim}`);
+    const all = this.blocks.flatMap((b) => b.projections());
+    const chosen = all.filter((p) => p.name.includes(moduleName));
+    if (chosen.length === 0) {
+      throw new Error(
+        `LoRA module name "${moduleName}" matches no projection of this model ` +
+          `(${this.config.nLayers} layers; names like ${all[0]?.name ?? "h.0.attn.c_attn"})`,
+      );
+    }
+    const rng = Rng.create(`lora-init:${seed}`);
+    const bound = 1 / Math.sqrt(dim); // torch's kaiming_uniform_(a=sqrt(5)) on a [in, dim] tensor
+    for (const p of chosen) {
+      const [inDim, outDim] = p.w.shape;
+      const right = tf.tidy(() =>
+        tf.variable(tf.randomUniform([inDim, dim], -bound, bound, "float32", rng.nextUint32())),
+      ) as tf.Variable<tf.Rank.R2>;
+      const left = tf.tidy(() => tf.variable(tf.zeros([dim, outDim]))) as tf.Variable<tf.Rank.R2>;
+      p.adapter = { right, left, scale: scaling / dim };
+    }
+    this.adapted = chosen;
+    return chosen.map((p) => p.name);
+  }
+
+  get hasLora(): boolean {
+    return this.adapted.length > 0;
+  }
+
+  get loraMerged(): boolean {
+    return this.loraIsMerged;
+  }
+
+  /** The adapters' weights, `<projection>.lora_right_weight` / `.lora_left_weight` (owned by the model). */
+  loraWeights(): Map<string, tf.Variable> {
+    const out = new Map<string, tf.Variable>();
+    for (const p of this.adapted) {
+      const a = p.adapter as Adapter;
+      out.set(`${p.name}.lora_right_weight`, a.right);
+      out.set(`${p.name}.lora_left_weight`, a.left);
+    }
+    return out;
+  }
+
+  /** What an optimizer updates: the adapters alone (onlyLora) or every weight and the adapters. */
+  trainableWeights(onlyLora = false): Map<string, tf.Variable> {
+    if (onlyLora && !this.hasLora)
+      throw new Error("only the LoRA adapters to train, but none were added");
+    return new Map([...(onlyLora ? [] : this.weights), ...this.loraWeights()]);
+  }
+
+  /**
+   * Folds each adapter's update into its projection (DeepSpeed-Chat's fuse_lora_weight), for fast
+   * inference and for checkpoints; unmergeLora() puts the projection's own weight back exactly.
+   */
+  mergeLora(): void {
+    if (!this.hasLora || this.loraIsMerged) return;
+    for (const p of this.adapted) {
+      const a = p.adapter as Adapter;
+      a.unmerged = tf.keep(p.w.clone());
+      tf.tidy(() => p.w.assign(tf.add(p.w, p.delta())));
+    }
+    this.loraIsMerged = true;
+  }
+
+  unmergeLora(): void {
+    if (!this.loraIsMerged) return;
+    for (const p of this.adapted) {
+      const a = p.adapter as Adapter;
+      p.w.assign(a.unmerged as tf.Tensor2D);
+      a.unmerged?.dispose();
+      a.unmerged = undefined;
+    }
+    this.loraIsMerged = false;
+  }
+
+  /** Runs `fn` with the adapters merged (a checkpoint, an EMA update), unmerged again after. */
+  async withLoraMerged<T>(fn: () => T | Promise<T>): Promise<T> {
+    if (!this.hasLora || this.loraIsMerged) return fn();
+    this.mergeLora();
+    try {
+      return await fn();
+    } finally {
+      this.unmergeLora();
+    }
+  }
+
+  /**
+   * What resuming LoRA training needs beyond a (merged) checkpoint: the adapters and the adapted
+   * projections' own weights, as `lora.<name>` and `lora_base.<name>`. Owned by the model.
+   */
+  loraState(): Map<string, tf.Tensor> {
+    if (this.loraIsMerged) throw new Error("LoRA state of a merged model: unmerge it first");
+    const out = new Map<string, tf.Tensor>();
+    for (const [name, w] of this.loraWeights()) out.set(`lora.${name}`, w);
+    for (const p of this.adapted) out.set(`lora_base.${p.name}.weight`, p.w);
+    return out;
+  }
+
+  /** Restores loraState(): the adapters' and the adapted projections' weights, replacing merged ones. */
+  loadLoraState(tensors: Map<string, tf.Tensor>): void {
+    this.unmergeLora();
+    const targets = this.loraState();
+    for (const [name, target] of targets) {
+      const value = tensors.get(name);
+      if (!value) throw new Error(`LoRA state is missing ${name}`);
+      if (!tf.util.arraysEqual(value.shape, target.shape))
+        throw new Error(
+          `LoRA state ${name} has shape [${value.shape}], expected [${target.shape}]`,
+        );
+    }
+    for (const [name, target] of targets)
+      (target as tf.Variable).assign(tensors.get(name) as tf.Tensor);
+  }
+
   dispose(): void {
     if (this.disposed) return;
-    for (const w of this.weights.values()) w.dispose();
+    this.unmergeLora();
+    for (const w of [...this.weights.values(), ...this.loraWeights().values()]) w.dispose();
     this.weights.clear();
+    this.adapted = [];
     this.disposed = true;
   }
 }

@@ -82,10 +82,11 @@ export class AdamW {
   }
 
   /**
-   * One update with learning rate `lr`; `grads` maps parameter names to gradients.
+   * One update with learning rate `lr` (or `lrOf(name)` per parameter: LoRA adapters have their
+   * own); `grads` maps parameter names to gradients.
    * p <- p * (1 - lr * wd) - lr * mHat / (sqrt(vHat) + eps), mHat, vHat bias-corrected.
    */
-  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+  apply(grads: Map<string, tf.Tensor>, lr: number, lrOf?: (name: string) => number): void {
     const { beta1, beta2, eps, weightDecay } = this.config;
     const t = this.step + 1;
     tf.tidy(() => {
@@ -96,7 +97,7 @@ export class AdamW {
         const v = this.v.get(name) as tf.Variable;
         const decay = this.decayed.has(name) ? weightDecay : 0;
         const [p2, m2, v2] = adamwUpdate(p, m, v, g, {
-          lr,
+          lr: lrOf ? lrOf(name) : lr,
           beta1,
           beta2,
           eps,

@@ -18,12 +18,18 @@ import {
 import { makeExperience, type Rollout, tokenLogprobs } from "./experience";
 import { HybridEngine } from "./hybrid";
 import { adaptKlCoefficient, clippedSurrogateLoss, clippedValueLoss, maskedMean } from "./losses";
-import type { GPT } from "./model";
+import { GPT } from "./model";
 import { crossEntropy } from "./ops";
 import { Rng, type RngState } from "./rng";
 import { stepsFor } from "./sft";
 import type { Tokenizer } from "./tokenizer";
-import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
+import {
+  decodeTrainerState,
+  encodeTrainerState,
+  type LoraTraining,
+  TrainState,
+  trainableWeights,
+} from "./train-state";
 import type { StageTrainer, StepReport } from "./trainer";
 import type { ValueModel } from "./value-model";
 
@@ -56,6 +62,9 @@ export type PpoConfig = {
   adaptiveKl?: { target: number; horizon: number };
   gradClip: number;
   seed: number;
+  /** LoRA adapters for the actor and for the critic (absent: every weight trains). */
+  actorLora?: LoraTraining;
+  criticLora?: LoraTraining;
   /** Default true; false makes rollouts recompute the whole sequence per token (benchmarks). */
   useKvCache?: boolean;
   log?: (message: string) => void;
@@ -145,8 +154,16 @@ export class PPOTrainer implements StageTrainer {
     // The schedules count optimizer updates: ppo_epochs x minibatches per step.
     const updates = this.totalSteps * config.ppoEpochs * this.minibatchesPerStep();
     const warmupUpdates = config.warmupSteps * config.ppoEpochs * this.minibatchesPerStep();
-    const state = (prefix: string, weights: Map<string, tf.Variable>, lr: number, wd: number) =>
-      new TrainState(
+    const state = (
+      prefix: string,
+      model: GPT | ValueModel,
+      lora: LoraTraining | undefined,
+      lr: number,
+      wd: number,
+    ) => {
+      const weights = trainableWeights(model, lora, config.seed);
+      const adapted = model instanceof GPT ? model : model.body;
+      return new TrainState(
         prefix,
         weights,
         {
@@ -155,18 +172,23 @@ export class PPOTrainer implements StageTrainer {
           totalSteps: updates,
           weightDecay: wd,
           gradClip: config.gradClip,
+          loraLearningRate: lora?.learningRate,
         },
         config.log,
+        adapted.hasLora ? adapted : undefined,
       );
+    };
     this.actorState = state(
       "actor.",
-      models.actor.namedWeights(),
+      models.actor,
+      config.actorLora,
       config.actorLearningRate,
       config.actorWeightDecay,
     );
     this.criticState = state(
       "critic.",
-      models.critic.namedWeights(),
+      models.critic,
+      config.criticLora,
       config.criticLearningRate,
       config.criticWeightDecay,
     );
@@ -398,14 +420,21 @@ function readAndDispose(t: tf.Scalar | undefined): number {
 
 /** ema <- beta * ema + (1 - beta) * actor, weight by weight (DeepSpeed-Chat's moving_average). */
 export function emaUpdate(ema: GPT, actor: GPT, beta: number): void {
-  const actorWeights = actor.namedWeights();
-  tf.tidy(() => {
-    for (const [name, e] of ema.namedWeights()) {
-      const a = actorWeights.get(name);
-      if (!a) throw new Error(`EMA: the actor has no ${name}`);
-      e.assign(tf.add(tf.mul(beta, e), tf.mul(1 - beta, a)));
-    }
-  });
+  // The EMA follows the weights the actor computes with: LoRA adapters merged in.
+  const merge = actor.hasLora && !actor.loraMerged;
+  if (merge) actor.mergeLora();
+  try {
+    const actorWeights = actor.namedWeights();
+    tf.tidy(() => {
+      for (const [name, e] of ema.namedWeights()) {
+        const a = actorWeights.get(name);
+        if (!a) throw new Error(`EMA: the actor has no ${name}`);
+        e.assign(tf.add(tf.mul(beta, e), tf.mul(1 - beta, a)));
+      }
+    });
+  } finally {
+    if (merge) actor.unmergeLora();
+  }
 }
 
 function validatePpoConfig(config: PpoConfig, actor: GPT): void {

@@ -11,7 +11,13 @@ import { pairwiseRewardLoss } from "./losses";
 import { Rng, type RngState, seededPermutation } from "./rng";
 import { stepsFor } from "./sft";
 import type { Tokenizer } from "./tokenizer";
-import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
+import {
+  decodeTrainerState,
+  encodeTrainerState,
+  type LoraTraining,
+  TrainState,
+  trainableWeights,
+} from "./train-state";
 import type { StageTrainer, StepReport } from "./trainer";
 import type { ValueModel } from "./value-model";
 
@@ -34,6 +40,8 @@ export type RewardConfig = {
   evalFraction: number;
   /** Evaluate every this many steps and after the last. */
   evalEvery: number;
+  /** LoRA adapters to add to the body and train (absent: every weight trains as it is). */
+  lora?: LoraTraining;
   log?: (message: string) => void;
 };
 
@@ -110,9 +118,10 @@ export class RewardModelTrainer implements StageTrainer {
     this.rng = Rng.create(`reward:${config.seed}`);
     this.state = new TrainState(
       "",
-      model.namedWeights(),
-      { ...config, totalSteps: this.totalSteps },
+      trainableWeights(model, config.lora, config.seed),
+      { ...config, totalSteps: this.totalSteps, loraLearningRate: config.lora?.learningRate },
       config.log,
+      model.body.hasLora ? model.body : undefined,
     );
   }
 

@@ -14,7 +14,13 @@ import type { GPT } from "./model";
 import { crossEntropy } from "./ops";
 import { Rng, type RngState } from "./rng";
 import type { Tokenizer } from "./tokenizer";
-import { decodeTrainerState, encodeTrainerState, TrainState } from "./train-state";
+import {
+  decodeTrainerState,
+  encodeTrainerState,
+  type LoraTraining,
+  TrainState,
+  trainableWeights,
+} from "./train-state";
 import type { StageTrainer, StepReport } from "./trainer";
 
 export type SftConfig = {
@@ -35,6 +41,8 @@ export type SftConfig = {
   /** Global gradient-norm limit; 0 disables clipping. */
   gradClip: number;
   seed: number;
+  /** LoRA adapters to add and train (absent: every weight trains as it is). */
+  lora?: LoraTraining;
   /** Receives set-up notes (parameter groups); default: silent. */
   log?: (message: string) => void;
 };
@@ -96,9 +104,10 @@ export class SFTTrainer implements StageTrainer {
     this.rng = Rng.create(`sft:${config.seed}`);
     this.state = new TrainState(
       "",
-      model.namedWeights(),
-      { ...config, totalSteps: this.totalSteps },
+      trainableWeights(model, config.lora, config.seed),
+      { ...config, totalSteps: this.totalSteps, loraLearningRate: config.lora?.learningRate },
       config.log,
+      model.hasLora ? model : undefined,
     );
   }
 

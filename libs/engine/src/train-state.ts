@@ -3,6 +3,8 @@
 // restored under a per-model prefix (PPO's actor and critic moments share one file).
 import * as tf from "@tensorflow/tfjs";
 import { tensorsToStored } from "./checkpoint";
+import type { GPT } from "./model";
+import { V_HEAD, ValueModel } from "./value-model";
 import { AdamW, clipByGlobalNorm, type LrSchedule, lrAt } from "./optim";
 import { decodeSafetensors, encodeSafetensors } from "./safetensors";
 
@@ -16,7 +18,45 @@ export type TrainStateConfig = {
   weightDecay: number;
   /** Global gradient-norm limit; 0 disables clipping. */
   gradClip: number;
+  /**
+   * Peak learning rate of LoRA adapters (weights named `*.lora_*`), scheduled like the others
+   * (DeepSpeed-Chat's lora_learning_rate). Default: learningRate.
+   */
+  loraLearningRate?: number;
 };
+
+/** Whether a weight name is a LoRA adapter's (GPT.loraWeights). */
+export function isLoraWeight(name: string): boolean {
+  return name.endsWith(".lora_right_weight") || name.endsWith(".lora_left_weight");
+}
+
+/** LoRA for a trainer: DeepSpeed-Chat's lora_dim, lora_module_name, only_optimize_lora, lora_learning_rate. */
+export type LoraTraining = {
+  dim: number;
+  moduleName: string;
+  /** Train the adapters only; every other weight stays as it was. */
+  onlyOptimize: boolean;
+  learningRate: number;
+};
+
+/**
+ * The weights a trainer updates: with `lora`, adapters are added to the model (a value model's
+ * body) first, seeded by `seed`, and with onlyOptimize they are all it trains, but for a value
+ * model's head (DeepSpeed-Chat freezes that too, which leaves a fresh reward head random).
+ */
+export function trainableWeights(
+  model: GPT | ValueModel,
+  lora: LoraTraining | undefined,
+  seed: number,
+): Map<string, tf.Variable> {
+  if (!lora) return model.namedWeights();
+  const body = model instanceof ValueModel ? model.body : model;
+  body.addLora({ dim: lora.dim, moduleName: lora.moduleName, seed });
+  const adapters = body.loraWeights();
+  if (!lora.onlyOptimize) return new Map([...model.namedWeights(), ...adapters]);
+  if (model instanceof ValueModel) adapters.set(V_HEAD, model.vHead);
+  return adapters;
+}
 
 export type UpdateResult = { loss: number; gradNorm: number; lr: number };
 
@@ -30,12 +70,15 @@ export class TrainState {
   /**
    * prefix: put before every state tensor and metadata key ("" for a single model, "actor." /
    * "critic." for PPO). weights: the trainable variables by HF name (owned by their model).
+   * loraModel: the model whose LoRA adapters are trained; its adapters and unmerged projections
+   * are saved with the state, since its checkpoints hold them merged.
    */
   constructor(
     readonly prefix: string,
     weights: Map<string, tf.Variable>,
     readonly config: TrainStateConfig,
     log?: (message: string) => void,
+    private readonly loraModel?: GPT,
   ) {
     this.variables = [...weights.values()];
     for (const [name, variable] of weights) this.nameOf.set(variable.name, name);
@@ -72,8 +115,10 @@ export class TrainState {
       for (const [varName, g] of Object.entries(grads))
         named.set(this.nameOf.get(varName) as string, g);
       const clipped = clipByGlobalNorm(named, this.config.gradClip);
+      const { learningRate, loraLearningRate } = this.config;
+      const loraLr = loraLearningRate === undefined ? lr : (lr * loraLearningRate) / learningRate;
       try {
-        this.optimizer.apply(clipped.grads, lr);
+        this.optimizer.apply(clipped.grads, lr, (name) => (isLoraWeight(name) ? loraLr : lr));
         return [value.dataSync()[0], clipped.norm.dataSync()[0]];
       } finally {
         // Kept for us by clipByGlobalNorm, so tidy would not release them, not even on a throw.
@@ -87,6 +132,8 @@ export class TrainState {
   stateTensors(): Map<string, tf.Tensor> {
     const out = new Map<string, tf.Tensor>();
     for (const [name, t] of this.optimizer.stateTensors()) out.set(this.prefix + name, t);
+    if (this.loraModel)
+      for (const [name, t] of this.loraModel.loraState()) out.set(this.prefix + name, t);
     return out;
   }
 
@@ -101,6 +148,7 @@ export class TrainState {
       if (name.startsWith(this.prefix)) own.set(name.slice(this.prefix.length), t);
     const step = Number(metadata[`${this.prefix}optimizer_step`]);
     this.optimizer.loadState(own, step);
+    this.loraModel?.loadLoraState(own);
   }
 
   dispose(): void {

@@ -131,6 +131,38 @@ describe("RewardModelTrainer", () => {
   });
 });
 
+describe("RewardModelTrainer with LoRA", () => {
+  it("trains the adapters and the value head alone with only_optimize_lora", async () => {
+    const model = ValueModel.fresh(config, 6);
+    const base = new Map([...model.body.namedWeights()].map(([n, w]) => [n, w.dataSync().slice()]));
+    const head = model.vHead.dataSync().slice();
+    const trainer = new RewardModelTrainer(model, tokenizer, PAIRS, {
+      maxSteps: 20,
+      epochs: 1,
+      batchSize: 4,
+      learningRate: 1e-3,
+      maxSeqLen: 48,
+      warmupSteps: 2,
+      weightDecay: 0,
+      gradClip: 1,
+      seed: 1,
+      evalFraction: 0.25,
+      evalEvery: 20,
+      lora: { dim: 4, moduleName: "h.", onlyOptimize: true, learningRate: 1e-2 },
+    });
+    let last: Record<string, number> = {};
+    while (trainer.step < trainer.totalSteps) last = (await trainer.trainStep()).metrics;
+    expect(last.eval_accuracy).toBe(1);
+    for (const [name, w] of model.body.namedWeights())
+      expect(Array.from(w.dataSync()), name).toEqual(Array.from(base.get(name) as Float32Array));
+    expect(model.vHead.dataSync()).not.toEqual(head);
+    const left = model.body.loraWeights().get("h.0.attn.c_attn.lora_left_weight") as tf.Variable;
+    expect(tf.tidy(() => tf.max(tf.abs(left)).dataSync()[0])).toBeGreaterThan(0);
+    trainer.dispose();
+    model.dispose();
+  });
+});
+
 const PPO: PpoConfig = {
   maxSteps: 3,
   epochs: 1,
@@ -284,6 +316,58 @@ describe("PPO", () => {
     expect(got.metrics.reward_score).toBeCloseTo(expected.metrics.reward_score, 5);
     expect(got.metrics.actor_loss).toBeCloseTo(expected.metrics.actor_loss, 5);
     expect(resumed.summary().kl).toBeCloseTo(trainer.summary().kl, 5);
+    for (const t of [trainer, resumed]) t.dispose();
+    for (const m of [...Object.values(straight), ...Object.values(resumedModels)]) m.dispose();
+  });
+
+  it("trains LoRA adapters alone (only_optimize_lora) for actor and critic, the EMA following the merged actor, and resumes exactly", async () => {
+    const lora = { dim: 4, moduleName: "h.", onlyOptimize: true, learningRate: 1e-2 };
+    const config: PpoConfig = { ...PPO, unsupCoef: 0, actorLora: lora, criticLora: lora };
+    const straight = await fourModels();
+    const snapshot = (weights: Map<string, tf.Variable>) =>
+      new Map([...weights].map(([n, w]) => [n, w.dataSync().slice()]));
+    const actorBase = snapshot(straight.actor.namedWeights());
+    const criticBase = snapshot(straight.critic.body.namedWeights());
+    const head = straight.critic.vHead.dataSync().slice();
+    const ema = straight.ema.namedWeights().get("h.0.mlp.c_fc.weight")?.dataSync().slice();
+    const trainer = new PPOTrainer(straight, tokenizer, prompts, [], config);
+    await trainer.trainStep();
+    const tensors = tf.memory().numTensors;
+    await trainer.trainStep();
+    expect(tf.memory().numTensors).toBe(tensors);
+    for (const [model, base] of [
+      [straight.actor, actorBase],
+      [straight.critic.body, criticBase],
+    ] as const) {
+      expect(model.loraMerged).toBe(false);
+      for (const [name, w] of model.namedWeights())
+        expect(Array.from(w.dataSync()), name).toEqual(Array.from(base.get(name) as Float32Array));
+      const left = model.loraWeights().get("h.1.attn.c_proj.lora_left_weight") as tf.Variable;
+      expect(tf.tidy(() => tf.max(tf.abs(left)).dataSync()[0])).toBeGreaterThan(0);
+    }
+    expect(straight.critic.vHead.dataSync()).not.toEqual(head);
+    expect(straight.ema.namedWeights().get("h.0.mlp.c_fc.weight")?.dataSync()).not.toEqual(ema);
+
+    const state = await trainer.exportState();
+    const files = {
+      actor: await saveModel(straight.actor, "actor"),
+      critic: await saveModel(straight.critic, "critic"),
+      ema: await saveModel(straight.ema, "ema"),
+    };
+    const expected = await trainer.trainStep();
+    const resumedModels = {
+      actor: await loadModel(files.actor),
+      reference: await loadModel(await saveModel(straight.reference, "sft")),
+      ema: await loadModel(files.ema),
+      critic: await loadValueModel(files.critic),
+      reward: await loadValueModel(await saveModel(straight.reward, "reward")),
+    };
+    const resumed = new PPOTrainer(resumedModels, tokenizer, prompts, [], config);
+    await resumed.importState(state);
+    const got = await resumed.trainStep();
+    expect(got.metrics.reward_score).toBeCloseTo(expected.metrics.reward_score, 5);
+    expect(got.metrics.actor_loss).toBeCloseTo(expected.metrics.actor_loss, 5);
+    expect(got.metrics.critic_loss).toBeCloseTo(expected.metrics.critic_loss, 5);
     for (const t of [trainer, resumed]) t.dispose();
     for (const m of [...Object.values(straight), ...Object.values(resumedModels)]) m.dispose();
   });
