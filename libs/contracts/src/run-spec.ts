@@ -22,27 +22,43 @@ type CommonHyperparameters = {
   grad_clip: number;
 };
 
-export type SftHyperparameters = CommonHyperparameters & {
-  batch_size: number;
-  learning_rate: number;
-  max_seq_len: number;
-  warmup_steps: number;
-  weight_decay: number;
+/**
+ * DeepSpeed-Chat's LoRA arguments of steps 1 and 2, under its names. Adapters of rank lora_dim
+ * go on the projections whose names contain lora_module_name (loraTargetNames); lora_dim 0
+ * trains without them.
+ */
+export type LoraHyperparameters = {
+  lora_dim: number;
+  lora_module_name: string;
+  /** Train only the adapters (base weights frozen); needs lora_dim > 0. */
+  only_optimize_lora: boolean;
+  /** The adapters' peak learning rate; the schedule scales it like the stage's learning_rate. */
+  lora_learning_rate: number;
 };
 
-export type RewardHyperparameters = CommonHyperparameters & {
-  /** The reward model's starting weights; default: the run's model. */
-  model?: ModelSpec;
-  batch_size: number;
-  learning_rate: number;
-  max_seq_len: number;
-  warmup_steps: number;
-  weight_decay: number;
-  /** Share of the stage's pairs held out for accuracy (never trained on). */
-  eval_fraction: number;
-  /** Evaluate every this many steps (and at the end). */
-  eval_every: number;
-};
+export type SftHyperparameters = CommonHyperparameters &
+  LoraHyperparameters & {
+    batch_size: number;
+    learning_rate: number;
+    max_seq_len: number;
+    warmup_steps: number;
+    weight_decay: number;
+  };
+
+export type RewardHyperparameters = CommonHyperparameters &
+  LoraHyperparameters & {
+    /** The reward model's starting weights; default: the run's model. */
+    model?: ModelSpec;
+    batch_size: number;
+    learning_rate: number;
+    max_seq_len: number;
+    warmup_steps: number;
+    weight_decay: number;
+    /** Share of the stage's pairs held out for accuracy (never trained on). */
+    eval_fraction: number;
+    /** Evaluate every this many steps (and at the end). */
+    eval_every: number;
+  };
 
 /** DeepSpeed-Chat's step-3 arguments, under its names, with its defaults where it has them. */
 export type PpoHyperparameters = CommonHyperparameters & {
@@ -71,6 +87,19 @@ export type PpoHyperparameters = CommonHyperparameters & {
   enable_ema: boolean;
   ema_beta: number;
   unsup_coef: number;
+  /** LoRA rank of the actor (0: none) and the projections that get adapters (loraTargetNames). */
+  actor_lora_dim: number;
+  actor_lora_module_name: string;
+  /** LoRA rank of the critic (0: none) and the projections that get adapters. */
+  critic_lora_dim: number;
+  critic_lora_module_name: string;
+  /**
+   * Train only the adapters of the actor and the critic: each with a lora dim above 0 keeps its
+   * base weights frozen, one with 0 trains all its weights (DeepSpeed-Chat). Needs one above 0.
+   */
+  only_optimize_lora: boolean;
+  actor_lora_learning_rate: number;
+  critic_lora_learning_rate: number;
   /** Adaptive KL controller (Ziegler et al.): kl_ctl moves so the KL approaches target. */
   adaptive_kl?: { target: number; horizon: number };
 };
@@ -88,6 +117,17 @@ export type RunSpec = {
   seed: number;
 };
 
+/**
+ * DeepSpeed-Chat's LoRA defaults (steps 1 and 2), but for lora_module_name: its
+ * "decoder.layers." names OPT's layers, "h." selects every projection of this GPT-2 layout.
+ */
+export const LORA_DEFAULTS: LoraHyperparameters = {
+  lora_dim: 0,
+  lora_module_name: "h.",
+  only_optimize_lora: false,
+  lora_learning_rate: 5e-4,
+};
+
 // The same defaults as openapi.yaml states; normalizeRunSpec does not rely on Ajv's useDefaults.
 // No max_steps default: absent, epochs decide (Hugging Face's Trainer).
 export const SFT_DEFAULTS: SftHyperparameters = {
@@ -99,6 +139,7 @@ export const SFT_DEFAULTS: SftHyperparameters = {
   warmup_steps: 10,
   weight_decay: 0.01,
   grad_clip: 1.0,
+  ...LORA_DEFAULTS,
 };
 
 /** DeepSpeed-Chat's step 2 (reward model) defaults: lr 5e-5, no warm-up, no weight decay. */
@@ -113,6 +154,7 @@ export const REWARD_DEFAULTS: RewardHyperparameters = {
   grad_clip: 1.0,
   eval_fraction: 0.1,
   eval_every: 25,
+  ...LORA_DEFAULTS,
 };
 
 /**
@@ -144,6 +186,13 @@ export const PPO_DEFAULTS: PpoHyperparameters = {
   enable_ema: false,
   ema_beta: 0.992,
   unsup_coef: 27.8,
+  actor_lora_dim: 0,
+  actor_lora_module_name: LORA_DEFAULTS.lora_module_name,
+  critic_lora_dim: 0,
+  critic_lora_module_name: LORA_DEFAULTS.lora_module_name,
+  only_optimize_lora: false,
+  actor_lora_learning_rate: LORA_DEFAULTS.lora_learning_rate,
+  critic_lora_learning_rate: LORA_DEFAULTS.lora_learning_rate,
 };
 
 /** The default prompt and answer length for PPO sequences that must fit `contextLength` tokens. */
@@ -211,6 +260,23 @@ export function normalizeRunSpec(body: RunCreateRequest, opts: NormalizeOptions 
     },
     seed: body.seed ?? 42,
   };
+}
+
+/**
+ * A spec as Postgres holds it (a run's `spec`), read as a RunSpec: each stage's settings over
+ * its defaults, so a spec stored before a setting existed (the LoRA ones, say) reads with that
+ * setting's default, which is what the run was submitted under. A stored value always wins;
+ * the PPO sequence lengths, which depend on the models, have always been stored.
+ */
+export function readRunSpec(stored: unknown): RunSpec {
+  const spec = stored as RunSpec;
+  const given = spec?.stages;
+  if (typeof given !== "object" || given === null) return spec;
+  const stages: RunSpec["stages"] = {};
+  if (given.sft) stages.sft = { ...SFT_DEFAULTS, ...given.sft };
+  if (given.reward) stages.reward = { ...REWARD_DEFAULTS, ...given.reward };
+  if (given.ppo) stages.ppo = { ...PPO_DEFAULTS, ...given.ppo };
+  return { ...spec, stages };
 }
 
 /** The stages a spec trains, in pipeline order. */

@@ -1,11 +1,15 @@
 import { describe, expect, it } from "vitest";
+import { loraTargetNames } from "../src/lora.ts";
+import { openApiDocument } from "../src/openapi.ts";
 import {
   datasetSplit,
+  LORA_DEFAULTS,
   normalizeRunSpec,
   PPO_DEFAULTS,
   REWARD_DEFAULTS,
   type RunCreateRequest,
   type RunSpec,
+  readRunSpec,
   SFT_DEFAULTS,
   splitRowCounts,
   trainedStages,
@@ -31,6 +35,10 @@ describe("normalizeRunSpec", () => {
           warmup_steps: 10,
           weight_decay: 0.01,
           grad_clip: 1.0,
+          lora_dim: 0,
+          lora_module_name: "h.",
+          only_optimize_lora: false,
+          lora_learning_rate: 5e-4,
         },
       },
       compute: { device: "cpu", price_per_hour: 0 },
@@ -85,7 +93,15 @@ describe("normalizeRunSpec", () => {
       unsup_coef: 27.8,
       max_prompt_seq_len: 256,
       max_answer_seq_len: 256,
+      actor_lora_dim: 0,
+      actor_lora_module_name: "h.",
+      critic_lora_dim: 0,
+      critic_lora_module_name: "h.",
+      only_optimize_lora: false,
+      actor_lora_learning_rate: 5e-4,
+      critic_lora_learning_rate: 5e-4,
     });
+    expect(REWARD_DEFAULTS).toMatchObject(LORA_DEFAULTS);
     expect(SFT_DEFAULTS).not.toHaveProperty("max_steps");
     expect(spec.stages.ppo).not.toHaveProperty("adaptive_kl");
   });
@@ -105,6 +121,77 @@ describe("normalizeRunSpec", () => {
   it("stores a reward model source as the run's model is stored", () => {
     const spec = normalizeRunSpec({ ...base, stages: { reward: { model: { preset: "small" } } } });
     expect(spec.stages.reward?.model).toEqual({ preset: "small" });
+  });
+});
+
+describe("the defaults", () => {
+  it("are the ones openapi.yaml states, setting for setting", () => {
+    type Schema = { properties: Record<string, { default?: unknown }> };
+    const schemas = openApiDocument.components.schemas as Record<string, Schema>;
+    const stated = (name: string) =>
+      Object.fromEntries(
+        Object.entries(schemas[name].properties)
+          .filter(([, property]) => property.default !== undefined)
+          .map(([key, property]) => [key, property.default]),
+      );
+    expect(stated("SftHyperparameters")).toEqual(SFT_DEFAULTS);
+    expect(stated("RewardHyperparameters")).toEqual(REWARD_DEFAULTS);
+    // PPO's sequence lengths depend on the models' context (normalizeRunSpec), so none is stated.
+    const { max_prompt_seq_len, max_answer_seq_len, ...ppo } = PPO_DEFAULTS;
+    expect(stated("PpoHyperparameters")).toEqual(ppo);
+  });
+
+  it("are read into a stored spec that predates a setting, under what it stored", () => {
+    const spec = normalizeRunSpec({ ...base, stages: { sft: {}, reward: {}, ppo: {} } });
+    const { lora_dim, lora_module_name, only_optimize_lora, lora_learning_rate, ...oldSft } =
+      spec.stages.sft ?? SFT_DEFAULTS;
+    const { actor_lora_dim, critic_lora_dim, ...oldPpo } = spec.stages.ppo ?? PPO_DEFAULTS;
+    const stored = JSON.parse(
+      JSON.stringify({
+        ...spec,
+        stages: { sft: { ...oldSft, max_steps: 9 }, reward: spec.stages.reward, ppo: oldPpo },
+      }),
+    );
+    const read = readRunSpec(stored);
+    expect(read.stages.sft).toEqual({ ...spec.stages.sft, max_steps: 9 });
+    expect(read.stages.reward).toEqual(spec.stages.reward);
+    expect(read.stages.ppo).toEqual(spec.stages.ppo);
+    expect(read.stages.sft?.lora_dim).toBe(0);
+    expect(readRunSpec({ ...stored, stages: { reward: { lora_dim: 4 } } }).stages).toEqual({
+      reward: { ...REWARD_DEFAULTS, lora_dim: 4 },
+    });
+  });
+});
+
+describe("loraTargetNames", () => {
+  it("lists the projections whose name contains the module name, in layer order", () => {
+    expect(loraTargetNames(2, "h.")).toEqual([
+      "h.0.attn.c_attn",
+      "h.0.attn.c_proj",
+      "h.0.mlp.c_fc",
+      "h.0.mlp.c_proj",
+      "h.1.attn.c_attn",
+      "h.1.attn.c_proj",
+      "h.1.mlp.c_fc",
+      "h.1.mlp.c_proj",
+    ]);
+    expect(loraTargetNames(2, "attn.")).toEqual([
+      "h.0.attn.c_attn",
+      "h.0.attn.c_proj",
+      "h.1.attn.c_attn",
+      "h.1.attn.c_proj",
+    ]);
+    expect(loraTargetNames(2, "h.1.mlp")).toEqual(["h.1.mlp.c_fc", "h.1.mlp.c_proj"]);
+    expect(loraTargetNames(4, "c_proj")).toHaveLength(8);
+    // A plain substring: "h.1" is also the start of "h.10", "h.11", ...
+    expect(loraTargetNames(12, "h.1.")).toHaveLength(4);
+    expect(loraTargetNames(12, "h.1")).toHaveLength(12);
+  });
+
+  it("selects nothing for OPT's names, a layer past the last, or no layers", () => {
+    expect(loraTargetNames(2, "decoder.layers.")).toEqual([]);
+    expect(loraTargetNames(2, "h.2.")).toEqual([]);
+    expect(loraTargetNames(0, "h.")).toEqual([]);
   });
 });
 

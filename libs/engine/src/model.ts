@@ -1,6 +1,7 @@
 // A decoder-only transformer in the shape of GPT-2 (nanoGPT's model.py in spirit).
 // Weights are tf.Variables owned by the GPT and named as in Hugging Face's GPT-2, with
 // Conv1D layout ([in, out]) for the projections, so checkpoints load in other tools.
+import { loraTargetNames } from "@chatrl/contracts/lora";
 import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
@@ -368,12 +369,12 @@ export class GPT {
     const { dim, moduleName, scaling = 1, seed = 0 } = lora;
     if (!Number.isInteger(dim) || dim <= 0 || dim > this.config.dModel)
       throw new Error(`LoRA dim must be an integer in 1..${this.config.dModel}, got ${dim}`);
-    const all = this.blocks.flatMap((b) => b.projections());
-    const chosen = all.filter((p) => p.name.includes(moduleName));
+    const wanted = new Set(loraTargetNames(this.config.nLayers, moduleName));
+    const chosen = this.blocks.flatMap((b) => b.projections()).filter((p) => wanted.has(p.name));
     if (chosen.length === 0) {
       throw new Error(
         `LoRA module name "${moduleName}" matches no projection of this model ` +
-          `(${this.config.nLayers} layers; names like ${all[0]?.name ?? "h.0.attn.c_attn"})`,
+          `(${this.config.nLayers} layers; names like h.0.attn.c_attn, h.0.mlp.c_fc)`,
       );
     }
     const rng = Rng.create(`lora-init:${seed}`);

@@ -15,7 +15,7 @@ import {
   tokenizerFor,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
-import { loadStageRows, readModelFile } from "./stage-inputs.ts";
+import { loadStageRows, loraNote, loraTraining, readModelFile } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
 import type { Prisma } from "./types.ts";
 
@@ -54,6 +54,18 @@ export function ppoConfig(spec: RunSpec): PpoConfig {
     adaptiveKl: p.adaptive_kl,
     gradClip: p.grad_clip,
     seed: spec.seed,
+    actorLora: loraTraining(
+      p.actor_lora_dim,
+      p.actor_lora_module_name,
+      p.only_optimize_lora,
+      p.actor_lora_learning_rate,
+    ),
+    criticLora: loraTraining(
+      p.critic_lora_dim,
+      p.critic_lora_module_name,
+      p.only_optimize_lora,
+      p.critic_lora_learning_rate,
+    ),
   };
 }
 
@@ -136,7 +148,12 @@ export const ppoProcessor: StageProcessor = {
           `ppo started on ${ctx.device}: ${prompts.length - trainer.dropped} prompts` +
           `${pretraining.length > 0 ? `, ${pretraining.length} pretraining examples` : ""}, ` +
           `${trainer.totalSteps} steps of ${settings.per_device_generation_batch_size} rollouts, ` +
-          `actor ${models.actor.parameterCount()} and critic ${models.critic.parameterCount()} parameters`,
+          `actor ${models.actor.parameterCount()} and critic ${models.critic.parameterCount()} parameters` +
+          loraNote(models.actor, ppoConfig(spec).actorLora).replace("; LoRA", "; actor LoRA") +
+          loraNote(models.critic.body, ppoConfig(spec).criticLora).replace(
+            "; LoRA",
+            "; critic LoRA",
+          ),
         checkpointFiles: async () => [
           {
             role: "actor",

@@ -13,7 +13,7 @@ import {
   ValueModel,
 } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
-import { loadStageRows, readModelFile } from "./stage-inputs.ts";
+import { loadStageRows, loraNote, loraTraining, readModelFile } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
 import type { Prisma } from "./types.ts";
 
@@ -37,6 +37,7 @@ export function rewardConfig(spec: RunSpec): RewardConfig {
     seed: spec.seed,
     evalFraction: r.eval_fraction,
     evalEvery: r.eval_every,
+    lora: loraTraining(r.lora_dim, r.lora_module_name, r.only_optimize_lora, r.lora_learning_rate),
   };
 }
 
@@ -84,7 +85,8 @@ export const rewardProcessor: StageProcessor = {
       dataStats: { truncated: trainer.truncated, dropped: trainer.dropped },
       describe: () =>
         `reward started on ${ctx.device}: ${trainer.trainPairs} pairs to train on, ` +
-        `${trainer.evalPairs} held out, ${trainer.totalSteps} steps, ${model.parameterCount()} parameters`,
+        `${trainer.evalPairs} held out, ${trainer.totalSteps} steps, ${model.parameterCount()} parameters` +
+        loraNote(model.body, rewardConfig(spec).lora),
       checkpointFiles: async () => [
         { role: "reward", config: model.config, model: await saveModel(model, "reward") },
       ],

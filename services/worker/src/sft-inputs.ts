@@ -2,7 +2,7 @@
 import type { RunSpec, SftHyperparameters } from "@chatrl/contracts";
 import { rowToSftExamples, type SftConfig, type SftExample } from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
-import { loadStageRows } from "./stage-inputs.ts";
+import { loadStageRows, loraTraining } from "./stage-inputs.ts";
 import type { Prisma } from "./types.ts";
 
 /** The stage's examples: the rows routed to sft, each as one example per assistant turn. */
@@ -38,5 +38,11 @@ export function sftConfig(spec: RunSpec): SftConfig {
     weightDecay: sft.weight_decay,
     gradClip: sft.grad_clip,
     seed: spec.seed,
+    lora: loraTraining(
+      sft.lora_dim,
+      sft.lora_module_name,
+      sft.only_optimize_lora,
+      sft.lora_learning_rate,
+    ),
   };
 }

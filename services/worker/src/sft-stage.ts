@@ -2,7 +2,7 @@
 // The stage loop (stage-loop.ts) does the rest: steps, checkpoints, progress, resume.
 import { loadModel, SFTTrainer, saveModel, tokenizerFor } from "@chatrl/engine";
 import { loadSftExamples, sftConfig, sftSettings } from "./sft-inputs.ts";
-import { loadBaseModel } from "./stage-inputs.ts";
+import { loadBaseModel, loraNote } from "./stage-inputs.ts";
 import type { StageProcessor } from "./stage-loop.ts";
 
 export const sftProcessor: StageProcessor = {
@@ -28,7 +28,8 @@ export const sftProcessor: StageProcessor = {
       dataStats: { truncated: trainer.truncated, dropped: trainer.dropped },
       describe: () =>
         `sft started on ${ctx.device}: ${examples.length} examples, ` +
-        `${trainer.totalSteps} steps, ${model.parameterCount()} parameters`,
+        `${trainer.totalSteps} steps, ${model.parameterCount()} parameters` +
+        loraNote(model, sftConfig(spec).lora),
       checkpointFiles: async () => [
         { role: "sft", config: model.config, model: await saveModel(model, "sft") },
       ],

@@ -8,7 +8,14 @@ import {
   type StageName,
 } from "@chatrl/contracts";
 import { getCheckpoint, loadDatasetRows, readCheckpointPart } from "@chatrl/db";
-import { blendDatasets, GPT, loadModel, MODEL_PRESETS, splitForStage } from "@chatrl/engine";
+import {
+  blendDatasets,
+  GPT,
+  type LoraTraining,
+  loadModel,
+  MODEL_PRESETS,
+  splitForStage,
+} from "@chatrl/engine";
 import { UnrecoverableError } from "bullmq";
 import type { Prisma } from "./types.ts";
 
@@ -59,4 +66,28 @@ export async function readModelFile(prisma: Prisma, checkpointId: string): Promi
     );
   }
   return bytes;
+}
+
+/**
+ * A stage's LoRA settings in the engine's terms; none when lora_dim is 0 (or absent: runs
+ * stored before LoRA existed).
+ */
+export function loraTraining(
+  dim: number | undefined,
+  moduleName: string,
+  onlyOptimize: boolean,
+  learningRate: number,
+): LoraTraining | undefined {
+  return dim ? { dim, moduleName, onlyOptimize, learningRate } : undefined;
+}
+
+/** The stage start message's note on a model's LoRA adapters ("" without any). */
+export function loraNote(model: GPT, lora: LoraTraining | undefined): string {
+  if (!lora || !model.hasLora) return "";
+  const weights = [...model.loraWeights().values()];
+  const parameters = weights.reduce((n, w) => n + w.size, 0);
+  return (
+    `; LoRA rank ${lora.dim} on ${weights.length / 2} projections matching "${lora.moduleName}" ` +
+    `(${parameters} parameters${lora.onlyOptimize ? ", the only ones trained" : ""})`
+  );
 }

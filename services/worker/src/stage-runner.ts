@@ -2,7 +2,7 @@
 // processor of its kind, and turn a failure into a failed stage that is not retried. An
 // unreachable Postgres or Redis is not a failure: the stage pauses, retries with backoff and goes
 // on from its newest checkpoint; only errors of the training itself fail a stage.
-import type { RunSpec } from "@chatrl/contracts";
+import { readRunSpec } from "@chatrl/contracts";
 import { isTransientError } from "@chatrl/contracts";
 import {
   addEvent,
@@ -105,7 +105,8 @@ async function attemptStage(
   const run = await getRun(prisma, runId);
   if (!run) throw new UnrecoverableError(`run ${runId} does not exist`);
   const running = await startStage(prisma, stageId, ctx.device);
-  const spec = run.spec as RunSpec;
+  // Runs stored before a setting existed read it at its default.
+  const spec = readRunSpec(run.spec);
   return await runStageLoop({ ctx, job, token, signal, stage: running, spec }, processor);
 }
 

@@ -10,6 +10,7 @@ import {
   REWARD_DEFAULTS,
   type RewardHyperparameters,
   type RunSpec,
+  SFT_DEFAULTS,
   type SftHyperparameters,
   type StageKind,
   type StageName,
@@ -92,6 +93,7 @@ export async function createHarness(): Promise<Harness> {
     },
     async submitRun(opts = {}) {
       const sft: SftHyperparameters = {
+        ...SFT_DEFAULTS,
         max_steps: 12,
         batch_size: 2,
         learning_rate: 1e-2,

@@ -74,11 +74,16 @@ const PPO: Partial<PpoHyperparameters> = {
   unsup_coef: 0.5,
 };
 
-function submitPpo() {
+function submitPpo(extra: Partial<PpoHyperparameters> = {}) {
   return h.submitRun({
     kinds: ["ppo"],
     datasetStages: ["ppo"],
-    ppo: { ...PPO, sft_checkpoint_id: parents.sft, reward_checkpoint_id: parents.reward },
+    ppo: {
+      ...PPO,
+      sft_checkpoint_id: parents.sft,
+      reward_checkpoint_id: parents.reward,
+      ...extra,
+    },
   });
 }
 
@@ -102,48 +107,70 @@ async function finalFiles(stageId: string): Promise<Record<string, string>> {
   return Object.fromEntries((set?.checkpoints ?? []).map((c) => [c.role, c.sha256]));
 }
 
+/**
+ * A PPO stage run straight through, then again with its worker killed after the checkpoint at
+ * step 3 and finished by another: both end with the same files.
+ */
+async function trainsAndResumes(extra: Partial<PpoHyperparameters> = {}) {
+  // Uninterrupted.
+  const straight = await submitPpo(extra);
+  const expected = await withPpoWorker(async () => {
+    const stage = await waitForStage(h, straight.stageId, "succeeded", 60_000);
+    expect(stage).toMatchObject({ step: 8, maxSteps: 8, progress: 1 });
+    expect(Object.keys(stage.summary).sort()).toEqual(["kl", "reward_score"]);
+    return finalFiles(straight.stageId);
+  });
+  expect(Object.keys(expected).sort()).toEqual(["actor", "critic", "ema"]);
+  const run = await getRun(h.tdb.db.prisma, straight.runId);
+  expect(run?.status).toBe("succeeded");
+  const klPoints = await listMetrics(h.tdb.db.prisma, straight.runId, {
+    stage: "ppo",
+    name: "kl",
+  });
+  expect(klPoints.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+
+  // Killed after its checkpoint at step 3, then finished by another worker.
+  const { runId, stageId } = await submitPpo(extra);
+  const child = spawnWorkerProcess(h, { env: { CHATRL_QUEUES: "ppo" } });
+  try {
+    await waitUntil(
+      async () => {
+        const set = await latestCheckpointSet(h.tdb.db.prisma, stageId);
+        return set && set.step >= 3 ? set : undefined;
+      },
+      60_000,
+      "the checkpoint at step 3",
+    );
+  } finally {
+    child.kill("SIGKILL");
+  }
+  await exited(child);
+  const resumed = await withPpoWorker(async () => {
+    await waitForStage(h, stageId, "succeeded", 60_000);
+    return finalFiles(stageId);
+  });
+  expect(await eventMessages(h, runId)).toContainEqual(
+    expect.stringMatching(/^ppo resumed from step [36]$/),
+  );
+  expect(resumed).toEqual(expected);
+  return { runId: straight.runId };
+}
+
 describe("a PPO stage in a worker", () => {
   it("trains from earlier checkpoints, logs every step, and a killed worker's successor ends with the same weights", async () => {
-    // Uninterrupted.
-    const straight = await submitPpo();
-    const expected = await withPpoWorker(async () => {
-      const stage = await waitForStage(h, straight.stageId, "succeeded", 60_000);
-      expect(stage).toMatchObject({ step: 8, maxSteps: 8, progress: 1 });
-      expect(Object.keys(stage.summary).sort()).toEqual(["kl", "reward_score"]);
-      return finalFiles(straight.stageId);
-    });
-    expect(Object.keys(expected).sort()).toEqual(["actor", "critic", "ema"]);
-    const run = await getRun(h.tdb.db.prisma, straight.runId);
-    expect(run?.status).toBe("succeeded");
-    const klPoints = await listMetrics(h.tdb.db.prisma, straight.runId, {
-      stage: "ppo",
-      name: "kl",
-    });
-    expect(klPoints.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    await trainsAndResumes();
+  });
 
-    // Killed after its checkpoint at step 3, then finished by another worker.
-    const { runId, stageId } = await submitPpo();
-    const child = spawnWorkerProcess(h, { env: { CHATRL_QUEUES: "ppo" } });
-    try {
-      await waitUntil(
-        async () => {
-          const set = await latestCheckpointSet(h.tdb.db.prisma, stageId);
-          return set && set.step >= 3 ? set : undefined;
-        },
-        60_000,
-        "the checkpoint at step 3",
-      );
-    } finally {
-      child.kill("SIGKILL");
-    }
-    await exited(child);
-    const resumed = await withPpoWorker(async () => {
-      await waitForStage(h, stageId, "succeeded", 60_000);
-      return finalFiles(stageId);
+  it("trains LoRA adapters of actor and critic alone and resumes them exactly after a kill", async () => {
+    const { runId } = await trainsAndResumes({
+      actor_lora_dim: 4,
+      critic_lora_dim: 2,
+      critic_lora_module_name: "mlp.",
+      only_optimize_lora: true,
+      actor_lora_learning_rate: 1e-2,
     });
-    expect(await eventMessages(h, runId)).toContainEqual(
-      expect.stringMatching(/^ppo resumed from step [36]$/),
-    );
-    expect(resumed).toEqual(expected);
+    const started = (await eventMessages(h, runId)).find((m) => m.startsWith("ppo started"));
+    expect(started).toContain('actor LoRA rank 4 on 8 projections matching "h."');
+    expect(started).toContain('critic LoRA rank 2 on 4 projections matching "mlp."');
   });
 });

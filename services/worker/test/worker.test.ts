@@ -9,7 +9,7 @@ import {
   readCheckpointPart,
   saveCheckpoint,
 } from "@chatrl/db";
-import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
+import { GPT, loadModel, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
 import { STAGE_QUEUES, type StageKind } from "@chatrl/queue";
 import { Worker } from "bullmq";
 import { pino } from "pino";
@@ -286,6 +286,59 @@ describe("sft stage jobs", () => {
       expect(stage.step).toBe(60);
     });
     expect(await eventMessages(runId)).toContain(`sft resumed from step ${paused.step}`);
+  });
+});
+
+describe("LoRA", () => {
+  it("trains only the adapters a run asks for, and its checkpoints are plain models with them merged", async () => {
+    await withWorker(async () => {
+      const tensorsBefore = tf.memory().numTensors;
+      const { runId, stageId } = await h.submitRun({
+        sft: {
+          max_steps: 8,
+          checkpoint_every: 4,
+          lora_dim: 4,
+          lora_module_name: "attn.",
+          only_optimize_lora: true,
+          lora_learning_rate: 1e-2,
+        },
+      });
+      const stage = await waitForStage(h, stageId, "succeeded");
+      expect(stage.step).toBe(8);
+      // tiny: d_model 64, 2 layers; c_attn 64x4 + 4x192, c_proj 64x4 + 4x64 per layer.
+      expect((await eventMessages(runId)).join("\n")).toContain(
+        'LoRA rank 4 on 4 projections matching "attn." (3072 parameters, the only ones trained)',
+      );
+      const checkpoints = await listCheckpoints(h.tdb.db.prisma, runId);
+      const final = checkpoints.find((c) => c.final)!;
+      const trained = await loadModel(
+        (await readCheckpointPart(h.tdb.db.prisma, final.id, "model"))!,
+      );
+      const start = new GPT(MODEL_PRESETS.tiny, 7); // the preset the harness's run starts from
+      try {
+        expect(trained.hasLora).toBe(false);
+        const before = start.namedWeights();
+        const changed = (name: string) => {
+          const a = before.get(name)!.dataSync();
+          const b = trained.namedWeights().get(name)!.dataSync();
+          return a.some((x, i) => x !== b[i]);
+        };
+        // The adapters of the attention projections trained and were merged in; nothing else moved.
+        expect(changed("h.0.attn.c_attn.weight")).toBe(true);
+        expect(changed("h.1.attn.c_proj.weight")).toBe(true);
+        for (const name of [
+          "wte.weight",
+          "h.0.mlp.c_fc.weight",
+          "h.0.attn.c_attn.bias",
+          "ln_f.weight",
+        ])
+          expect(changed(name), name).toBe(false);
+      } finally {
+        trained.dispose();
+        start.dispose();
+      }
+      expect(tf.memory().numTensors).toBe(tensorsBefore);
+    });
   });
 });
 

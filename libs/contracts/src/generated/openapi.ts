@@ -535,6 +535,34 @@ export interface components {
             weight_decay?: number;
             /** @default 1 */
             grad_clip?: number;
+            /**
+             * @description Rank of the LoRA adapters added to the projections `lora_module_name` selects; 0
+             *     (default) trains without LoRA (DeepSpeed-Chat --lora_dim). At most the model's
+             *     width (d_model; 422 otherwise).
+             * @default 0
+             */
+            lora_dim?: number;
+            /**
+             * @description Projections whose name contains this string get adapters. Projection names are
+             *     h.<layer>.attn.c_attn, h.<layer>.attn.c_proj, h.<layer>.mlp.c_fc and
+             *     h.<layer>.mlp.c_proj (GPT-2 names); the default selects all of them (DeepSpeed-Chat
+             *     --lora_module_name, whose default decoder.layers. names OPT's layers). With
+             *     `lora_dim` above 0, a string that selects no projection of the model is a 422.
+             * @default h.
+             */
+            lora_module_name?: string;
+            /**
+             * @description Train only the adapters; the base weights stay frozen (needs `lora_dim` > 0, 422
+             *     otherwise; DeepSpeed-Chat --only_optimize_lora).
+             * @default false
+             */
+            only_optimize_lora?: boolean;
+            /**
+             * @description Peak learning rate of the adapters (the schedule scales it like the stage's
+             *     `learning_rate`; DeepSpeed-Chat --lora_learning_rate).
+             * @default 0.0005
+             */
+            lora_learning_rate?: number;
         };
         /**
          * @description Step 2, the reward model: pairwise loss on preference rows (`{"prompt","chosen","rejected"}`),
@@ -571,6 +599,34 @@ export interface components {
             eval_fraction?: number;
             /** @default 25 */
             eval_every?: number;
+            /**
+             * @description Rank of the LoRA adapters added to the projections `lora_module_name` selects; 0
+             *     (default) trains without LoRA (DeepSpeed-Chat --lora_dim). At most the reward model's
+             *     width (d_model; 422 otherwise).
+             * @default 0
+             */
+            lora_dim?: number;
+            /**
+             * @description Projections whose name contains this string get adapters. Projection names are
+             *     h.<layer>.attn.c_attn, h.<layer>.attn.c_proj, h.<layer>.mlp.c_fc and
+             *     h.<layer>.mlp.c_proj (GPT-2 names); the default selects all of them (DeepSpeed-Chat
+             *     --lora_module_name, whose default decoder.layers. names OPT's layers). With
+             *     `lora_dim` above 0, a string that selects no projection of the reward model is a 422.
+             * @default h.
+             */
+            lora_module_name?: string;
+            /**
+             * @description Train only the adapters; the base weights stay frozen (needs `lora_dim` > 0, 422
+             *     otherwise; DeepSpeed-Chat --only_optimize_lora).
+             * @default false
+             */
+            only_optimize_lora?: boolean;
+            /**
+             * @description Peak learning rate of the adapters (the schedule scales it like the stage's
+             *     `learning_rate`; DeepSpeed-Chat --lora_learning_rate).
+             * @default 0.0005
+             */
+            lora_learning_rate?: number;
         };
         /**
          * @description Adaptive KL controller (Ziegler et al. 2019): after each step kl_ctl is multiplied by
@@ -653,6 +709,58 @@ export interface components {
              * @default 27.8
              */
             unsup_coef?: number;
+            /**
+             * @description Rank of the LoRA adapters added to the actor's projections `actor_lora_module_name`
+             *     selects; 0 (default) trains the actor without LoRA (DeepSpeed-Chat --actor_lora_dim).
+             *     At most the actor's width (d_model; 422 otherwise).
+             * @default 0
+             */
+            actor_lora_dim?: number;
+            /**
+             * @description The actor's projections whose name contains this string get adapters; names as in
+             *     the sft stage's `lora_module_name` (h.<layer>.attn.c_attn, h.<layer>.attn.c_proj,
+             *     h.<layer>.mlp.c_fc, h.<layer>.mlp.c_proj); the default selects all of them
+             *     (DeepSpeed-Chat --actor_lora_module_name). With `actor_lora_dim` above 0, a string
+             *     that selects no projection of the actor is a 422.
+             * @default h.
+             */
+            actor_lora_module_name?: string;
+            /**
+             * @description Rank of the LoRA adapters added to the critic's projections
+             *     `critic_lora_module_name` selects; 0 (default) trains the critic without LoRA
+             *     (DeepSpeed-Chat --critic_lora_dim). At most the critic's width (d_model; 422
+             *     otherwise).
+             * @default 0
+             */
+            critic_lora_dim?: number;
+            /**
+             * @description The critic's projections whose name contains this string get adapters (names as for
+             *     the actor); the default selects all of them (DeepSpeed-Chat
+             *     --critic_lora_module_name). With `critic_lora_dim` above 0, a string that selects no
+             *     projection of the critic is a 422.
+             * @default h.
+             */
+            critic_lora_module_name?: string;
+            /**
+             * @description Train only the adapters, for the actor and the critic alike: the base weights of
+             *     each that has adapters stay frozen; one whose lora dim is 0 trains all its weights,
+             *     as in DeepSpeed-Chat (--only_optimize_lora). Needs `actor_lora_dim` or
+             *     `critic_lora_dim` > 0 (422 otherwise).
+             * @default false
+             */
+            only_optimize_lora?: boolean;
+            /**
+             * @description Peak learning rate of the actor's adapters (the schedule scales it like
+             *     `actor_learning_rate`; DeepSpeed-Chat --actor_lora_learning_rate).
+             * @default 0.0005
+             */
+            actor_lora_learning_rate?: number;
+            /**
+             * @description Peak learning rate of the critic's adapters (the schedule scales it like
+             *     `critic_learning_rate`; DeepSpeed-Chat --critic_lora_learning_rate).
+             * @default 0.0005
+             */
+            critic_lora_learning_rate?: number;
             adaptive_kl?: components["schemas"]["AdaptiveKl"];
         };
         Compute: {

@@ -5,6 +5,8 @@
 import {
   ApiError,
   datasetSplit,
+  LORA_PROJECTIONS,
+  loraTargetNames,
   type ModelSpec,
   type RunCreateRequest,
   type RunSpec,
@@ -81,19 +83,47 @@ export function checkPipeline(body: RunCreateRequest): void {
   }
 }
 
+/** What the rules read of a model's config (undefined: a checkpoint's that does not say). */
+export type ModelShape = { contextLength?: number; nLayers?: number; dModel?: number };
+
+/** The models a run trains: sft the run's model, reward its own or the run's; PPO's two. */
+export type RunModels = {
+  sft: ModelShape;
+  reward: ModelShape;
+  /** PPO's actor: the sft stage's model, or sft_checkpoint_id's. */
+  actor?: ModelShape;
+  /** PPO's critic: the reward stage's model, or reward_checkpoint_id's. */
+  critic?: ModelShape;
+};
+
 /** Context lengths of the models each stage trains, in tokens (undefined: a checkpoint that does not say). */
 export type RunContexts = {
   sft?: number;
   reward?: number;
   /** The shorter of PPO's actor and reward model: its prompt and answer go through both. */
   ppo?: number;
+  models: RunModels;
 };
 
-async function modelContext(p: Db, model: ModelSpec, param: string): Promise<number | undefined> {
-  if ("preset" in model) return MODEL_PRESETS[model.preset].contextLength;
+function positiveInt(value: unknown): number | undefined {
+  return typeof value === "number" && Number.isInteger(value) && value > 0 ? value : undefined;
+}
+
+/** A preset's or a checkpoint's model config (a ModelConfig as the worker saved it). */
+function shapeOf(config: unknown): ModelShape {
+  const c = (config ?? {}) as { contextLength?: number; nLayers?: unknown; dModel?: unknown };
+  return {
+    contextLength: c.contextLength,
+    nLayers: positiveInt(c.nLayers),
+    dModel: positiveInt(c.dModel),
+  };
+}
+
+async function modelShape(p: Db, model: ModelSpec, param: string): Promise<ModelShape> {
+  if ("preset" in model) return shapeOf(MODEL_PRESETS[model.preset]);
   const checkpoint = await getCheckpoint(p, model.checkpoint_id);
   if (!checkpoint) throw notFound("checkpoint", model.checkpoint_id, `${param}.checkpoint_id`);
-  return (checkpoint.config as { contextLength?: number }).contextLength;
+  return shapeOf(checkpoint.config);
 }
 
 function min(...values: (number | undefined)[]): number | undefined {
@@ -103,27 +133,28 @@ function min(...values: (number | undefined)[]): number | undefined {
 
 /**
  * Looks up every checkpoint the body names (404 naming the param) and checks the roles of PPO's
- * starting checkpoints (422 naming both roles). Returns the models' context lengths.
+ * starting checkpoints (422 naming both roles). Returns the models' context lengths and shapes.
  */
 export async function resolveModels(p: Db, body: RunCreateRequest): Promise<RunContexts> {
   const runModel: ModelSpec = body.model.checkpoint_id
     ? { checkpoint_id: body.model.checkpoint_id }
     : { preset: body.model.preset ?? "tiny" };
-  const runContext = await modelContext(p, runModel, "model");
+  const runShape = await modelShape(p, runModel, "model");
   const rewardSource = body.stages?.reward?.model;
-  const rewardContext = rewardSource?.checkpoint_id
-    ? await modelContext(p, { checkpoint_id: rewardSource.checkpoint_id }, "stages.reward.model")
+  const rewardShape = rewardSource?.checkpoint_id
+    ? await modelShape(p, { checkpoint_id: rewardSource.checkpoint_id }, "stages.reward.model")
     : rewardSource?.preset
-      ? MODEL_PRESETS[rewardSource.preset].contextLength
-      : runContext;
-  const contexts: RunContexts = { sft: runContext, reward: rewardContext };
+      ? shapeOf(MODEL_PRESETS[rewardSource.preset])
+      : runShape;
+  const contexts: RunContexts = {
+    sft: runShape.contextLength,
+    reward: rewardShape.contextLength,
+    models: { sft: runShape, reward: rewardShape },
+  };
 
   const ppo = body.stages?.ppo;
   if (ppo) {
-    const parentContext: Record<"sft" | "reward", number | undefined> = {
-      sft: runContext,
-      reward: rewardContext,
-    };
+    const parent: Record<"sft" | "reward", ModelShape> = { sft: runShape, reward: rewardShape };
     for (const { kind, param, roles } of PARENTS) {
       const id = ppo[param];
       if (id === undefined) continue;
@@ -136,9 +167,11 @@ export async function resolveModels(p: Db, body: RunCreateRequest): Promise<RunC
             `checkpoint of role ${roles.join(" or ")}`,
         );
       }
-      parentContext[kind] = (checkpoint.config as { contextLength?: number }).contextLength;
+      parent[kind] = shapeOf(checkpoint.config);
     }
-    contexts.ppo = min(parentContext.sft, parentContext.reward);
+    contexts.ppo = min(parent.sft.contextLength, parent.reward.contextLength);
+    contexts.models.actor = parent.sft;
+    contexts.models.critic = parent.reward;
   }
   return contexts;
 }
@@ -215,6 +248,99 @@ export function checkSpec(body: RunCreateRequest, spec: RunSpec, contexts: RunCo
       throw invalid(
         "stages.ppo.kl_ctl",
         "stages.ppo.adaptive_kl scales kl_ctl, which is 0 and would stay 0; give kl_ctl above 0",
+      );
+    }
+  }
+  checkLora(spec, contexts.models);
+}
+
+/** One model's LoRA settings as a stage's spec names them. */
+type LoraTarget = {
+  /** The stage's params, e.g. stages.ppo.actor_lora_dim. */
+  dimParam: string;
+  moduleParam: string;
+  dim: number;
+  moduleName: string;
+  /** The model in messages: "the model", "the reward model", "the actor", "the critic". */
+  model: string;
+  shape: ModelShape | undefined;
+};
+
+/**
+ * LoRA (DeepSpeed-Chat's lora_dim, lora_module_name, only_optimize_lora) against the models:
+ * only_optimize_lora needs adapters to train; a rank at most the model's width; a module name
+ * that selects at least one projection of the model (contracts' loraTargetNames, which the
+ * engine applies too). A checkpoint whose config does not give its width or layers is not
+ * checked on those.
+ */
+export function checkLora(spec: RunSpec, models: RunModels): void {
+  const { sft, reward, ppo } = spec.stages;
+  const targets: LoraTarget[] = [];
+  for (const [kind, stage, model, shape] of [
+    ["sft", sft, "the model", models.sft],
+    ["reward", reward, "the reward model", models.reward],
+  ] as const) {
+    if (!stage) continue;
+    if (stage.only_optimize_lora && stage.lora_dim === 0) {
+      throw invalid(
+        `stages.${kind}.only_optimize_lora`,
+        `stages.${kind}.only_optimize_lora needs lora_dim > 0: it trains only the LoRA ` +
+          `adapters, and with stages.${kind}.lora_dim 0 there are none (nothing would train); ` +
+          "give lora_dim (e.g. 8) or leave only_optimize_lora false",
+      );
+    }
+    targets.push({
+      dimParam: `stages.${kind}.lora_dim`,
+      moduleParam: `stages.${kind}.lora_module_name`,
+      dim: stage.lora_dim,
+      moduleName: stage.lora_module_name,
+      model,
+      shape,
+    });
+  }
+  if (ppo) {
+    if (ppo.only_optimize_lora && ppo.actor_lora_dim === 0 && ppo.critic_lora_dim === 0) {
+      throw invalid(
+        "stages.ppo.only_optimize_lora",
+        "stages.ppo.only_optimize_lora needs lora_dim > 0 for the actor or the critic: it trains " +
+          "only the LoRA adapters, and with stages.ppo.actor_lora_dim and critic_lora_dim both 0 " +
+          "there are none (nothing would train); give actor_lora_dim or critic_lora_dim (e.g. 8) " +
+          "or leave only_optimize_lora false",
+      );
+    }
+    for (const [role, dim, moduleName, shape] of [
+      ["actor", ppo.actor_lora_dim, ppo.actor_lora_module_name, models.actor],
+      ["critic", ppo.critic_lora_dim, ppo.critic_lora_module_name, models.critic],
+    ] as const) {
+      targets.push({
+        dimParam: `stages.ppo.${role}_lora_dim`,
+        moduleParam: `stages.ppo.${role}_lora_module_name`,
+        dim,
+        moduleName,
+        model: `the ${role}`,
+        shape,
+      });
+    }
+  }
+
+  for (const { dimParam, moduleParam, dim, moduleName, model, shape } of targets) {
+    if (dim === 0 || !shape) continue;
+    if (shape.dModel !== undefined && dim > shape.dModel) {
+      throw invalid(
+        dimParam,
+        `${dimParam} ${dim} is larger than the width (d_model) of ${model}, ${shape.dModel}; ` +
+          `a LoRA rank is at most the width (a low-rank update), give ${shape.dModel} or less`,
+      );
+    }
+    if (shape.nLayers !== undefined && loraTargetNames(shape.nLayers, moduleName).length === 0) {
+      const examples = LORA_PROJECTIONS.map((projection) => `h.0.${projection}`).join(", ");
+      throw invalid(
+        moduleParam,
+        `${moduleParam} '${moduleName}' selects no projection of ${model} ` +
+          `(${shape.nLayers} layers): projections whose name contains it get adapters, and ` +
+          `the names are h.<layer>.attn.c_attn, h.<layer>.attn.c_proj, h.<layer>.mlp.c_fc and ` +
+          `h.<layer>.mlp.c_proj for layers 0 to ${shape.nLayers - 1} (e.g. ${examples}); ` +
+          `"h." (the default) selects them all, "attn." the attention ones`,
       );
     }
   }

@@ -7,6 +7,7 @@ import {
   openApiRoute,
   type RunCreateRequest,
   type RunSpec,
+  readRunSpec,
   type StageKind,
 } from "@chatrl/contracts";
 import {
@@ -101,9 +102,13 @@ function notFound(what: string, id: string, param: string): ApiError {
   return new ApiError(404, `No ${what} with id '${id}'`, { param, code: "not_found" });
 }
 
-/** Compares a stored spec with a new one as JSON, which is how the stored one went through Postgres. */
+/**
+ * Compares a stored spec with a new one as JSON, which is how the stored one went through
+ * Postgres; the stored one read with the defaults of settings added since (readRunSpec), so a
+ * retry of a run stored before them is the same run.
+ */
 function sameSpec(stored: unknown, spec: RunSpec): boolean {
-  return isDeepStrictEqual(stored, JSON.parse(JSON.stringify(spec)));
+  return isDeepStrictEqual(readRunSpec(stored), JSON.parse(JSON.stringify(spec)));
 }
 
 function idempotencyKeyReused(): ApiError {
