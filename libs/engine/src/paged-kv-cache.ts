@@ -5,6 +5,10 @@
 // cache moves. A decode step writes each row's new key and value into its next position in place
 // (the native kernel; tfjs has no in-place write, so the plain path builds new pools) and attends
 // over the row's own positions only: rows of any length share one [B, 1] forward without padding.
+// On the native kernels the pools hold float16 (Uint16Arrays outside tfjs, which has no such
+// dtype): a decode step of many rows is bound by reading its keys and values, and half the bytes
+// made the paged attention of a 16-row step ~25% faster in place (1.77 -> 1.33 ms per step on
+// the probe model) and 3x in isolation. The prefill's own attention stays float32.
 import * as tf from "@tensorflow/tfjs";
 import { FUSED, fusedKernelsActive, pagedStore } from "./kernels/index.ts";
 import type { KVCache } from "./kv-cache";
@@ -33,9 +37,13 @@ export class PagedKVCache {
   readonly blockSize: number;
   readonly #heads: number;
   readonly #width: number;
-  /** Per layer: [capacity * blockSize, C]. */
+  /** Whether the pools are float16 for the native kernels (chosen when the cache is made). */
+  readonly #half: boolean;
+  /** Per layer: [capacity * blockSize, C], float16 bits (native) or float32 tensors (plain). */
   #keys: tf.Tensor2D[] = [];
   #values: tf.Tensor2D[] = [];
+  #halfKeys: Uint16Array[] = [];
+  #halfValues: Uint16Array[] = [];
   #capacity = 0;
   readonly #free: number[] = [];
   /** The rows of the forward pass under way (beginStep .. endStep). */
@@ -50,6 +58,7 @@ export class PagedKVCache {
     this.#heads = heads;
     this.#width = width;
     this.blockSize = blockSize;
+    this.#half = fusedKernelsActive();
   }
 
   /** Blocks the pools hold, free or not. */
@@ -95,13 +104,9 @@ export class PagedKVCache {
     };
     for (let layer = 0; layer < this.nLayers; layer++) {
       const [k, v] = prefill.layer(layer); // [N, nh, T, hs]
-      if (fusedKernelsActive()) {
-        for (const [src, pool] of [
-          [k, this.#keys[layer]],
-          [v, this.#values[layer]],
-        ] as const) {
-          pagedStore(src, pool, table, where);
-        }
+      if (this.#half) {
+        pagedStore(k, this.#halfKeys[layer], table, where);
+        pagedStore(v, this.#halfValues[layer], table, where);
         continue;
       }
       // Plain tfjs: gather the positions each row takes and scatter them into new pools.
@@ -133,7 +138,7 @@ export class PagedKVCache {
     }
     const table = this.#table(rows, maxBlocks);
     const lengths = Int32Array.from(rows, (r) => r.length);
-    const tensors = fusedKernelsActive()
+    const tensors = this.#half
       ? tf.tidy(() => ({
           table: tf.keep(tf.tensor2d(table, [rows.length, maxBlocks], "int32")),
           lengths: tf.keep(tf.tensor1d(lengths, "int32")),
@@ -162,20 +167,22 @@ export class PagedKVCache {
     const step = this.#current();
     const scale = 1 / Math.sqrt(this.#width / this.#heads);
     if (step.tensors) {
-      return tf
-        .engine()
-        .runKernel(
-          FUSED.pagedAttention,
-          { qkv, kPool: this.#keys[layer], vPool: this.#values[layer], ...step.tensors },
-          { heads: this.#heads, blockSize: this.blockSize, scale },
-        ) as tf.Tensor2D;
+      // The pools are no tensors: they travel as attributes (the kernel writes them in place).
+      const pools = { kPool: this.#halfKeys[layer], vPool: this.#halfValues[layer] };
+      return tf.engine().runKernel(FUSED.pagedAttention, { qkv, ...step.tensors }, {
+        heads: this.#heads,
+        blockSize: this.blockSize,
+        scale,
+        ...pools,
+      } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
     }
     return this.#plainAttend(layer, qkv, step, scale);
   }
 
   /** Bytes the pools hold. */
   bytes(): number {
-    return 2 * this.nLayers * this.#capacity * this.blockSize * this.#width * 4;
+    const perValue = this.#half ? 2 : 4;
+    return 2 * this.nLayers * this.#capacity * this.blockSize * this.#width * perValue;
   }
 
   /** Frees the pools (no row may hold blocks); the next allocate() starts them again. */
@@ -189,6 +196,8 @@ export class PagedKVCache {
     tf.dispose([...this.#keys, ...this.#values]);
     this.#keys = [];
     this.#values = [];
+    this.#halfKeys = [];
+    this.#halfValues = [];
     this.#capacity = 0;
     this.#free.length = 0;
   }
@@ -254,7 +263,18 @@ export class PagedKVCache {
     const old = this.#capacity;
     const capacity = Math.max(old + more, 2 * old, 16);
     const positions = (capacity - old) * this.blockSize;
-    for (let layer = 0; layer < this.nLayers; layer++) {
+    if (this.#half) {
+      const extend = (pool: Uint16Array | undefined) => {
+        const grown = new Uint16Array(capacity * this.blockSize * this.#width);
+        if (pool) grown.set(pool);
+        return grown;
+      };
+      this.#halfKeys = Array.from({ length: this.nLayers }, (_, l) => extend(this.#halfKeys[l]));
+      this.#halfValues = Array.from({ length: this.nLayers }, (_, l) =>
+        extend(this.#halfValues[l]),
+      );
+    }
+    for (let layer = 0; layer < this.nLayers && !this.#half; layer++) {
       const extend = (pool: tf.Tensor2D | undefined) =>
         tf.tidy(() => {
           const room = tf.zeros([positions, this.#width]) as tf.Tensor2D;

@@ -233,8 +233,28 @@ describe("sampling rules", () => {
 describe("the paged KV cache", () => {
   const { nLayers, nHeads, dModel } = config;
 
-  /** One decode step's attention for rows of these lengths, on blocks handed out out of order. */
+  /** x rounded to the nearest float16 (round half to even), as the native pools store it. */
+  function toHalf(t: tf.Tensor): tf.Tensor {
+    const bits = new Uint32Array(Float32Array.from(t.dataSync()).buffer);
+    const floats = new Float32Array(bits.buffer);
+    for (let i = 0; i < bits.length; i++) {
+      if (Math.abs(floats[i]) < 2 ** -14) {
+        floats[i] = Math.round(floats[i] * 2 ** 24) / 2 ** 24; // float16's subnormals
+      } else {
+        const b = bits[i];
+        bits[i] = ((b + 0xfff + ((b >>> 13) & 1)) & ~0x1fff) >>> 0;
+      }
+    }
+    return tf.tensor(floats, t.shape);
+  }
+
+  /**
+   * One decode step's attention for rows of these lengths, on blocks handed out out of order,
+   * and the same written out in tfjs (keys and values rounded to float16 when the cache stores
+   * them so: on the native kernels).
+   */
   function pagedStep(lengths: number[], seed: number): { out: number[]; reference: number[] } {
+    const stored = fusedKernelsActive() ? toHalf : (t: tf.Tensor) => t;
     const cache = new PagedKVCache(1, nHeads, dModel, 4);
     const hs = dModel / nHeads;
     const prefill = new KVCache(1);
@@ -277,19 +297,23 @@ describe("the paged KV cache", () => {
             .reshape([lengths.length, nHeads, 1, hs]);
         const parts = lengths.map((length, i) => {
           const q = heads(qkv, 0).slice([i, 0, 0, 0], [1, nHeads, 1, hs]);
-          const k = tf.concat(
-            [
-              keys.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
-              heads(qkv, 1).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
-            ],
-            2,
+          const k = stored(
+            tf.concat(
+              [
+                keys.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
+                heads(qkv, 1).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
+              ],
+              2,
+            ),
           );
-          const v = tf.concat(
-            [
-              values.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
-              heads(qkv, 2).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
-            ],
-            2,
+          const v = stored(
+            tf.concat(
+              [
+                values.slice([i, 0, 0, 0], [1, nHeads, length, hs]),
+                heads(qkv, 2).slice([i, 0, 0, 0], [1, nHeads, 1, hs]),
+              ],
+              2,
+            ),
           );
           const att = tf.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)));
           return tf.matMul(att, v).reshape([1, dModel]);

@@ -10,7 +10,11 @@
 #include <dlfcn.h>
 #include <napi.h>
 
+// GCC 12 warns about its own AVX-512 helpers (_mm512_reduce_add_ps) under -O3: not our code.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +25,7 @@
 #include <mutex>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -668,20 +673,187 @@ const int32_t* IntData(const Napi::Value& v, size_t need, const char* name, Napi
   return arr.Data();
 }
 
+uint16_t* HalfData(const Napi::Value& v, size_t need, const char* name, Napi::Env env) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+    Napi::TypeError::New(env, std::string(name) + " must be a Uint16Array (float16 bits)")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  auto arr = v.As<Napi::Uint16Array>();
+  if (arr.ElementLength() < need) {
+    Napi::RangeError::New(env, std::string(name) + " is smaller than its shape says")
+        .ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return arr.Data();
+}
+
+// float16 (IEEE half) lanes for the paged KV cache: 16 floats per register with AVX-512, 8 with
+// F16C + AVX2 + FMA (x86 since 2013). Elsewhere PagedRow falls back to the compiler's _Float16
+// conversions one value at a time (native on ARM; a library call per value on an old x86).
+#if defined(__AVX512F__)
+#define CHATRL_HALF_LANES 1
+struct HalfLanes {
+  using V = __m512;
+  static constexpr int kWidth = 16;
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static V LoadHalf(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static void StoreHalf(uint16_t* p, V v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Set(float x) { return _mm512_set1_ps(x); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static float Sum(V v) { return _mm512_reduce_add_ps(v); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+#elif defined(__F16C__) && defined(__AVX2__) && defined(__FMA__)
+#define CHATRL_HALF_LANES 1
+struct HalfLanes {
+  using V = __m256;
+  static constexpr int kWidth = 8;
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V LoadHalf(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static void StoreHalf(uint16_t* p, V v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Set(float x) { return _mm256_set1_ps(x); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static float Sum(V v) {
+    const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+  }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+
+// float32 -> float16 bits (round to nearest even), n values.
+void FloatToHalf(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(CHATRL_HALF_LANES)
+  for (; i + HalfLanes::kWidth <= n; i += HalfLanes::kWidth)
+    HalfLanes::StoreHalf(dst + i, HalfLanes::Load(src + i));
+#endif
+  for (; i < n; ++i) {
+    const _Float16 h = static_cast<_Float16>(src[i]);
+    std::memcpy(dst + i, &h, 2);
+  }
+}
+
+inline float HalfToFloat(uint16_t bits) {
+  _Float16 h;
+  std::memcpy(&h, &bits, 2);
+  return static_cast<float>(h);
+}
+
 // Paged KV cache (vLLM's PagedAttention at this project's scale): every layer keeps its keys
-// in one pool of [blocks * blockSize, C] positions and its values in another, and each row of a
-// decode batch owns a list of blocks (its row of `table`, maxBlocks wide). A row's position p
-// lives at pool position table[row][p / blockSize] * blockSize + p % blockSize.
+// in one pool of [blocks * blockSize, C] positions and its values in another, as float16 (half
+// the bytes a decode step reads; it is bound by reading them), and each row of a decode batch
+// owns a list of blocks (its row of `table`, maxBlocks wide). A row's position p lives at pool
+// position table[row][p / blockSize] * blockSize + p % blockSize.
 int64_t PoolPosition(const int32_t* table, int64_t row, int64_t maxBlocks, int64_t blockSize,
                      int64_t p) {
   return static_cast<int64_t>(table[row * maxBlocks + p / blockSize]) * blockSize + p % blockSize;
 }
 
+// Widest model (d_model) whose attention output the vector path keeps in registers.
+constexpr int64_t kMaxPagedWidth = 1024;
+
+// One row's attention over its cached positions, every head at once: a position's key (all
+// heads, C values side by side) is read in one sequential pass, which the hardware prefetcher
+// follows. scores: [nh, maxLength] scratch; out: [C].
+void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, const int32_t* blocks,
+              int64_t seen, int64_t nh, int64_t hs, int64_t blockSize, int64_t maxLength,
+              float scale, float* scores, float* out) {
+  const int64_t c = nh * hs;
+#if defined(CHATRL_HALF_LANES)
+  using L = HalfLanes;
+  const bool lanes = hs % L::kWidth == 0 && c <= kMaxPagedWidth;
+  if (lanes) {
+    for (int64_t b = 0, j = 0; j < seen; ++b) {
+      const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+      for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
+        const uint16_t* kj = kb + o * c;
+        for (int64_t h = 0; h < nh; ++h) {
+          L::V acc = L::Zero();
+          for (int64_t d = h * hs; d < (h + 1) * hs; d += L::kWidth)
+            acc = L::Fma(L::Load(q + d), L::LoadHalf(kj + d), acc);
+          scores[h * maxLength + j] = scale * L::Sum(acc);
+        }
+      }
+    }
+  } else
+#endif
+  {
+    for (int64_t b = 0, j = 0; j < seen; ++b) {
+      const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+      for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
+        const uint16_t* kj = kb + o * c;
+        for (int64_t h = 0; h < nh; ++h) {
+          float dot = 0.0f;
+          for (int64_t d = h * hs; d < (h + 1) * hs; ++d) dot += q[d] * HalfToFloat(kj[d]);
+          scores[h * maxLength + j] = scale * dot;
+        }
+      }
+    }
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    float* ph = scores + h * maxLength;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < seen; ++j) mx = std::max(mx, ph[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < seen; ++j) {
+      ph[j] = std::exp(ph[j] - mx);
+      sum += ph[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < seen; ++j) ph[j] *= inv;
+  }
+#if defined(CHATRL_HALF_LANES)
+  if (lanes) {
+    L::V acc[kMaxPagedWidth / L::kWidth];  // out, kWidth values per register
+    const int64_t vectors = c / L::kWidth, perHead = hs / L::kWidth;
+    for (int64_t i = 0; i < vectors; ++i) acc[i] = L::Zero();
+    for (int64_t b = 0, j = 0; j < seen; ++b) {
+      const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+      for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
+        const uint16_t* vj = vb + t * c;
+        for (int64_t i = 0; i < vectors; ++i) {
+          const L::V p = L::Set(scores[(i / perHead) * maxLength + j]);
+          acc[i] = L::Fma(p, L::LoadHalf(vj + i * L::kWidth), acc[i]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < vectors; ++i) L::Store(out + i * L::kWidth, acc[i]);
+    return;
+  }
+#endif
+  std::fill(out, out + c, 0.0f);
+  for (int64_t b = 0, j = 0; j < seen; ++b) {
+    const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+    for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
+      const uint16_t* vj = vb + t * c;
+      for (int64_t h = 0; h < nh; ++h) {
+        const float pj = scores[h * maxLength + j];
+        for (int64_t d = h * hs; d < (h + 1) * hs; ++d) out[d] += pj * HalfToFloat(vj[d]);
+      }
+    }
+  }
+}
+
 // pagedAttention(qkv, kPool, vPool, table, lengths, out, rows, nh, hs, blockSize, maxBlocks,
 // poolPositions, scale): one decode step. Row r has lengths[r] positions cached; this step's key
 // and value (the second and third thirds of qkv[r], [3C]) are written at position lengths[r],
-// then each head's query attends to positions 0..lengths[r]. out: [rows, C], heads side by side
-// (the layout the output projection takes).
+// then each head's query attends to positions 0..lengths[r]. kPool, vPool: Uint16Array of
+// float16 bits. out: [rows, C], heads side by side (the layout the output projection takes).
 Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, 13, "pagedAttention")) return env.Undefined();
@@ -690,8 +862,8 @@ Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   const float scale = info[12].As<Napi::Number>().FloatValue();
   const int64_t c = nh * hs;
   const float* qkv = FloatData(info[0], rows * 3 * c, "qkv", env);
-  float* kPool = qkv ? FloatData(info[1], poolPositions * c, "kPool", env) : nullptr;
-  float* vPool = kPool ? FloatData(info[2], poolPositions * c, "vPool", env) : nullptr;
+  uint16_t* kPool = qkv ? HalfData(info[1], poolPositions * c, "kPool", env) : nullptr;
+  uint16_t* vPool = kPool ? HalfData(info[2], poolPositions * c, "vPool", env) : nullptr;
   const int32_t* table = vPool ? IntData(info[3], rows * maxBlocks, "table", env) : nullptr;
   const int32_t* lengths = table ? IntData(info[4], rows, "lengths", env) : nullptr;
   float* out = lengths ? FloatData(info[5], rows * c, "out", env) : nullptr;
@@ -713,75 +885,25 @@ Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
     }
     // This step's key and value go in first: the query sees its own position.
     const int64_t at = PoolPosition(table, r, maxBlocks, blockSize, len) * c;
-    std::copy(qkv + r * 3 * c + c, qkv + r * 3 * c + 2 * c, kPool + at);
-    std::copy(qkv + r * 3 * c + 2 * c, qkv + r * 3 * c + 3 * c, vPool + at);
+    FloatToHalf(qkv + r * 3 * c + c, kPool + at, c);
+    FloatToHalf(qkv + r * 3 * c + 2 * c, vPool + at, c);
   }
   int64_t work = 0;
   for (int64_t r = 0; r < rows; ++r) work += (lengths[r] + 1) * c * 2;
   const int64_t maxLength = maxBlocks * blockSize;
   std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
                                           std::vector<float>(nh * maxLength));
-  // Row by row, every head at once: a position's key (all heads, C floats side by side) is read
-  // in one sequential pass, which the hardware prefetcher follows; head by head it would be
-  // hs floats every C, and 2-3x slower.
   ParallelFor(rows, work, [&](int64_t r, int worker) {
-    const int64_t seen = lengths[r] + 1;
-    const int32_t* blocks = table + r * maxBlocks;
-    const float* q = qkv + r * 3 * c;
-    float* scores = scratch[worker].data();  // [nh, maxLength]
-    // Block by block: position j = b * blockSize + o of the row, without a division per position.
-    for (int64_t b = 0, j = 0; j < seen; ++b) {
-      const float* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
-      for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
-        const float* kj = kb + o * c;
-        for (int64_t h = 0; h < nh; ++h) {
-          const float* qh = q + h * hs;
-          const float* kh = kj + h * hs;
-          float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          int64_t d = 0;
-          for (; d + 8 <= hs; d += 8)
-            for (int u = 0; u < 8; ++u) part[u] += qh[d + u] * kh[d + u];
-          float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
-                      ((part[4] + part[5]) + (part[6] + part[7]));
-          for (; d < hs; ++d) dot += qh[d] * kh[d];
-          scores[h * maxLength + j] = scale * dot;
-        }
-      }
-    }
-    for (int64_t h = 0; h < nh; ++h) {
-      float* ph = scores + h * maxLength;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < seen; ++j) mx = std::max(mx, ph[j]);
-      float sum = 0.0f;
-      for (int64_t j = 0; j < seen; ++j) {
-        ph[j] = std::exp(ph[j] - mx);
-        sum += ph[j];
-      }
-      const float inv = 1.0f / sum;
-      for (int64_t j = 0; j < seen; ++j) ph[j] *= inv;
-    }
-    float* o = out + r * c;
-    std::fill(o, o + c, 0.0f);
-    for (int64_t b = 0, j = 0; j < seen; ++b) {
-      const float* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
-      for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
-        const float* vj = vb + t * c;
-        for (int64_t h = 0; h < nh; ++h) {
-          const float pj = scores[h * maxLength + j];
-          float* oh = o + h * hs;
-          const float* vh = vj + h * hs;
-          for (int64_t d = 0; d < hs; ++d) oh[d] += pj * vh[d];
-        }
-      }
-    }
+    PagedRow(qkv + r * 3 * c, kPool, vPool, table + r * maxBlocks, lengths[r] + 1, nh, hs,
+             blockSize, maxLength, scale, scratch[worker].data(), out + r * c);
   });
   return env.Undefined();
 }
 
 // pagedStore(src, pool, table, sources, starts, counts, rows, nh, time, hs, blockSize, maxBlocks,
-// poolPositions): copies prefilled keys (or values) into rows' blocks. src: [N, nh, time, hs] (a
-// prefill's cache, head layout); row r takes counts[r] positions of src row sources[r] from
-// position starts[r] on (after its padding), as its positions 0..counts[r]-1.
+// poolPositions): copies prefilled keys (or values) into rows' blocks, as float16. src: [N, nh,
+// time, hs] (a prefill's cache, head layout); row r takes counts[r] positions of src row
+// sources[r] from position starts[r] on (after its padding), as its positions 0..counts[r]-1.
 Napi::Value PagedStore(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, 13, "pagedStore")) return env.Undefined();
@@ -789,7 +911,7 @@ Napi::Value PagedStore(const Napi::CallbackInfo& info) {
                 blockSize = Int(info, 10), maxBlocks = Int(info, 11), poolPositions = Int(info, 12);
   const int64_t c = nh * hs;
   const float* src = FloatData(info[0], 0, "src", env);
-  float* pool = src ? FloatData(info[1], poolPositions * c, "pool", env) : nullptr;
+  uint16_t* pool = src ? HalfData(info[1], poolPositions * c, "pool", env) : nullptr;
   const int32_t* table = pool ? IntData(info[2], rows * maxBlocks, "table", env) : nullptr;
   const int32_t* sources = table ? IntData(info[3], rows, "sources", env) : nullptr;
   const int32_t* starts = sources ? IntData(info[4], rows, "starts", env) : nullptr;
@@ -811,11 +933,9 @@ Napi::Value PagedStore(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
     for (int64_t p = 0; p < n; ++p) {
-      float* dst = pool + PoolPosition(table, r, maxBlocks, blockSize, p) * c;
-      for (int64_t h = 0; h < nh; ++h) {
-        const float* from_ = src + ((s * nh + h) * time + from + p) * hs;
-        std::copy(from_, from_ + hs, dst + h * hs);
-      }
+      uint16_t* dst = pool + PoolPosition(table, r, maxBlocks, blockSize, p) * c;
+      for (int64_t h = 0; h < nh; ++h)
+        FloatToHalf(src + ((s * nh + h) * time + from + p) * hs, dst + h * hs, hs);
     }
   }
   return env.Undefined();

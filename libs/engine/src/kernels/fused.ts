@@ -273,18 +273,19 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
     return outs;
   });
 
-  // One decode step on a paged KV cache (paged-kv-cache.ts). qkv: [rows, 3C]; kPool, vPool:
-  // [positions, C] (written in place: this step's keys and values); table: [rows, maxBlocks];
-  // lengths: [rows] -> [rows, C]
-  kernel(FUSED.pagedAttention, ({ qkv, kPool, vPool, table, lengths }, attrs, io) => {
-    const a = attrs as Record<"heads" | "blockSize" | "scale", number>;
+  // One decode step on a paged KV cache (paged-kv-cache.ts). qkv: [rows, 3C]; table: [rows,
+  // maxBlocks]; lengths: [rows] -> [rows, C]. The pools come as attributes, float16 bits of
+  // [positions, C] (written in place: this step's keys and values).
+  kernel(FUSED.pagedAttention, ({ qkv, table, lengths }, attrs, io) => {
+    const a = attrs as unknown as Record<"heads" | "blockSize" | "scale", number> &
+      Record<"kPool" | "vPool", Uint16Array>;
     const [rows, threeC] = qkv.shape;
     const c = threeC / 3;
     const out = io.alloc([rows, c], "float32");
     native.pagedAttention(
       f32(io, qkv),
-      f32(io, kPool),
-      f32(io, vPool),
+      a.kPool,
+      a.vPool,
       io.view(table) as Int32Array,
       io.view(lengths) as Int32Array,
       f32(io, out),
@@ -293,7 +294,7 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       c / a.heads,
       a.blockSize,
       table.shape[1],
-      kPool.shape[0],
+      a.kPool.length / c,
       a.scale,
     );
     return out;

@@ -117,12 +117,12 @@ export function setFastKernelsEnabled(on: boolean): void {
 
 /**
  * Copies prefilled keys or values (src: [N, nh, T, hs]) into a paged KV cache's pool ([positions,
- * C]) in place, on the native addon: row r of `table` takes counts[r] positions of src row
- * sources[r] from starts[r] on. Only where fusedKernelsActive().
+ * C] of float16 bits) in place, on the native addon: row r of `table` takes counts[r] positions
+ * of src row sources[r] from starts[r] on. Only where fusedKernelsActive().
  */
 export function pagedStore(
   src: tf.Tensor4D,
-  pool: tf.Tensor2D,
+  pool: Uint16Array,
   table: Int32Array,
   rows: {
     sources: Int32Array;
@@ -138,7 +138,7 @@ export function pagedStore(
   const [, nh, time, hs] = src.shape;
   native.pagedStore(
     io.view(src) as Float32Array,
-    io.view(pool) as Float32Array,
+    pool,
     table,
     rows.sources,
     rows.starts,
@@ -149,7 +149,7 @@ export function pagedStore(
     hs,
     rows.blockSize,
     rows.maxBlocks,
-    pool.shape[0],
+    pool.length / (nh * hs),
   );
 }
 

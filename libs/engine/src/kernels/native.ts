@@ -135,15 +135,15 @@ export interface NativeKernels {
   ): void;
   /** One AdamW step of one tensor (bc1, bc2: the bias corrections 1 - beta^t). */
   /**
-   * One decode step over a paged KV cache: row r's key and value (thirds 2 and 3 of qkv[r],
-   * [3C]) are written at its position lengths[r], then each head attends to positions
+   * One decode step over a paged KV cache (pools of float16 bits): row r's key and value
+   * (thirds 2 and 3 of qkv[r], [3C]) are written at its position lengths[r], then each head attends to positions
    * 0..lengths[r]. Position p of row r is pool position table[r][p / blockSize] * blockSize +
    * p % blockSize. out: [rows, C].
    */
   pagedAttention(
     qkv: Float32Array,
-    kPool: Float32Array,
-    vPool: Float32Array,
+    kPool: Uint16Array,
+    vPool: Uint16Array,
     table: Int32Array,
     lengths: Int32Array,
     out: Float32Array,
@@ -157,11 +157,11 @@ export interface NativeKernels {
   ): void;
   /**
    * Copies prefilled keys or values (src: [N, nh, time, hs]) into rows' blocks: row r takes
-   * counts[r] positions of src row sources[r] from starts[r] on as its positions 0.. .
+   * counts[r] positions of src row sources[r] from starts[r] on as its positions 0.. (float16).
    */
   pagedStore(
     src: Float32Array,
-    pool: Float32Array,
+    pool: Uint16Array,
     table: Int32Array,
     sources: Int32Array,
     starts: Int32Array,
