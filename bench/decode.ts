@@ -100,7 +100,8 @@ async function level(rows: number, repeats: number) {
     step_ms_mean: round(stepMs),
     tokens_per_s: round((rows * 1000) / stepMs, 0),
     kernel_ms_per_step: {
-      linear: perStep("ChatrlLinear"),
+      // The products: OpenBLAS's (ChatrlLinear) or the packed weights' (ChatrlLinearPanels).
+      linear: round(perStep("ChatrlLinear") + perStep("ChatrlLinearPanels")),
       paged_attention: perStep("ChatrlPagedAttention"),
       all: round([...kernels.values()].reduce((a, b) => a + b, 0) / Math.max(1, profiled)),
     },

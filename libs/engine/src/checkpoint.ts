@@ -153,6 +153,7 @@ export function loadWeights(
   tensors: Map<string, StoredTensor>,
   opts: { allowMissingLmHead?: boolean } = {},
 ): void {
+  model.unpackDecoding(); // its decode copies would no longer match
   const weights = model.namedWeights();
   // A value model's file has no untied LM head (it never uses one): keep the fresh one.
   if (opts.allowMissingLmHead && !tensors.has("lm_head.weight")) weights.delete("lm_head.weight");

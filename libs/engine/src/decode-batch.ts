@@ -86,8 +86,10 @@ export class DecodeBatch {
   /** Forward passes run: prefills and steps. */
   readonly counts = { prefills: 0, steps: 0, tokens: 0 };
 
+  /** Packs the model's weights for decode steps (GPT.packForDecoding): they must not change while it serves. */
   constructor(model: GPT) {
     this.#model = model;
+    model.packForDecoding();
     const { nLayers, nHeads, dModel } = model.config;
     this.#cache = new PagedKVCache(nLayers, nHeads, dModel);
   }

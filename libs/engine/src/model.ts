@@ -6,7 +6,16 @@ import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
 import type { PagedKVCache } from "./paged-kv-cache";
-import { causalAttention, embedding, layerNorm, linear, mergeHeads, splitHeads } from "./ops";
+import { packPanels } from "./kernels/index.ts";
+import {
+  causalAttention,
+  embedding,
+  layerNorm,
+  linear,
+  linearPacked,
+  mergeHeads,
+  splitHeads,
+} from "./ops";
 import { paddedCausalAttention } from "./padded-attention";
 import { Rng } from "./rng";
 
@@ -82,6 +91,8 @@ class Projection {
   readonly w: tf.Variable<tf.Rank.R2>;
   readonly b: tf.Variable<tf.Rank.R1>;
   adapter?: Adapter;
+  /** W packed for decode steps (GPT.packForDecoding), a copy that must follow W. */
+  packed?: Float32Array;
 
   constructor(
     make: MakeParam,
@@ -95,7 +106,10 @@ class Projection {
   }
 
   forward(x: tf.Tensor, ctx: Context): tf.Tensor {
-    const y = linear(x, this.w, this.b);
+    const y =
+      ctx.paged && this.packed
+        ? linearPacked(x, this.packed, this.w.shape[1], this.b)
+        : linear(x, this.w, this.b);
     const a = this.adapter;
     if (!a || a.unmerged) {
       if (a && ctx.training) throw new Error("GPT.forward: cannot train while LoRA is merged");
@@ -423,6 +437,7 @@ export class GPT {
    */
   mergeLora(): void {
     if (!this.hasLora || this.loraIsMerged) return;
+    this.unpackDecoding(); // the projections change
     for (const p of this.adapted) {
       const a = p.adapter as Adapter;
       a.unmerged = tf.keep(p.w.clone());
@@ -433,6 +448,7 @@ export class GPT {
 
   unmergeLora(): void {
     if (!this.loraIsMerged) return;
+    this.unpackDecoding();
     for (const p of this.adapted) {
       const a = p.adapter as Adapter;
       p.w.assign(a.unmerged as tf.Tensor2D);
@@ -481,8 +497,34 @@ export class GPT {
       (target as tf.Variable).assign(tensors.get(name) as tf.Tensor);
   }
 
+  /**
+   * Copies every projection's weight into the layout of the native product for few rows
+   * (kernels/index.ts packPanels), which paged decode steps then use: continuous batching's
+   * steps multiply a handful of rows by every weight. Returns the bytes the copies add (0 where
+   * the native kernels are off, or when already packed). The copies do not follow the weights:
+   * loadWeights and LoRA merges drop them; anything else that changes the weights must call
+   * unpackDecoding() first.
+   */
+  packForDecoding(): number {
+    let bytes = 0;
+    for (const p of this.blocks.flatMap((b) => b.projections())) {
+      if (p.packed) continue;
+      const packed = packPanels(p.w);
+      if (!packed) return bytes;
+      p.packed = packed;
+      bytes += packed.byteLength;
+    }
+    return bytes;
+  }
+
+  /** Drops the copies packForDecoding() made; decode steps use the weights themselves again. */
+  unpackDecoding(): void {
+    for (const p of this.blocks.flatMap((b) => b.projections())) p.packed = undefined;
+  }
+
   dispose(): void {
     if (this.disposed) return;
+    this.unpackDecoding();
     this.unmergeLora();
     for (const w of [...this.weights.values(), ...this.loraWeights().values()]) w.dispose();
     this.weights.clear();

@@ -25,6 +25,23 @@ export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor
   return y2.reshape([...lead, outDim]);
 }
 
+/**
+ * y = x @ w + b for a decode step, with w packed by packPanels (kernels/index.ts): the native
+ * kernel for few rows. x: [..., in], b: [out] -> [..., out]. Inference only (no gradient).
+ */
+export function linearPacked(
+  x: tf.Tensor,
+  packed: Float32Array,
+  outDim: number,
+  b?: tf.Tensor1D,
+): tf.Tensor {
+  const lead = x.shape.slice(0, -1);
+  const x2 = x.reshape([-1, x.shape[x.shape.length - 1]]);
+  const attrs = { packed, outDim } as unknown as tf.NamedAttrMap;
+  const y2 = run(FUSED.linearPanels, b ? { x: x2, bias: b } : { x: x2 }, attrs) as tf.Tensor;
+  return y2.reshape([...lead, outDim]);
+}
+
 /** Rows of `table` picked by integer `ids`. table: [V, C], ids: [...] int32 -> [..., C] */
 export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   const flat = tf.gather(table, ids.reshape([-1]));

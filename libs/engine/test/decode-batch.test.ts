@@ -6,11 +6,14 @@ import {
   ByteTokenizer,
   DecodeBatch,
   type DecodeRowOptions,
+  decodeSafetensors,
   GPT,
+  loadWeights,
   MODEL_PRESETS,
   Rng,
   sampleToken,
   sampleTokens,
+  saveModel,
   servingTokenRules,
   type TokenSampling,
   tf,
@@ -166,6 +169,33 @@ describe("DecodeBatch", () => {
     const long = "y".repeat(config.contextLength - 3);
     const tokens = await alone(long, row({ maxNewTokens: 50 }));
     expect(tokens).toHaveLength(4); // positions 61, 62, 63 fed, the fourth token sampled last
+  });
+
+  it("decodes on packed copies of the weights, dropped when the weights are replaced", async () => {
+    const greedy = row({ temperature: 0, maxNewTokens: 16 });
+    const decode = async (m: GPT) => {
+      const batch = new DecodeBatch(m); // packs m's weights
+      const [[r]] = await batch.add([{ prompt: ids("packed weights"), rows: [greedy] }]);
+      await drain(batch);
+      batch.dispose();
+      return r.tokens;
+    };
+    const a = new GPT(config, 11);
+    const b = new GPT(config, 12);
+    try {
+      const fromA = await decode(a);
+      expect(a.packForDecoding()).toBe(0); // already packed by the batch
+      const fromB = await decode(b);
+      expect(fromB).not.toEqual(fromA);
+      // a takes b's weights: its decode copies must go, or a would still answer as before.
+      loadWeights(a, decodeSafetensors(await saveModel(b)).tensors);
+      expect(await decode(a)).toEqual(fromB);
+      a.unpackDecoding();
+      expect(a.packForDecoding()).toBeGreaterThan(0);
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
   });
 
   it("keeps the tensor count flat across steps, joins and departures", async () => {

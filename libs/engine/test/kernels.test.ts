@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   installFastKernels,
   nativeThreads,
+  packPanels,
   setFastKernelsEnabled,
   setNativeThreads,
 } from "../src/kernels/index.ts";
@@ -16,6 +17,7 @@ import {
   crossEntropy,
   layerNorm,
   linear,
+  linearPacked,
   mergeHeads,
   splitHeads,
 } from "../src/ops.ts";
@@ -181,6 +183,28 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
       expect(maxRelDiff(two[i], r), `result ${i}`).toBeLessThan(1e-5);
     });
     tf.dispose([x, w, q, kv, g, ...batched, rows, logits, targets, qkv]);
+  });
+
+  it.each([
+    ["one row", 1, 256, 768, true],
+    ["a panel and a tail", 3, 33, 100, true],
+    ["16 rows, wide input", 16, 1024, 256, true],
+    ["odd rows and columns, no bias", 7, 17, 65, false],
+    ["more rows than a register block", 20, 64, 64, true],
+  ] as const)("multiplies on packed weights like linear: %s", (_, rows, inDim, outDim, bias) => {
+    const x = rand([rows, inDim], 21);
+    const w = rand([inDim, outDim], 22) as tf.Tensor2D;
+    const b = bias ? (rand([outDim], 23) as tf.Tensor1D) : undefined;
+    const packed = packPanels(w) as Float32Array;
+    expect(packed.length).toBe(Math.ceil(outDim / 64) * inDim * 64);
+    for (const threads of [1, 2]) {
+      setNativeThreads(threads);
+      const got = tf.tidy(() => linearPacked(x, packed, outDim, b).dataSync() as Float32Array);
+      const want = tf.tidy(() => tf.add(tf.matMul(x, w), b ?? 0).dataSync() as Float32Array);
+      expect(maxRelDiff(got, want), `${threads} threads`).toBeLessThan(1e-4);
+    }
+    setNativeThreads(defaultThreads);
+    tf.dispose([x, w, ...(b ? [b] : [])]);
   });
 
   it("agrees with the plain ops for one query over 64-wide heads (the decode step's loop)", () => {

@@ -134,7 +134,7 @@ export function registerInferenceMetrics(registry: Registry, models: ModelRegist
   });
   new Gauge({
     name: "chatrl_inference_loaded_bytes",
-    help: "Bytes of all loaded weights, against the cache's maxModelBytes budget.",
+    help: "Bytes of all loaded weights (with their copies packed for decoding), against the cache's maxModelBytes budget.",
     registers,
     collect() {
       this.set(models.loadedModelBytes());

@@ -286,7 +286,8 @@ export class ModelRegistry {
     const model = await loadModel(bytes);
     let entry: LoadedModel;
     try {
-      const weightBytes = model.parameterCount() * 4;
+      // The weights and the copies of them that decode steps read (GPT.packForDecoding).
+      const weightBytes = model.parameterCount() * 4 + model.packForDecoding();
       if (weightBytes > this.limits.maxModelBytes) {
         throw new ModelTooLargeError(
           `The model '${served.id}' needs ${mib(weightBytes)} of weights; this server keeps at most ${mib(this.limits.maxModelBytes)} loaded`,

@@ -304,7 +304,10 @@ describe("inference service", () => {
   it("keeps loaded weights within the byte budget, disposing the evicted model", async () => {
     const other = await saveTinyModel(2);
     const otherId = `run-${other.runId}-sft`;
-    const oneModel = new GPT(MODEL_PRESETS.tiny, 0).parameterCount() * 4;
+    // Weights and their copies packed for decoding, as the registry counts them.
+    const probe = new GPT(MODEL_PRESETS.tiny, 0);
+    const oneModel = probe.parameterCount() * 4 + probe.packForDecoding();
+    probe.dispose();
     const small = await newApp({}, { maxModelBytes: Math.ceil(oneModel * 1.5) });
     const request = { messages: hello, max_tokens: 2 };
     await chat(small, { ...request, model: modelId });

@@ -9,6 +9,7 @@ import { dataAccess } from "./views.ts";
 
 export const FUSED = {
   linear: "ChatrlLinear",
+  linearPanels: "ChatrlLinearPanels",
   columnSum: "ChatrlColumnSum",
   attention: "ChatrlCausalAttention",
   attentionGrad: "ChatrlCausalAttentionGrad",
@@ -84,6 +85,24 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
     native.linear(
       f32(io, x),
       f32(io, w),
+      bias ? f32(io, bias) : null,
+      f32(io, out),
+      rows,
+      inDim,
+      outDim,
+    );
+    return out;
+  });
+
+  // A decode step's product on packed weights (packPanels): x: [rows, in], bias: [out] -> [rows,
+  // out]. The packed weights come as an attribute (a Float32Array outside tfjs).
+  kernel(FUSED.linearPanels, ({ x, bias }, attrs, io) => {
+    const { packed, outDim } = attrs as unknown as { packed: Float32Array; outDim: number };
+    const [rows, inDim] = x.shape;
+    const out = io.alloc([rows, outDim], "float32");
+    native.linearPanels(
+      f32(io, x),
+      packed,
       bias ? f32(io, bias) : null,
       f32(io, out),
       rows,

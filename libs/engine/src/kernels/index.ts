@@ -153,6 +153,22 @@ export function pagedStore(
   );
 }
 
+/** Columns per panel of packed weights (the addon's kPanel). */
+const PANEL = 64;
+
+/**
+ * A weight [in, out] packed for the decode steps' products (linearPanels): panels of 64 columns,
+ * [panels, in, 64]. Null where the native kernels are not active (the products then stay tfjs's).
+ */
+export function packPanels(w: tf.Tensor2D): Float32Array | null {
+  const native = loadNativeKernels();
+  if (!native || !fusedKernelsActive()) return null;
+  const [inDim, outDim] = w.shape;
+  const packed = new Float32Array(Math.ceil(outDim / PANEL) * inDim * PANEL);
+  native.packPanels(w.dataSync() as Float32Array, packed, inDim, outDim);
+  return packed;
+}
+
 /** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */
 export function setNativeThreads(n: number): void {
   loadNativeKernels()?.setThreads(n);

@@ -39,6 +39,18 @@ export interface NativeKernels {
     inDim: number,
     outDim: number,
   ): void;
+  /** packed[p][i][j] = w[i][p * 64 + j] (0 past outDim): the layout linearPanels reads. */
+  packPanels(w: Float32Array, packed: Float32Array, inDim: number, outDim: number): void;
+  /** out = x @ w + bias with w packed by packPanels; the decode steps' products. */
+  linearPanels(
+    x: Float32Array,
+    packed: Float32Array,
+    bias: Float32Array | null,
+    out: Float32Array,
+    rows: number,
+    inDim: number,
+    outDim: number,
+  ): void;
   /** out[j] = sum over rows of x[i, j]. */
   columnSum(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   /** Per head: probs = causalSoftmax(scale q k^T), out = probs v. */
