@@ -3,10 +3,10 @@
 // context 256, byte-v2 vocabulary) decoding rows of 64 prompt tokens and 128 new tokens each
 // through a DecodeBatch, at each batch size. Printed as one JSON object: per batch size the step
 // time (median and mean over every step of the repetitions), tokens/s, the native kernels' time
-// per step (tf.profile over later steps: the products and the paged attention) and the KV cache's
-// bytes at the longest. What bench:inference measures minus HTTP, clients and the event loop.
+// per step (tf.profile over later steps: the products and the paged attention), the prefill of
+// the level's prompts (median over the repetitions) and the KV cache's bytes at the longest. What bench:inference measures minus HTTP, clients and the event loop.
 //
-//   npm run bench:decode -- [--rows 1,16,64] [--repeats N] [--threads N]
+//   npm run bench:decode -- [--rows 1,4,16,64] [--repeats N] [--threads N]
 import { availableParallelism, loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
@@ -25,8 +25,8 @@ const NEW_TOKENS = 128;
 
 const { values: args } = parseArgs({
   options: {
-    rows: { type: "string", default: "1,16,64" },
-    repeats: { type: "string", default: "3" },
+    rows: { type: "string", default: "1,4,16,64" },
+    repeats: { type: "string", default: "5" },
     threads: { type: "string" },
   },
 });
@@ -49,12 +49,14 @@ const round = (x: number, digits = 3) => Number(x.toFixed(digits));
 
 async function level(rows: number, repeats: number) {
   const steps: number[] = [];
+  const prefills: number[] = [];
   const kernels = new Map<string, number>();
   let profiled = 0;
   let cacheBytes = 0;
   for (let repeat = 0; repeat <= repeats; repeat++) {
     // Repeat 0 warms up (compiled paths, pools, heap) and is not counted.
     const batch = new DecodeBatch(model);
+    const prefillStart = performance.now();
     await batch.add(
       Array.from({ length: rows }, (_, i) => ({
         prompt,
@@ -73,6 +75,7 @@ async function level(rows: number, repeats: number) {
         ],
       })),
     );
+    if (repeat > 0) prefills.push(performance.now() - prefillStart);
     for (let step = 0; batch.size > 0; step++) {
       cacheBytes = Math.max(cacheBytes, batch.cacheBytes());
       // The last repetition's second half is profiled (kernel times), the rest timed.
@@ -99,6 +102,7 @@ async function level(rows: number, repeats: number) {
     step_ms_median: round(median(steps)),
     step_ms_mean: round(stepMs),
     tokens_per_s: round((rows * 1000) / stepMs, 0),
+    prefill_ms_median: round(median(prefills)),
     kernel_ms_per_step: {
       // The products: OpenBLAS's (ChatrlLinear) or the packed weights' (ChatrlLinearPanels).
       linear: round(perStep("ChatrlLinear") + perStep("ChatrlLinearPanels")),

@@ -91,7 +91,7 @@ class Projection {
   readonly w: tf.Variable<tf.Rank.R2>;
   readonly b: tf.Variable<tf.Rank.R1>;
   adapter?: Adapter;
-  /** W packed for decode steps (GPT.packForDecoding), a copy that must follow W. */
+  /** W packed for inference (GPT.packForDecoding), a copy that must follow W. */
   packed?: Float32Array;
 
   constructor(
@@ -107,7 +107,7 @@ class Projection {
 
   forward(x: tf.Tensor, ctx: Context): tf.Tensor {
     const y =
-      ctx.paged && this.packed
+      this.packed && !ctx.training
         ? linearPacked(x, this.packed, this.w.shape[1], this.b)
         : linear(x, this.w, this.b);
     const a = this.adapter;
@@ -499,8 +499,9 @@ export class GPT {
 
   /**
    * Copies every projection's weight into the layout of the native product for few rows
-   * (kernels/index.ts packPanels), which paged decode steps then use: continuous batching's
-   * steps multiply a handful of rows by every weight. Returns the bytes the copies add (0 where
+   * (kernels/index.ts packPanels), which every forward pass outside training then uses: continuous
+   * batching's steps multiply a handful of rows by every weight, and prefill on the same kernel
+   * keeps a row's numbers independent of what shares its batch. Returns the bytes the copies add (0 where
    * the native kernels are off, or when already packed). The copies do not follow the weights:
    * loadWeights and LoRA merges drop them; anything else that changes the weights must call
    * unpackDecoding() first.
