@@ -203,6 +203,35 @@ async function fourModels() {
   };
 }
 
+/**
+ * A PPO trainer's checkpoint now (its state and the actor, critic and EMA files), its next step,
+ * and that step again from a trainer built on the checkpoint (`build`), as a resumed stage does.
+ */
+async function resumeNextStep(
+  straight: Awaited<ReturnType<typeof fourModels>>,
+  trainer: PPOTrainer,
+  build: (models: Awaited<ReturnType<typeof fourModels>>) => PPOTrainer,
+) {
+  const state = await trainer.exportState();
+  const files = {
+    actor: await saveModel(straight.actor, "actor"),
+    critic: await saveModel(straight.critic, "critic"),
+    ema: await saveModel(straight.ema, "ema"),
+  };
+  const expected = await trainer.trainStep();
+  const resumedModels = {
+    actor: await loadModel(files.actor),
+    reference: await loadModel(await saveModel(straight.reference, "sft")),
+    ema: await loadModel(files.ema),
+    critic: await loadValueModel(files.critic),
+    reward: await loadValueModel(await saveModel(straight.reward, "reward")),
+  };
+  const resumed = build(resumedModels);
+  await resumed.importState(state);
+  const got = await resumed.trainStep();
+  return { expected, got, resumed, resumedModels };
+}
+
 describe("PPO", () => {
   let models: Awaited<ReturnType<typeof fourModels>>;
   const prompts = ["1+1", "2+3", "4+4", "0+5", "3+3"].map(chat);
@@ -295,24 +324,12 @@ describe("PPO", () => {
     expect(emaAfter).not.toEqual(emaBefore);
 
     // Resume from after step 2: the same third step as the uninterrupted trainer.
-    const state = await trainer.exportState();
-    const files = {
-      actor: await saveModel(straight.actor, "actor"),
-      critic: await saveModel(straight.critic, "critic"),
-      ema: await saveModel(straight.ema, "ema"),
-    };
-    const expected = await trainer.trainStep();
-    const resumedModels = {
-      actor: await loadModel(files.actor),
-      reference: await loadModel(await saveModel(models.reference, "sft")),
-      ema: await loadModel(files.ema),
-      critic: await loadValueModel(files.critic),
-      reward: await loadValueModel(await saveModel(straight.reward, "reward")),
-    };
-    const resumed = new PPOTrainer(resumedModels, tokenizer, prompts, ptx, PPO);
-    await resumed.importState(state);
-    expect(resumed.step).toBe(2);
-    const got = await resumed.trainStep();
+    const { expected, got, resumed, resumedModels } = await resumeNextStep(
+      straight,
+      trainer,
+      (m) => new PPOTrainer(m, tokenizer, prompts, ptx, PPO),
+    );
+    expect(resumed.step).toBe(3);
     expect(got.metrics.reward_score).toBeCloseTo(expected.metrics.reward_score, 5);
     expect(got.metrics.actor_loss).toBeCloseTo(expected.metrics.actor_loss, 5);
     expect(resumed.summary().kl).toBeCloseTo(trainer.summary().kl, 5);
@@ -348,23 +365,11 @@ describe("PPO", () => {
     expect(straight.critic.vHead.dataSync()).not.toEqual(head);
     expect(straight.ema.namedWeights().get("h.0.mlp.c_fc.weight")?.dataSync()).not.toEqual(ema);
 
-    const state = await trainer.exportState();
-    const files = {
-      actor: await saveModel(straight.actor, "actor"),
-      critic: await saveModel(straight.critic, "critic"),
-      ema: await saveModel(straight.ema, "ema"),
-    };
-    const expected = await trainer.trainStep();
-    const resumedModels = {
-      actor: await loadModel(files.actor),
-      reference: await loadModel(await saveModel(straight.reference, "sft")),
-      ema: await loadModel(files.ema),
-      critic: await loadValueModel(files.critic),
-      reward: await loadValueModel(await saveModel(straight.reward, "reward")),
-    };
-    const resumed = new PPOTrainer(resumedModels, tokenizer, prompts, [], config);
-    await resumed.importState(state);
-    const got = await resumed.trainStep();
+    const { expected, got, resumed, resumedModels } = await resumeNextStep(
+      straight,
+      trainer,
+      (m) => new PPOTrainer(m, tokenizer, prompts, [], config),
+    );
     expect(got.metrics.reward_score).toBeCloseTo(expected.metrics.reward_score, 5);
     expect(got.metrics.actor_loss).toBeCloseTo(expected.metrics.actor_loss, 5);
     expect(got.metrics.critic_loss).toBeCloseTo(expected.metrics.critic_loss, 5);
