@@ -11,6 +11,7 @@ import {
   type PpoConfig,
   PPOTrainer,
   type PreferencePair,
+  type RewardConfig,
   RewardModelTrainer,
   renderChatPrompt,
   Rng,
@@ -99,22 +100,24 @@ describe("a value model", () => {
   });
 });
 
+const REWARD: RewardConfig = {
+  maxSteps: 40,
+  epochs: 1,
+  batchSize: 4,
+  learningRate: 1e-3,
+  maxSeqLen: 48,
+  warmupSteps: 2,
+  weightDecay: 0,
+  gradClip: 1,
+  seed: 1,
+  evalFraction: 0.25,
+  evalEvery: 20,
+};
+
 describe("RewardModelTrainer", () => {
   it("learns which answer is preferred on pairs it never trained on", async () => {
     const model = ValueModel.fresh(config, 6);
-    const trainer = new RewardModelTrainer(model, tokenizer, PAIRS, {
-      maxSteps: 40,
-      epochs: 1,
-      batchSize: 4,
-      learningRate: 1e-3,
-      maxSeqLen: 48,
-      warmupSteps: 2,
-      weightDecay: 0,
-      gradClip: 1,
-      seed: 1,
-      evalFraction: 0.25,
-      evalEvery: 20,
-    });
+    const trainer = new RewardModelTrainer(model, tokenizer, PAIRS, REWARD);
     expect(trainer.evalPairs).toBe(6);
     expect(trainer.trainPairs).toBe(18);
     const before = trainer.evaluate();
@@ -137,17 +140,8 @@ describe("RewardModelTrainer with LoRA", () => {
     const base = new Map([...model.body.namedWeights()].map(([n, w]) => [n, w.dataSync().slice()]));
     const head = model.vHead.dataSync().slice();
     const trainer = new RewardModelTrainer(model, tokenizer, PAIRS, {
+      ...REWARD,
       maxSteps: 20,
-      epochs: 1,
-      batchSize: 4,
-      learningRate: 1e-3,
-      maxSeqLen: 48,
-      warmupSteps: 2,
-      weightDecay: 0,
-      gradClip: 1,
-      seed: 1,
-      evalFraction: 0.25,
-      evalEvery: 20,
       lora: { dim: 4, moduleName: "h.", onlyOptimize: true, learningRate: 1e-2 },
     });
     let last: Record<string, number> = {};
