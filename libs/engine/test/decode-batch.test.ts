@@ -362,7 +362,7 @@ describe("the paged KV cache", () => {
 
   it("attends over each row's own positions, on the native kernel and on plain tfjs", () => {
     expect(fusedKernelsActive()).toBe(true); // the native kernels are built (npm run setup)
-    const lengths = [0, 3, 4, 9, 13];
+    const lengths = [0, 3, 4, 9, 13, 15, 31]; // 16 and 32 positions: whole vectors, no tail
     const native = pagedStep(lengths, 11);
     expect(near(native.out, native.reference)).toBeLessThan(1e-5);
     setFastKernelsEnabled(false);

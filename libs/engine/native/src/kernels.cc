@@ -708,7 +708,14 @@ struct Lanes {
   static V Zero() { return _mm512_setzero_ps(); }
   static V Set(float x) { return _mm512_set1_ps(x); }
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V Round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT); }
+  static V Pow2(V y, V n) { return _mm512_scalef_ps(y, n); }  // y * 2^n
   static float Sum(V v) { return _mm512_reduce_add_ps(v); }
+  static float MaxOf(V v) { return _mm512_reduce_max_ps(v); }
+
   static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
 };
 #elif defined(__F16C__) && defined(__AVX2__) && defined(__FMA__)
@@ -727,13 +734,50 @@ struct Lanes {
   static V Zero() { return _mm256_setzero_ps(); }
   static V Set(float x) { return _mm256_set1_ps(x); }
   static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V Round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V Pow2(V y, V n) {  // y * 2^n, n a whole number in [-126, 127]
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+  }
   static float Sum(V v) {
     const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
     return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
   }
+  static float MaxOf(V v) {
+    const __m128 half = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pairs = _mm_max_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_max_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+  }
+
   static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
 };
+#endif
+
+#if defined(CHATRL_LANES)
+// e^x for x <= 0 (softmax after its max is taken off), kWidth values at once: x = n ln2 + r,
+// e^r by Cephes' expf polynomial, times 2^n. Within 1 ulp of the correctly rounded e^x for
+// every float in [-87, 0] (checked exhaustively against double exp); below -87 it gives e^-87
+// (1.6e-38), which no softmax sum notices. The scalar std::exp per score was most of a decode
+// step's attention.
+inline Lanes::V ExpNonPositive(Lanes::V x) {
+  using L = Lanes;
+  x = L::Max(x, L::Set(-87.0f));
+  const L::V n = L::Round(L::Mul(x, L::Set(1.44269504088896341f)));
+  L::V r = L::Fma(n, L::Set(-0.693359375f), x);
+  r = L::Fma(n, L::Set(2.12194440e-4f), r);
+  L::V p = L::Set(1.9875691500e-4f);
+  p = L::Fma(p, r, L::Set(1.3981999507e-3f));
+  p = L::Fma(p, r, L::Set(8.3334519073e-3f));
+  p = L::Fma(p, r, L::Set(4.1665795894e-2f));
+  p = L::Fma(p, r, L::Set(1.6666665459e-1f));
+  p = L::Fma(p, r, L::Set(5.0000001201e-1f));
+  p = L::Fma(p, L::Mul(r, r), L::Add(r, L::Set(1.0f)));
+  return L::Pow2(p, n);
+}
 #endif
 
 // float32 -> float16 bits (round to nearest even), n values.
@@ -874,20 +918,73 @@ int64_t PoolPosition(const int32_t* table, int64_t row, int64_t maxBlocks, int64
   return static_cast<int64_t>(table[row * maxBlocks + p / blockSize]) * blockSize + p % blockSize;
 }
 
-// Widest model (d_model) whose attention output the vector path keeps in registers.
-constexpr int64_t kMaxPagedWidth = 1024;
+#if defined(CHATRL_LANES)
+// Softmax of n scores in place, kWidth at a time.
+void SoftmaxLanes(float* s, int64_t n) {
+  using L = Lanes;
+  constexpr int64_t W = L::kWidth;
+  const int64_t full = n - n % W;
+  float mx = -INFINITY;
+  if (full > 0) {
+    L::V m = L::Load(s);
+    for (int64_t j = W; j < full; j += W) m = L::Max(m, L::Load(s + j));
+    mx = L::MaxOf(m);
+  }
+  for (int64_t j = full; j < n; ++j) mx = std::max(mx, s[j]);
+  const L::V shift = L::Set(-mx);
+  L::V sums = L::Zero();
+  for (int64_t j = 0; j < full; j += W) {
+    const L::V e = ExpNonPositive(L::Add(L::Load(s + j), shift));
+    L::Store(s + j, e);
+    sums = L::Add(sums, e);
+  }
+  float sum = L::Sum(sums);
+  if (full < n) {  // the tail through one padded register
+    float tail[W];
+    std::fill(tail, tail + W, -INFINITY);
+    std::copy(s + full, s + n, tail);
+    L::Store(tail, ExpNonPositive(L::Add(L::Load(tail), shift)));
+    for (int64_t j = full; j < n; ++j) sum += s[j] = tail[j - full];
+  }
+  const L::V inv = L::Set(1.0f / sum);
+  for (int64_t j = 0; j < full; j += W) L::Store(s + j, L::Mul(L::Load(s + j), inv));
+  for (int64_t j = full; j < n; ++j) s[j] *= 1.0f / sum;
+}
+
+// out[first..first+N) (in vectors) = sum over positions j of probs[head][j] * v[j]: N output
+// vectors held in registers through the whole pass over the row's values.
+template <int N>
+void PagedValues(const float* probs, const uint16_t* vPool, const int32_t* blocks, int64_t seen,
+                 int64_t c, int64_t blockSize, int64_t maxLength, int64_t perHead, int64_t first,
+                 float* out) {
+  using L = Lanes;
+  L::V acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = L::Zero();
+  const float* p[N];
+  for (int i = 0; i < N; ++i) p[i] = probs + ((first + i) / perHead) * maxLength;
+  for (int64_t b = 0, j = 0; j < seen; ++b) {
+    const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+    for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
+      const uint16_t* vj = vb + t * c + first * L::kWidth;
+      for (int i = 0; i < N; ++i)
+        acc[i] = L::Fma(L::Set(p[i][j]), L::LoadHalf(vj + i * L::kWidth), acc[i]);
+    }
+  }
+  for (int i = 0; i < N; ++i) L::Store(out + (first + i) * L::kWidth, acc[i]);
+}
+#endif
 
 // One row's attention over its cached positions, every head at once: a position's key (all
 // heads, C values side by side) is read in one sequential pass, which the hardware prefetcher
-// follows. scores: [nh, maxLength] scratch; out: [C].
+// follows; then each head's softmax; then the values, a few output registers at a time.
+// scores: [nh, maxLength] scratch; out: [C].
 void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, const int32_t* blocks,
               int64_t seen, int64_t nh, int64_t hs, int64_t blockSize, int64_t maxLength,
               float scale, float* scores, float* out) {
   const int64_t c = nh * hs;
 #if defined(CHATRL_LANES)
   using L = Lanes;
-  const bool lanes = hs % L::kWidth == 0 && c <= kMaxPagedWidth;
-  if (lanes) {
+  if (hs % L::kWidth == 0) {
     for (int64_t b = 0, j = 0; j < seen; ++b) {
       const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
       for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
@@ -900,18 +997,26 @@ void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, cons
         }
       }
     }
-  } else
+    for (int64_t h = 0; h < nh; ++h) SoftmaxLanes(scores + h * maxLength, seen);
+    const int64_t vectors = c / L::kWidth, perHead = hs / L::kWidth;
+    int64_t i = 0;
+    for (; i + 8 <= vectors; i += 8)
+      PagedValues<8>(scores, vPool, blocks, seen, c, blockSize, maxLength, perHead, i, out);
+    for (; i + 2 <= vectors; i += 2)
+      PagedValues<2>(scores, vPool, blocks, seen, c, blockSize, maxLength, perHead, i, out);
+    for (; i < vectors; ++i)
+      PagedValues<1>(scores, vPool, blocks, seen, c, blockSize, maxLength, perHead, i, out);
+    return;
+  }
 #endif
-  {
-    for (int64_t b = 0, j = 0; j < seen; ++b) {
-      const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
-      for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
-        const uint16_t* kj = kb + o * c;
-        for (int64_t h = 0; h < nh; ++h) {
-          float dot = 0.0f;
-          for (int64_t d = h * hs; d < (h + 1) * hs; ++d) dot += q[d] * HalfToFloat(kj[d]);
-          scores[h * maxLength + j] = scale * dot;
-        }
+  for (int64_t b = 0, j = 0; j < seen; ++b) {
+    const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
+    for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
+      const uint16_t* kj = kb + o * c;
+      for (int64_t h = 0; h < nh; ++h) {
+        float dot = 0.0f;
+        for (int64_t d = h * hs; d < (h + 1) * hs; ++d) dot += q[d] * HalfToFloat(kj[d]);
+        scores[h * maxLength + j] = scale * dot;
       }
     }
   }
@@ -927,25 +1032,6 @@ void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, cons
     const float inv = 1.0f / sum;
     for (int64_t j = 0; j < seen; ++j) ph[j] *= inv;
   }
-#if defined(CHATRL_LANES)
-  if (lanes) {
-    L::V acc[kMaxPagedWidth / L::kWidth];  // out, kWidth values per register
-    const int64_t vectors = c / L::kWidth, perHead = hs / L::kWidth;
-    for (int64_t i = 0; i < vectors; ++i) acc[i] = L::Zero();
-    for (int64_t b = 0, j = 0; j < seen; ++b) {
-      const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
-      for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
-        const uint16_t* vj = vb + t * c;
-        for (int64_t i = 0; i < vectors; ++i) {
-          const L::V p = L::Set(scores[(i / perHead) * maxLength + j]);
-          acc[i] = L::Fma(p, L::LoadHalf(vj + i * L::kWidth), acc[i]);
-        }
-      }
-    }
-    for (int64_t i = 0; i < vectors; ++i) L::Store(out + i * L::kWidth, acc[i]);
-    return;
-  }
-#endif
   std::fill(out, out + c, 0.0f);
   for (int64_t b = 0, j = 0; j < seen; ++b) {
     const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
