@@ -130,10 +130,7 @@ export class DecodeBatch {
         const input = tf.tensor2d(ids, [requests.length, width], "int32");
         // padLeft always (even all zeros): every forward takes the same attention path, so a
         // row's numbers do not depend on what shares its batch.
-        const all = this.#model.forward(input, { cache: joining, padLeft }); // [N, width, V]
-        return all
-          .slice([0, width - 1, 0], [requests.length, 1, vocabSize])
-          .reshape([-1, vocabSize]);
+        return this.#model.lastLogits(input, { cache: joining, padLeft }); // [N, V]
       });
       logits = (await last.data()) as Float32Array;
       last.dispose();

@@ -326,11 +326,28 @@ export class GPT {
     return tf.tidy(() => {
       const normed = this.hidden(ids, opts); // [B, T, C]
       const [batch, time] = ids.shape;
-      const head = this.lmHead ?? this.wte; // [V, C]
       const flat = normed.reshape([batch * time, this.config.dModel]) as tf.Tensor2D; // [B*T, C]
-      const logits = tf.matMul(flat, head, false, true); // [B*T, V]
-      return logits.reshape([batch, time, this.config.vocabSize]) as tf.Tensor3D;
+      return this.head(flat).reshape([batch, time, this.config.vocabSize]) as tf.Tensor3D;
     });
+  }
+
+  /**
+   * ids: [B, T] int32 -> the logits of each row's last position [B, V]: what a prompt's prefill
+   * samples from, without the LM head on the other T - 1 positions (with a large vocabulary the
+   * head is most of a short prompt's forward). Same options as forward().
+   */
+  lastLogits(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor2D {
+    return tf.tidy(() => {
+      const normed = this.hidden(ids, opts); // [B, T, C]
+      const [batch, time] = ids.shape;
+      const { dModel } = this.config;
+      return this.head(normed.slice([0, time - 1, 0], [batch, 1, dModel]).reshape([batch, dModel]));
+    });
+  }
+
+  /** The LM head: hidden states [N, C] -> logits [N, V]. */
+  private head(x: tf.Tensor2D): tf.Tensor2D {
+    return tf.matMul(x, this.lmHead ?? this.wte, false, true); // head: [V, C]
   }
 
   /** Position ids: [T] when every row starts at 0, [B, T] when rows are left-padded. */

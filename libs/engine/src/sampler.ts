@@ -74,8 +74,7 @@ export async function sampleTokens(
     tf.tidy(() => {
       const time = ids[0].length;
       const input = tf.tensor2d(ids.flat(), [batch, time], "int32");
-      const all = model.forward(input, { ...forwardOpts, cache }); // [B, time, V]
-      return all.slice([0, time - 1, 0], [batch, 1, vocabSize]).reshape([batch, vocabSize]);
+      return model.lastLogits(input, { ...forwardOpts, cache }); // [B, V]
     });
   let logits: tf.Tensor2D | undefined;
   try {

@@ -218,8 +218,8 @@ describe("DecodeBatch", () => {
     // A model whose every row of logits favours padding: the sampler must pick something else.
     const fake = {
       config: { ...config, vocabSize: vocab },
-      forward: (input: tf.Tensor2D) =>
-        tf.tidy(() => tf.tile(tf.tensor3d([[[0, 0, 0, 50]]]), [input.shape[0], input.shape[1], 1])),
+      lastLogits: (input: tf.Tensor2D) =>
+        tf.tidy(() => tf.tile(tf.tensor2d([[0, 0, 0, 50]]), [input.shape[0], 1])),
     } as unknown as GPT;
     const [sampled] = await sampleTokens(fake, [[1]], {
       maxNewTokens: 5,

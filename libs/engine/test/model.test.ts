@@ -58,6 +58,30 @@ describe("GPT", () => {
     model.dispose();
   });
 
+  it("gives each row's last-position logits in lastLogits, left-padded and through a cache", () => {
+    const model = new GPT(MODEL_PRESETS.tiny, 3);
+    const { vocabSize } = MODEL_PRESETS.tiny;
+    const ids = tf.tensor2d(
+      [
+        [0, 0, 120, 33, 7],
+        [1, 2, 3, 4, 5],
+      ],
+      [2, 5],
+      "int32",
+    );
+    const padLeft = [2, 0];
+    const full = model.forward(ids, { padLeft }); // [2, 5, V]
+    const lastOfFull = full.slice([0, 4, 0], [2, 1, vocabSize]).reshape([2, vocabSize]);
+    const cache = new KVCache(MODEL_PRESETS.tiny.nLayers);
+    const last = model.lastLogits(ids, { padLeft, cache });
+    expect(last.shape).toEqual([2, vocabSize]);
+    expect(maxAbsDiff(last, lastOfFull)).toBeLessThan(1e-5);
+    expect(cache.length).toBe(5); // the prompt's keys and values are cached as by forward()
+    cache.dispose();
+    for (const t of [ids, full, lastOfFull, last]) t.dispose();
+    model.dispose();
+  });
+
   it("applies dropout only while training", () => {
     const model = new GPT({ ...MODEL_PRESETS.tiny, dropout: 0.5 }, 1);
     const ids = tf.tensor2d([[1, 2, 3, 4]], [1, 4], "int32");
