@@ -90,6 +90,30 @@ describe("the official openai client", () => {
     expect(other.choices[0].message.content).not.toBe(a.choices[0].message.content);
   });
 
+  it("samples the most likely token under top_k 1 or min_p 1, and repetition_penalty moves a greedy reply", async () => {
+    const reply = async (extra: Record<string, number>) =>
+      (
+        await client.chat.completions.create({
+          model,
+          messages,
+          max_tokens: 16,
+          min_tokens: 16,
+          ...extra,
+        } as OpenAI.ChatCompletionCreateParamsNonStreaming)
+      ).choices[0].message.content;
+    const greedy = await reply({ temperature: 0 });
+    // At temperature 1 the seeds would give other replies (the test above); top_k 1 and min_p 1
+    // each leave only the most likely token.
+    for (const seed of [1, 2]) {
+      expect(await reply({ temperature: 1, seed, top_k: 1 })).toBe(greedy);
+      expect(await reply({ temperature: 1, seed, min_p: 1 })).toBe(greedy);
+    }
+    expect(await reply({ temperature: 1, seed: 1 })).not.toBe(greedy);
+    // The tiny random model's greedy reply repeats tokens; a penalty on seen tokens changes it.
+    expect(await reply({ temperature: 0, repetition_penalty: 1 })).toBe(greedy);
+    expect(await reply({ temperature: 0, repetition_penalty: 5 })).not.toBe(greedy);
+  });
+
   it("ends at a stop string given alone or in a list, with finish_reason stop", async () => {
     const free = await client.chat.completions.create({ model, messages, max_tokens: 24, seed: 2 });
     const text = free.choices[0].message.content ?? "";
