@@ -59,6 +59,8 @@ export type RegistryStats = {
   switches: number;
   /** Warm-up bursts run at load (one per model shape: DecodeLoop.warmUp). */
   warmUps: number;
+  /** Checkpoints found too large for the byte budget (each is refused from then on unread). */
+  tooLarge: number;
 };
 
 /** One loaded model, as the metrics see it. */
@@ -119,12 +121,21 @@ class LoadedModel {
 }
 
 export class ModelRegistry {
-  readonly stats: RegistryStats = { loads: 0, requests: 0, rejected: 0, switches: 0, warmUps: 0 };
+  readonly stats: RegistryStats = {
+    loads: 0,
+    requests: 0,
+    rejected: 0,
+    switches: 0,
+    warmUps: 0,
+    tooLarge: 0,
+  };
   readonly limits: LoopLimits & { maxModelBytes: number; refreshIntervalMs: number };
   readonly #db: Database;
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
   readonly #warmedShapes = new Set<string>();
+  /** Checkpoints refused for their size: checkpoints never change, so neither does the answer. */
+  readonly #tooLarge = new Map<string, ModelTooLargeError>();
   /** Model name -> the loaded checkpoint that answers it. */
   readonly #current = new Map<string, LoadedModel>();
   readonly #listeners = new Set<(event: RegistryEvent) => void>();
@@ -272,6 +283,8 @@ export class ModelRegistry {
   }
 
   #load(served: ServedModel): Promise<LoadedModel> {
+    const refused = this.#tooLarge.get(served.checkpointId);
+    if (refused) return Promise.reject(refused);
     let loading = this.#loading.get(served.checkpointId);
     if (!loading) {
       loading = this.#readAndLoad(served).finally(() => this.#loading.delete(served.checkpointId));
@@ -280,19 +293,27 @@ export class ModelRegistry {
     return loading;
   }
 
+  #refuseTooLarge(served: ServedModel, needs: string): never {
+    const error = new ModelTooLargeError(
+      `The model '${served.id}' needs ${needs} of weights; this server keeps at most ${mib(this.limits.maxModelBytes)} loaded`,
+    );
+    this.#tooLarge.set(served.checkpointId, error);
+    this.stats.tooLarge++;
+    throw error;
+  }
+
   async #readAndLoad(served: ServedModel): Promise<LoadedModel> {
     const bytes = await readCheckpointPart(this.#db.prisma, served.checkpointId, "model");
     if (!bytes) throw new Error(`checkpoint ${served.checkpointId} has no model weights`);
+    // The stored weights alone past the budget: refused before any tensor is made.
+    if (bytes.byteLength > this.limits.maxModelBytes)
+      this.#refuseTooLarge(served, `more than ${mib(bytes.byteLength)}`);
     const model = await loadModel(bytes);
     let entry: LoadedModel;
     try {
       // The weights and the copies of them that decode steps read (GPT.packForDecoding).
       const weightBytes = model.parameterCount() * 4 + model.packForDecoding();
-      if (weightBytes > this.limits.maxModelBytes) {
-        throw new ModelTooLargeError(
-          `The model '${served.id}' needs ${mib(weightBytes)} of weights; this server keeps at most ${mib(this.limits.maxModelBytes)} loaded`,
-        );
-      }
+      if (weightBytes > this.limits.maxModelBytes) this.#refuseTooLarge(served, mib(weightBytes));
       // The tokenizer and template the checkpoint was trained with (byte-v1 for older ones).
       const tokenizer = tokenizerFor(model.config);
       const rules = servingTokenRules(tokenizer, model.config.vocabSize);

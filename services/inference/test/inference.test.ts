@@ -1,6 +1,12 @@
 // The inference service against a real test database holding a real (untrained) tiny model.
 import { loadConfig } from "@chatrl/contracts";
-import { createApiKey, createRun, deleteApiKey, saveCheckpoint } from "@chatrl/db";
+import {
+  createApiKey,
+  createRun,
+  deleteApiKey,
+  readCheckpointPart,
+  saveCheckpoint,
+} from "@chatrl/db";
 import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -323,12 +329,26 @@ describe("inference service", () => {
     expect(small.modelRegistry.stats.loads).toBe(3);
   });
 
-  it("refuses a model larger than the whole memory budget with a clear error", async () => {
+  it("refuses a model larger than the whole memory budget with a clear error, and remembers it", async () => {
+    const refused = async (instance: FastifyInstance) => {
+      const res = await chat(instance, { model: modelId, messages: hello, max_tokens: 2 });
+      expect(res.statusCode).toBe(503);
+      expect(res.json().error).toMatchObject({ code: "model_too_large", param: "model" });
+      return res.json().error.message as string;
+    };
+    // Past the budget as stored: refused before a tensor is made, and then without a read.
     const tight = await newApp({}, { maxModelBytes: 1024 });
-    const res = await chat(tight, { model: modelId, messages: hello, max_tokens: 2 });
-    expect(res.statusCode).toBe(503);
-    expect(res.json().error).toMatchObject({ code: "model_too_large", param: "model" });
-    expect(res.json().error.message).toMatch(/MiB of weights; this server keeps at most/);
+    for (let i = 0; i < 2; i++) {
+      expect(await refused(tight)).toMatch(
+        /needs more than [\d.]+ MiB of weights; this server keeps at most 0\.0 MiB loaded/,
+      );
+    }
+    expect(tight.modelRegistry.stats).toMatchObject({ tooLarge: 1, loads: 0 });
+    // Within the budget as stored, past it with the copies that decode steps read.
+    const stored = await readCheckpointPart(testDb.db.prisma, checkpointId, "model");
+    const snug = await newApp({}, { maxModelBytes: (stored?.byteLength ?? 0) + 1 });
+    expect(await refused(snug)).toMatch(/needs [\d.]+ MiB of weights; this server keeps at most/);
+    expect(snug.modelRegistry.stats).toMatchObject({ tooLarge: 1, loads: 0 });
   });
 
   it("reports health, and readiness when Postgres answers", async () => {
