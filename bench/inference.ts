@@ -4,16 +4,17 @@
 // production runs it), and drives it with the official openai client at 1, 4, 16 and 64
 // concurrent streams: each stream sends streamed chat requests one after another, 64 prompt
 // tokens and exactly 128 new tokens each (min_tokens, as vLLM has). Prints one JSON object:
-// aggregate tokens/s, time to first token and request latency p50/p95 per level, the
-// 16-stream / 1-stream throughput and time-to-first-token ratios, and whether issue 7's two goals
-// are met.
+// aggregate tokens/s, time to first token and request latency p50/p95 and the cores the service
+// and the clients kept busy per level, the 16-stream / 1-stream throughput and
+// time-to-first-token ratios, and whether issue 7's two goals are met.
 //
 //   npm run bench:inference -- [--requests N (per stream, default 3)] [--levels 1,4,16,64]
 //                              [--cpu-prof DIR (the service runs under node --cpu-prof)]
 //
 // Postgres: DATABASE_URL, else postgresql://postgres@127.0.0.1:5432/chatrl_bench_inference
 // (created and migrated if missing; the bench's run is deleted at the end).
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -68,6 +69,26 @@ async function waitForServer(url: string, child: ChildProcess): Promise<void> {
   }
 }
 
+/** Clock ticks per second of /proc's CPU times (getconf CLK_TCK; 100 on Linux). */
+const clockTicks = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" })) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** CPU seconds (user + system, all threads) a process has used, from /proc; null elsewhere. */
+function processCpuSeconds(pid: number | undefined): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3 (state) on
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks; // utime, stime
+  } catch {
+    return null;
+  }
+}
+
 type Sample = { ttft: number; latency: number; tokens: number };
 
 /** One streamed request: seconds to the first content and to the end, and tokens generated. */
@@ -92,12 +113,18 @@ async function oneRequest(client: OpenAI, model: string, content: string): Promi
   return { ttft: ((first || end) - start) / 1000, latency: (end - start) / 1000, tokens };
 }
 
-/** `streams` clients, each sending `requestsPerStream` requests back to back. */
-async function level(client: OpenAI, model: string, streams: number) {
+/**
+ * `streams` clients, each sending `requestsPerStream` requests back to back. The cores the
+ * service's process and this one (the clients) kept busy on average tell whether the level
+ * was bound by the machine's cores.
+ */
+async function level(client: OpenAI, model: string, streams: number, serverPid?: number) {
   // 61 bytes of text + <|user|>, <|end|>, <|assistant|> = 64 prompt tokens.
   const prompt = (i: number) =>
     `${i}: ${"the quick brown fox jumps over the lazy dog ".repeat(2)}`.slice(0, PROMPT_TOKENS - 3);
   const samples: Sample[] = [];
+  const serverCpuStart = processCpuSeconds(serverPid);
+  const clientCpuStart = process.cpuUsage();
   const start = performance.now();
   await Promise.all(
     Array.from({ length: streams }, async (_, s) => {
@@ -106,6 +133,8 @@ async function level(client: OpenAI, model: string, streams: number) {
     }),
   );
   const seconds = (performance.now() - start) / 1000;
+  const clientCpu = process.cpuUsage(clientCpuStart);
+  const serverCpuEnd = processCpuSeconds(serverPid);
   const tokens = samples.reduce((n, x) => n + x.tokens, 0);
   const ttft = samples.map((x) => x.ttft).sort((a, b) => a - b);
   const latency = samples.map((x) => x.latency).sort((a, b) => a - b);
@@ -119,6 +148,11 @@ async function level(client: OpenAI, model: string, streams: number) {
     ttft_p95_s: quantile(ttft, 0.95),
     latency_p50_s: quantile(latency, 0.5),
     latency_p95_s: quantile(latency, 0.95),
+    server_cpu_cores:
+      serverCpuStart === null || serverCpuEnd === null
+        ? null
+        : (serverCpuEnd - serverCpuStart) / seconds,
+    client_cpu_cores: (clientCpu.user + clientCpu.system) / 1e6 / seconds,
   };
 }
 
@@ -179,7 +213,7 @@ async function main() {
     });
     await oneRequest(client, model, "warm up the model"); // loads it
     const results: Awaited<ReturnType<typeof level>>[] = [];
-    for (const streams of levels) results.push(await level(client, model, streams));
+    for (const streams of levels) results.push(await level(client, model, streams, server.pid));
     const at = (n: number) => results.find((r) => r.streams === n);
     const one = at(1);
     const sixteen = at(16);
