@@ -119,7 +119,7 @@ export {
 } from "./losses";
 export { makeExperience, type Rollout, tokenLogprobs } from "./experience";
 export { HybridEngine, type HybridMode } from "./hybrid";
-export { emaUpdate, type PpoConfig, type PpoModels, PPOTrainer } from "./ppo";
+export { emaUpdate, type PpoConfig, type PpoModels, PPOTrainer, rolloutSampling } from "./ppo";
 export {
   type PreferencePair,
   type RewardConfig,

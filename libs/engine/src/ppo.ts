@@ -21,6 +21,7 @@ import { adaptKlCoefficient, clippedSurrogateLoss, clippedValueLoss, maskedMean 
 import { GPT } from "./model";
 import { crossEntropy } from "./ops";
 import { Rng, type RngState } from "./rng";
+import type { SampleOptions } from "./sampler";
 import { stepsFor } from "./sft";
 import type { Tokenizer } from "./tokenizer";
 import {
@@ -208,15 +209,7 @@ export class PPOTrainer implements StageTrainer {
       },
       this.promptBatches.at(this.step),
       {
-        sample: {
-          maxNewTokens: config.maxAnswerSeqLen,
-          temperature: config.temperature,
-          topP: config.topP,
-          seed: `ppo-rollout:${config.seed}:${this.step}`,
-          eosId: this.tokenizer.eosId,
-          padId: this.tokenizer.padId,
-          useCache: config.useKvCache ?? true,
-        },
+        sample: rolloutSampling(config, this.tokenizer, this.step),
         klCtl: this.klCtl,
         clipRewardValue: config.clipRewardValue,
         gamma: config.gamma,
@@ -419,6 +412,25 @@ function readAndDispose(t: tf.Scalar | undefined): number {
 }
 
 /** ema <- beta * ema + (1 - beta) * actor, weight by weight (DeepSpeed-Chat's moving_average). */
+/** How step `step`'s rollouts sample their answers. */
+export function rolloutSampling(
+  config: PpoConfig,
+  tokenizer: Tokenizer,
+  step: number,
+): SampleOptions {
+  return {
+    maxNewTokens: config.maxAnswerSeqLen,
+    temperature: config.temperature,
+    topP: config.topP,
+    seed: `ppo-rollout:${config.seed}:${step}`,
+    eosId: tokenizer.eosId,
+    // A rollout that writes a role token would forge the next turn for the reward model.
+    endIds: Object.values(tokenizer.chatTokens ?? {}),
+    padId: tokenizer.padId,
+    useCache: config.useKvCache ?? true,
+  };
+}
+
 export function emaUpdate(ema: GPT, actor: GPT, beta: number): void {
   // The EMA follows the weights the actor computes with: LoRA adapters merged in.
   const merge = actor.hasLora && !actor.loraMerged;

@@ -18,6 +18,11 @@ export type SampleOptions = {
   seed: number | string;
   /** A row that samples this token is finished (the token is kept). */
   eosId: number;
+  /**
+   * Other tokens that finish a row as eosId does: a chat model's role and end-of-turn tokens, so
+   * an answer that starts a new turn ends there, as the inference service ends it.
+   */
+  endIds?: readonly number[];
   /** Fills the left of shorter prompts and the steps of finished rows; never attended to or sampled. */
   padId: number;
   /** Default true. False recomputes the whole sequence each step (the slow path, for benchmarks). */
@@ -30,7 +35,7 @@ export type SampledRow = {
   tokens: number[];
   /** log p(token) under the sampling distribution's softmax(logits / temperature) (temperature 1 when greedy). */
   logprobs: number[];
-  /** "eos": ended with eosId; "stop": the caller ended it; "length": out of tokens or context. */
+  /** "eos": ended with eosId or an endIds token; "stop": the caller ended it; "length": out of tokens or context. */
   finish: "eos" | "stop" | "length";
 };
 
@@ -90,7 +95,7 @@ export async function sampleTokens(
         const token = sampleToken(own, opts, row.rng);
         row.tokens.push(token);
         row.logprobs.push(logSoftmaxAt(own, token, opts.temperature || 1));
-        if (token === opts.eosId) {
+        if (token === opts.eosId || opts.endIds?.includes(token)) {
           row.done = true;
           row.finish = "eos";
         } else if (onToken?.(i, token)) {

@@ -232,6 +232,21 @@ describe("DecodeBatch", () => {
     });
     expect(sampled.tokens).not.toContain(3);
   });
+
+  it("ends a row of PPO's batch sampler at a role token, as at its eos", async () => {
+    const vocab = 4;
+    // Every row's logits favour token 2 (a role token): the row ends there, the token kept.
+    const fake = {
+      config: { ...config, vocabSize: vocab },
+      lastLogits: (input: tf.Tensor2D) =>
+        tf.tidy(() => tf.tile(tf.tensor2d([[0, 0, 50, 0]]), [input.shape[0], 1])),
+    } as unknown as GPT;
+    const opts = { maxNewTokens: 5, temperature: 1, topP: 1, seed: 1, eosId: 0, padId: 3 };
+    const [ended] = await sampleTokens(fake, [[1]], { ...opts, endIds: [2], useCache: false });
+    expect(ended).toMatchObject({ tokens: [2], finish: "eos" });
+    const [free] = await sampleTokens(fake, [[1]], { ...opts, useCache: false });
+    expect(free).toMatchObject({ tokens: [2, 2, 2, 2, 2], finish: "length" });
+  });
 });
 
 describe("sampling rules", () => {

@@ -15,6 +15,7 @@ import {
   RewardModelTrainer,
   renderChatPrompt,
   Rng,
+  rolloutSampling,
   saveModel,
   tf,
   tokenLogprobs,
@@ -235,6 +236,16 @@ describe("PPO", () => {
   });
   afterAll(() => {
     for (const m of Object.values(models)) m.dispose();
+  });
+
+  it("ends rollouts at the eos and at every role token, so an answer cannot forge a turn", () => {
+    const sampling = rolloutSampling(PPO, tokenizer, 0);
+    const { system, user, assistant, endOfTurn } = tokenizer.chatTokens ?? {};
+    expect(sampling.eosId).toBe(tokenizer.eosId);
+    expect([...(sampling.endIds ?? [])].sort()).toEqual(
+      [system, user, assistant, endOfTurn].sort(),
+    );
+    expect(sampling.padId).toBe(tokenizer.padId);
   });
 
   it("makes a rollout whose KL is zero when the actor is the reference, and whose first-epoch ratio is 1", async () => {
