@@ -224,6 +224,12 @@ describe("inference service", () => {
       [{ model: modelId, messages: [] }, "messages"],
       [{ model: modelId }, "messages"],
       [{ model: modelId, messages: [{ role: "robot", content: "hi" }] }, "messages[0].role"],
+      [{ model: modelId, messages: [{ role: "tool", content: "42" }] }, "messages[0].role"],
+      [
+        { model: modelId, messages: [{ role: "user", content: [{ type: "text", text: "hi" }] }] },
+        "messages[0].content",
+      ],
+      [{ model: modelId, messages: hello, user: "u".repeat(257) }, "user"],
       [{ model: modelId, messages: hello, temperature: 3 }, "temperature"],
       [{ model: modelId, messages: hello, n: 17 }, "n"],
       [{ model: modelId, messages: hello, max_tokens: 0 }, "max_tokens"],
