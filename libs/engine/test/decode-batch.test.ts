@@ -213,38 +213,31 @@ describe("DecodeBatch", () => {
     batch.dispose();
   });
 
-  it("still never samples padding in PPO's batch sampler", async () => {
-    const vocab = 4;
-    // A model whose every row of logits favours padding: the sampler must pick something else.
-    const fake = {
-      config: { ...config, vocabSize: vocab },
+  /** A model whose every row of logits is `logits`, for PPO's batch sampler. */
+  const fixedLogits = (logits: number[]) =>
+    ({
+      config: { ...config, vocabSize: logits.length },
       lastLogits: (input: tf.Tensor2D) =>
-        tf.tidy(() => tf.tile(tf.tensor2d([[0, 0, 0, 50]]), [input.shape[0], 1])),
-    } as unknown as GPT;
-    const [sampled] = await sampleTokens(fake, [[1]], {
-      maxNewTokens: 5,
-      temperature: 1,
-      topP: 1,
-      seed: 1,
-      eosId: 0,
-      padId: 3,
+        tf.tidy(() => tf.tile(tf.tensor2d([logits]), [input.shape[0], 1])),
+    }) as unknown as GPT;
+  const ppoSampling = { maxNewTokens: 5, temperature: 1, topP: 1, seed: 1, eosId: 0, padId: 3 };
+
+  it("still never samples padding in PPO's batch sampler", async () => {
+    // Logits that favour padding: the sampler must pick something else.
+    const [sampled] = await sampleTokens(fixedLogits([0, 0, 0, 50]), [[1]], {
+      ...ppoSampling,
       useCache: false,
     });
     expect(sampled.tokens).not.toContain(3);
   });
 
   it("ends a row of PPO's batch sampler at a role token, as at its eos", async () => {
-    const vocab = 4;
-    // Every row's logits favour token 2 (a role token): the row ends there, the token kept.
-    const fake = {
-      config: { ...config, vocabSize: vocab },
-      lastLogits: (input: tf.Tensor2D) =>
-        tf.tidy(() => tf.tile(tf.tensor2d([[0, 0, 50, 0]]), [input.shape[0], 1])),
-    } as unknown as GPT;
-    const opts = { maxNewTokens: 5, temperature: 1, topP: 1, seed: 1, eosId: 0, padId: 3 };
-    const [ended] = await sampleTokens(fake, [[1]], { ...opts, endIds: [2], useCache: false });
+    // Logits that favour token 2 (a role token): the row ends there, the token kept.
+    const fake = fixedLogits([0, 0, 50, 0]);
+    const opts = { ...ppoSampling, useCache: false };
+    const [ended] = await sampleTokens(fake, [[1]], { ...opts, endIds: [2] });
     expect(ended).toMatchObject({ tokens: [2], finish: "eos" });
-    const [free] = await sampleTokens(fake, [[1]], { ...opts, useCache: false });
+    const [free] = await sampleTokens(fake, [[1]], opts);
     expect(free).toMatchObject({ tokens: [2, 2, 2, 2, 2], finish: "length" });
   });
 });
