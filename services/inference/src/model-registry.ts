@@ -213,7 +213,14 @@ export class ModelRegistry {
    * loaded or there is no poll: then the caller looks the name up.
    */
   servedNow(modelId: string): ServedModel | null {
-    if (this.limits.refreshIntervalMs <= 0) return null;
+    return this.limits.refreshIntervalMs > 0 ? this.answering(modelId) : null;
+  }
+
+  /**
+   * The checkpoint that answers a name in this process now; null when the name is not loaded
+   * here. A newer checkpoint of the name answers only once it has loaded.
+   */
+  answering(modelId: string): ServedModel | null {
     const current = this.#current.get(modelId);
     return current && !current.disposed && !current.retired ? current.served : null;
   }

@@ -255,6 +255,40 @@ describe("chat roles as special tokens, served", () => {
 });
 
 describe("the actor while PPO trains", () => {
+  it("lists the checkpoint that answers a loaded name, until a newer one has loaded", async () => {
+    const prisma = testDb.db.prisma;
+    const run = await createRun(prisma, {
+      name: "listing",
+      spec: {},
+      stages: [{ kind: "ppo", maxSteps: 20 }],
+    });
+    const actorId = `run-${run.id}`;
+    const saveActor = async (step: number, seed: number) => {
+      const [row] = await saveCheckpoints(prisma, {
+        runId: run.id,
+        stageId: run.stages[0].id,
+        step,
+        final: false,
+        files: [{ role: "actor", config: tiny, model: await policyFile(seed) }],
+      });
+      return row.id;
+    };
+    const first = await saveActor(10, 51);
+    const app = await newApp({ refreshIntervalMs: 0 }); // no poll: only requests look for news
+    const listed = async () =>
+      (await app.inject({ method: "GET", url: "/v1/models" }))
+        .json()
+        .data.find((m: { id: string }) => m.id === actorId);
+    const ask = { model: actorId, messages: hello, max_tokens: 2 };
+    expect((await chat(app, ask)).statusCode).toBe(200); // loads the first
+    const second = await saveActor(20, 52);
+    // Not loaded here yet: the first still answers, and the list says so.
+    expect(await listed()).toMatchObject({ root: first, step: 10 });
+    await chat(app, ask); // sees the second and loads it in the background
+    await app.modelRegistry.settled();
+    expect(await listed()).toMatchObject({ root: second, step: 20 });
+  });
+
   it("serves the newest actor checkpoint, final or not, loading each new one in the background", async () => {
     const prisma = testDb.db.prisma;
     const run = await createRun(prisma, {
@@ -292,7 +326,9 @@ describe("the actor while PPO trains", () => {
     await app.inject({ method: "GET", url: "/v1/models" });
 
     // A long request runs on the first weights while the next checkpoint lands.
-    const inFlight = chat(app, { ...ask, max_tokens: 80, min_tokens: 80 });
+    const long = { ...ask, max_tokens: 80, min_tokens: 80 };
+    const longOnFirst = (await chat(app, long)).json().choices[0].message.content;
+    const inFlight = chat(app, long);
     await until(() => (app.modelRegistry.snapshot()[0]?.runningRows ?? 0) === 1);
     const second = await saveActor(20, 42);
     await until(() => app.modelRegistry.stats.switches === 1, 5000); // the poll found and loaded it
@@ -300,7 +336,9 @@ describe("the actor while PPO trains", () => {
     const onSecond = (await chat(app, ask)).json().choices[0].message.content;
     expect(onSecond).not.toBe(onFirst);
     // The request that started on the first weights finishes on them; then they are freed.
-    expect((await inFlight).json().usage.completion_tokens).toBe(80);
+    const finished = (await inFlight).json();
+    expect(finished.usage.completion_tokens).toBe(80);
+    expect(finished.choices[0].message.content).toBe(longOnFirst);
     await new Promise((resolve) => setTimeout(resolve, 30));
     expect(app.modelRegistry.snapshot().map((m) => m.checkpointId)).toEqual([second]);
     const oneModel = tf.memory().numTensors;

@@ -1,7 +1,8 @@
 // OpenAI's model list: every served model name (the PPO actor, its EMA copy and the SFT model of
-// each run; never a reward model or critic) with the newest checkpoint behind it, final or not.
-// `root` is that checkpoint, as vLLM's `root` names the weights a model was loaded from; run_id,
-// role, step and final say what it is.
+// each run; never a reward model or critic) with the checkpoint that answers it: the one loaded
+// in this process, or, for a name not loaded here, the newest (final or not), which a request
+// would load. `root` is that checkpoint, as vLLM's `root` names the weights a model was loaded
+// from; run_id, role, step and final say what it is.
 import { ApiError, openApiRoute } from "@chatrl/contracts";
 import type { FastifyInstance } from "fastify";
 import { listServedModels } from "../model-catalog.ts";
@@ -10,7 +11,8 @@ export default async function modelRoutes(app: FastifyInstance) {
   app.route({
     ...openApiRoute("GET", "/v1/models"),
     handler: async () => {
-      const models = await listServedModels(app.db.prisma);
+      const newest = await listServedModels(app.db.prisma);
+      const models = newest.map((model) => app.modelRegistry.answering(model.id) ?? model);
       return {
         object: "list",
         data: models.map((model) => ({
