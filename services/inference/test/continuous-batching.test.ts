@@ -254,67 +254,49 @@ describe("chat roles as special tokens, served", () => {
   });
 });
 
+/** A PPO run in progress: its actor's model name and a way to save its next checkpoint. */
+async function ppoRun(name: string) {
+  const prisma = testDb.db.prisma;
+  const run = await createRun(prisma, { name, spec: {}, stages: [{ kind: "ppo", maxSteps: 30 }] });
+  const saveActor = async (step: number, seed: number, final = false) => {
+    const [row] = await saveCheckpoints(prisma, {
+      runId: run.id,
+      stageId: run.stages[0].id,
+      step,
+      final,
+      files: [{ role: "actor", config: tiny, model: await policyFile(seed) }],
+    });
+    return row.id;
+  };
+  return { run, actorId: `run-${run.id}`, saveActor };
+}
+
+/** What /v1/models says of one model. */
+async function listed(app: FastifyInstance, modelId: string) {
+  const res = await app.inject({ method: "GET", url: "/v1/models" });
+  return res.json().data.find((m: { id: string }) => m.id === modelId);
+}
+
 describe("the actor while PPO trains", () => {
   it("lists the checkpoint that answers a loaded name, until a newer one has loaded", async () => {
-    const prisma = testDb.db.prisma;
-    const run = await createRun(prisma, {
-      name: "listing",
-      spec: {},
-      stages: [{ kind: "ppo", maxSteps: 20 }],
-    });
-    const actorId = `run-${run.id}`;
-    const saveActor = async (step: number, seed: number) => {
-      const [row] = await saveCheckpoints(prisma, {
-        runId: run.id,
-        stageId: run.stages[0].id,
-        step,
-        final: false,
-        files: [{ role: "actor", config: tiny, model: await policyFile(seed) }],
-      });
-      return row.id;
-    };
+    const { actorId, saveActor } = await ppoRun("listing");
     const first = await saveActor(10, 51);
     const app = await newApp({ refreshIntervalMs: 0 }); // no poll: only requests look for news
-    const listed = async () =>
-      (await app.inject({ method: "GET", url: "/v1/models" }))
-        .json()
-        .data.find((m: { id: string }) => m.id === actorId);
     const ask = { model: actorId, messages: hello, max_tokens: 2 };
     expect((await chat(app, ask)).statusCode).toBe(200); // loads the first
     const second = await saveActor(20, 52);
     // Not loaded here yet: the first still answers, and the list says so.
-    expect(await listed()).toMatchObject({ root: first, step: 10 });
+    expect(await listed(app, actorId)).toMatchObject({ root: first, step: 10 });
     await chat(app, ask); // sees the second and loads it in the background
     await app.modelRegistry.settled();
-    expect(await listed()).toMatchObject({ root: second, step: 20 });
+    expect(await listed(app, actorId)).toMatchObject({ root: second, step: 20 });
   });
 
   it("serves the newest actor checkpoint, final or not, loading each new one in the background", async () => {
-    const prisma = testDb.db.prisma;
-    const run = await createRun(prisma, {
-      name: "ppo in progress",
-      spec: {},
-      stages: [{ kind: "ppo", maxSteps: 30 }],
-    });
-    const stageId = run.stages[0].id;
-    const actorId = `run-${run.id}`;
-    const saveActor = async (step: number, seed: number, final = false) => {
-      const [row] = await saveCheckpoints(prisma, {
-        runId: run.id,
-        stageId,
-        step,
-        final,
-        files: [{ role: "actor", config: tiny, model: await policyFile(seed) }],
-      });
-      return row.id;
-    };
+    const { run, actorId, saveActor } = await ppoRun("ppo in progress");
     const first = await saveActor(10, 41);
     const app = await newApp({ refreshIntervalMs: 20 });
-    const listed = async () =>
-      (await app.inject({ method: "GET", url: "/v1/models" }))
-        .json()
-        .data.find((m: { id: string }) => m.id === actorId);
-    expect(await listed()).toMatchObject({
+    expect(await listed(app, actorId)).toMatchObject({
       root: first,
       run_id: run.id,
       role: "actor",
@@ -332,7 +314,7 @@ describe("the actor while PPO trains", () => {
     await until(() => (app.modelRegistry.snapshot()[0]?.runningRows ?? 0) === 1);
     const second = await saveActor(20, 42);
     await until(() => app.modelRegistry.stats.switches === 1, 5000); // the poll found and loaded it
-    expect(await listed()).toMatchObject({ root: second, step: 20, final: false });
+    expect(await listed(app, actorId)).toMatchObject({ root: second, step: 20, final: false });
     const onSecond = (await chat(app, ask)).json().choices[0].message.content;
     expect(onSecond).not.toBe(onFirst);
     // The request that started on the first weights finishes on them; then they are freed.
@@ -347,7 +329,7 @@ describe("the actor while PPO trains", () => {
     expect(app.modelRegistry.servedNow(actorId)?.checkpointId).toBe(second);
     const last = await saveActor(30, 43, true);
     await until(() => app.modelRegistry.stats.switches === 2, 5000);
-    expect(await listed()).toMatchObject({ root: last, step: 30, final: true });
+    expect(await listed(app, actorId)).toMatchObject({ root: last, step: 30, final: true });
     await new Promise((resolve) => setTimeout(resolve, 30));
     expect(tf.memory().numTensors).toBe(oneModel); // the replaced weights were disposed
   });
