@@ -178,11 +178,15 @@ describe("models of a three-stage run", () => {
       config: tiny,
       model: await policyFile(SEEDS.sft),
     });
-    const res = await app.inject({ method: "GET", url: "/v1/models" });
-    const actor = res.json().data.find((m: { id: string }) => m.id === `run-${runId}`);
-    expect(actor.root).toBe(newer.id);
+    const listedActor = async () => {
+      const res = await app.inject({ method: "GET", url: "/v1/models" });
+      return res.json().data.find((m: { id: string }) => m.id === `run-${runId}`);
+    };
+    // The loaded actor answers, and the list says so, until the newer one has loaded.
+    expect((await listedActor()).root).not.toBe(newer.id);
     await app.modelRegistry.refresh();
     await app.modelRegistry.settled();
+    expect((await listedActor()).root).toBe(newer.id);
     const reply = await chat(`run-${runId}`);
     expect(reply.json().choices[0].message.content).toBe(await engineReply(SEEDS.sft));
   });
