@@ -6,7 +6,7 @@ import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
 import type { PagedKVCache } from "./paged-kv-cache";
-import { packPanels } from "./kernels/index.ts";
+import { FUSED, packPanels } from "./kernels/index.ts";
 import {
   causalAttention,
   embedding,
@@ -118,6 +118,11 @@ class Projection {
     return tf.add(y, tf.mul(linear(linear(x, a.right), a.left), a.scale));
   }
 
+  /** The packed weights when they alone give this projection (no adapter added on top). */
+  packedAlone(): Float32Array | null {
+    return this.packed && (!this.adapter || this.adapter.unmerged) ? this.packed : null;
+  }
+
   /** The adapter's update, scale * right @ left: [in, out]. */
   delta(): tf.Tensor2D {
     const a = this.adapter as Adapter;
@@ -126,8 +131,8 @@ class Projection {
 }
 
 class Norm {
-  private readonly weight: tf.Variable;
-  private readonly bias?: tf.Variable;
+  readonly weight: tf.Variable;
+  readonly bias?: tf.Variable;
 
   constructor(
     make: MakeParam,
@@ -219,7 +224,11 @@ class Block {
   private readonly ln2: Norm;
   readonly mlp: MLP;
 
-  constructor(make: MakeParam, layer: number, config: ModelConfig) {
+  constructor(
+    make: MakeParam,
+    private readonly layer: number,
+    private readonly config: ModelConfig,
+  ) {
     const prefix = `h.${layer}`;
     this.ln1 = new Norm(make, `${prefix}.ln_1`, config);
     this.attn = new CausalSelfAttention(make, `${prefix}.attn`, layer, config);
@@ -231,7 +240,53 @@ class Block {
     return [this.attn.cAttn, this.attn.cProj, this.mlp.cFc, this.mlp.cProj];
   }
 
+  /**
+   * A decode step through this block in one native call (ChatrlDecodeLayer), the same
+   * arithmetic as forward() without a dispatch per op: on the native kernels' float16 paged
+   * cache with every projection packed and no adapter added on top. Null otherwise.
+   */
+  private fusedDecode(x: tf.Tensor3D, paged: PagedKVCache): tf.Tensor3D | null {
+    const step = paged.fusedLayer(this.layer);
+    const [qkv, proj, fc, fc2] = this.projections();
+    const packed = [qkv, proj, fc, fc2].map((p) => p.packedAlone());
+    if (!step || packed.some((p) => p === null)) return null;
+    const [wQkv, wProj, wFc, wFc2] = packed as Float32Array[];
+    const [batch, , c] = x.shape; // T = 1
+    const { norm, activation, layerNormEps } = this.config;
+    const betas: tf.NamedTensorMap =
+      norm === "layernorm"
+        ? { ln1b: this.ln1.bias as tf.Tensor, ln2b: this.ln2.bias as tf.Tensor }
+        : {};
+    const inputs = {
+      x: x.reshape([batch, c]),
+      ln1g: this.ln1.weight,
+      ln2g: this.ln2.weight,
+      ...betas,
+      bQkv: qkv.b,
+      bProj: proj.b,
+      bFc: fc.b,
+      bFc2: fc2.b,
+      ...step.inputs,
+    };
+    const attrs = {
+      wQkv,
+      wProj,
+      wFc,
+      wFc2,
+      ...step.attrs,
+      eps: layerNormEps,
+      norm: norm === "layernorm" ? 0 : 1,
+      act: activation === "gelu" ? 0 : 1,
+    };
+    const out = tf
+      .engine()
+      .runKernel(FUSED.decodeLayer, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
+    return out.reshape([batch, 1, c]) as tf.Tensor3D;
+  }
+
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
+    const fused = ctx.paged && this.fusedDecode(x, ctx.paged);
+    if (fused) return fused;
     const afterAttn = tf.add(
       x,
       this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx),

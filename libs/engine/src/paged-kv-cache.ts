@@ -179,6 +179,35 @@ export class PagedKVCache {
     return this.#plainAttend(layer, qkv, step, scale);
   }
 
+  /**
+   * What the fused decode layer (ChatrlDecodeLayer) takes of this step for one layer: the
+   * block table and lengths, the layer's float16 pools and the heads. Null where the pools are
+   * tfjs tensors (plain tfjs): there the model's layer runs op by op.
+   */
+  fusedLayer(layer: number): {
+    inputs: { table: tf.Tensor; lengths: tf.Tensor };
+    attrs: {
+      kPool: Uint16Array;
+      vPool: Uint16Array;
+      heads: number;
+      blockSize: number;
+      scale: number;
+    };
+  } | null {
+    const step = this.#current();
+    if (!step.tensors) return null;
+    return {
+      inputs: step.tensors,
+      attrs: {
+        kPool: this.#halfKeys[layer],
+        vPool: this.#halfValues[layer],
+        heads: this.#heads,
+        blockSize: this.blockSize,
+        scale: 1 / Math.sqrt(this.#width / this.#heads),
+      },
+    };
+  }
+
   /** Bytes the pools hold. */
   bytes(): number {
     const perValue = this.#half ? 2 : 4;

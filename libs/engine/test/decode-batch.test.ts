@@ -18,7 +18,11 @@ import {
   type TokenSampling,
   tf,
 } from "../src/index";
-import { fusedKernelsActive, setFastKernelsEnabled } from "../src/kernels/index.ts";
+import {
+  fusedKernelsActive,
+  loadNativeKernels,
+  setFastKernelsEnabled,
+} from "../src/kernels/index.ts";
 import { KVCache } from "../src/kv-cache.ts";
 import { PagedKVCache } from "../src/paged-kv-cache.ts";
 import { useTestBackend } from "./support";
@@ -445,5 +449,155 @@ describe("the paged KV cache", () => {
         setFastKernelsEnabled(true);
       }
     }
+  });
+});
+
+describe("the fused decode layer", () => {
+  /**
+   * Three decode steps of two left-padded prompts on a paged cache: each step's logits, and
+   * the kernels that ran.
+   */
+  async function decodeSteps(gpt: GPT) {
+    const { nLayers, nHeads, dModel } = gpt.config;
+    const prompts = [
+      [5, 9, 120, 33],
+      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+    ];
+    const width = Math.max(...prompts.map((p) => p.length));
+    const padLeft = prompts.map((p) => width - p.length);
+    const cache = new PagedKVCache(nLayers, nHeads, dModel, 4);
+    const prefill = new KVCache(nLayers);
+    const logits: number[][] = [];
+    try {
+      const input = prompts.flatMap((p, i) => [...new Array(padLeft[i]).fill(0), ...p]);
+      tf.tidy(() =>
+        gpt.lastLogits(tf.tensor2d(input, [2, width], "int32"), { cache: prefill, padLeft }),
+      );
+      const rows = prompts.map((p) => ({
+        blocks: cache.allocate(cache.blocksFor(p.length + 1)),
+        length: p.length,
+      }));
+      cache.store(
+        prefill,
+        rows.map((r, i) => ({ ...r, source: i, start: padLeft[i] })),
+      );
+      const profile = await tf.profile(() => {
+        for (let step = 0; step < 3; step++) {
+          for (const r of rows)
+            if (r.blocks.length * cache.blockSize <= r.length) r.blocks.push(...cache.allocate(1));
+          cache.beginStep(rows);
+          const out = tf.tidy(() =>
+            gpt.forward(tf.tensor2d([[40 + step], [70 + step]], [2, 1], "int32"), { paged: cache }),
+          );
+          cache.endStep();
+          logits.push(Array.from(out.dataSync()));
+          out.dispose();
+          for (const r of rows) r.length++;
+        }
+      });
+      for (const r of rows) cache.release(r.blocks);
+      return { logits: logits.flat(), kernels: new Set(profile.kernelNames) };
+    } finally {
+      prefill.dispose();
+      cache.dispose();
+    }
+  }
+
+  it("gives a packed model's decode steps the logits of the op-by-op path, for each norm and activation", async () => {
+    expect(fusedKernelsActive()).toBe(true);
+    const variants = [
+      {},
+      { norm: "rmsnorm" as const, activation: "relu" as const, tiedEmbeddings: false },
+    ];
+    for (const variant of variants) {
+      const gpt = new GPT({ ...config, ...variant }, 13);
+      try {
+        // Weights of order one, norms and biases away from 1 and 0: every term shows in the logits.
+        const { tensors } = decodeSafetensors(await saveModel(gpt));
+        for (const [name, t] of tensors) {
+          const wave = (i: number) => Math.sin(7 * i + name.length);
+          if (name.endsWith(".bias")) t.data = t.data.map((_, i) => 0.1 * wave(i));
+          else if (/ln_\d|ln_f/.test(name)) t.data = t.data.map((_, i) => 1 + 0.3 * wave(i));
+          else t.data = t.data.map((v) => 20 * v);
+        }
+        loadWeights(gpt, tensors);
+        gpt.packForDecoding();
+        const fused = await decodeSteps(gpt);
+        expect(fused.kernels).toContain("ChatrlDecodeLayer");
+        gpt.unpackDecoding();
+        const plain = await decodeSteps(gpt);
+        expect(plain.kernels).not.toContain("ChatrlDecodeLayer");
+        const diff = Math.max(...fused.logits.map((x, i) => Math.abs(x - plain.logits[i])));
+        const scale = Math.max(...plain.logits.map(Math.abs));
+        expect(diff / scale).toBeLessThan(3e-5); // float32 sums in another order: ~3e-6
+      } finally {
+        gpt.dispose();
+      }
+    }
+  });
+
+  it("refuses a step whose rows fall outside their block table, writing nothing", () => {
+    const native = loadNativeKernels();
+    if (!native) throw new Error("the native kernels are not built (npm run setup)");
+    const [c, nh, hidden, blockSize] = [32, 2, 128, 4];
+    const f = (n: number) => new Float32Array(n).fill(0.5);
+    const panels = (n: number) => Math.ceil(n / 64) * 64;
+    const kPool = new Uint16Array(8 * c);
+    const vPool = new Uint16Array(8 * c);
+    // Two rows of one block each: the first fits, the second's next position (4) does not.
+    const table = Int32Array.from([0, 1]);
+    const lengths = Int32Array.from([1, 4]);
+    expect(() =>
+      native.pagedAttention(
+        f(2 * 3 * c),
+        kPool,
+        vPool,
+        table,
+        lengths,
+        f(2 * c),
+        2,
+        nh,
+        c / nh,
+        blockSize,
+        1,
+        8,
+        1,
+      ),
+    ).toThrow(/pagedAttention: a row's length is outside its block table/);
+    expect(() =>
+      native.decodeLayer(
+        f(2 * c),
+        f(2 * c),
+        f(c),
+        f(c),
+        f(c * panels(3 * c)),
+        f(3 * c),
+        f(c * panels(c)),
+        f(c),
+        f(c),
+        f(c),
+        f(c * panels(hidden)),
+        f(hidden),
+        f(hidden * panels(c)),
+        f(c),
+        kPool,
+        vPool,
+        table,
+        lengths,
+        2,
+        c,
+        nh,
+        hidden,
+        blockSize,
+        1,
+        8,
+        1,
+        1e-5,
+        0,
+        0,
+      ),
+    ).toThrow(/decodeLayer: a row's length is outside its block table/);
+    // The first row's key and value were not written either.
+    expect(kPool.every((bits) => bits === 0) && vPool.every((bits) => bits === 0)).toBe(true);
   });
 });

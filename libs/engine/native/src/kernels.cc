@@ -535,6 +535,20 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
 }
 
 // layerNormForward(x, gamma, beta, out, mean, rstd, rows, cols, eps)
+// One row's layer norm: y = (x - mean) rstd gamma + beta; its mean and rstd kept for a backward.
+void LayerNormRow(const float* x, const float* gamma, const float* beta, float* y, int64_t cols,
+                  float eps, float* meanOut, float* rstdOut) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < cols; ++j) s += x[j];
+  const float mu = s / cols;
+  float ss = 0.0f;
+  for (int64_t j = 0; j < cols; ++j) ss += (x[j] - mu) * (x[j] - mu);
+  const float rs = 1.0f / std::sqrt(ss / cols + eps);
+  for (int64_t j = 0; j < cols; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
+  *meanOut = mu;
+  *rstdOut = rs;
+}
+
 Napi::Value LayerNormForward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, 9, "layerNormForward")) return env.Undefined();
@@ -548,19 +562,8 @@ Napi::Value LayerNormForward(const Napi::CallbackInfo& info) {
   float* rstd = mean ? FloatData(info[5], rows, "rstd", env) : nullptr;
   if (rstd == nullptr || cols == 0) return env.Undefined();
   ParallelRanges(rows, rows * cols, [&](int64_t from, int64_t to, int) {
-    for (int64_t r = from; r < to; ++r) {
-      const float* xr = x + r * cols;
-      float* yr = out + r * cols;
-      float s = 0.0f;
-      for (int64_t j = 0; j < cols; ++j) s += xr[j];
-      const float mu = s / cols;
-      float ss = 0.0f;
-      for (int64_t j = 0; j < cols; ++j) ss += (xr[j] - mu) * (xr[j] - mu);
-      const float rs = 1.0f / std::sqrt(ss / cols + eps);
-      for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-      mean[r] = mu;
-      rstd[r] = rs;
-    }
+    for (int64_t r = from; r < to; ++r)
+      LayerNormRow(x + r * cols, gamma, beta, out + r * cols, cols, eps, mean + r, rstd + r);
   });
   return env.Undefined();
 }
@@ -873,21 +876,11 @@ void PanelRows(const float* x, int64_t in, const float* panel, const float* bias
 #endif
 }
 
-// linearPanels(x, packed, bias | null, out, rows, in, outDim): out = x @ w + bias, w packed by
-// packPanels. Panels are split over the worker threads.
-Napi::Value LinearPanels(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!CheckArgs(info, 7, "linearPanels")) return env.Undefined();
-  const int64_t rows = Int(info, 4), in = Int(info, 5), outDim = Int(info, 6);
+// out = x @ w + bias for x [rows, in], w packed by packPanels; panels split over the threads.
+void PanelsProduct(const float* x, const float* packed, const float* bias, float* out,
+                   int64_t rows, int64_t in, int64_t outDim) {
+  if (rows == 0 || outDim == 0) return;
   const int64_t panels = (outDim + kPanel - 1) / kPanel;
-  const float* x = FloatData(info[0], rows * in, "x", env);
-  const float* packed = x ? FloatData(info[1], panels * in * kPanel, "packed", env) : nullptr;
-  if (packed == nullptr) return env.Undefined();
-  const bool hasBias = !info[2].IsNull() && !info[2].IsUndefined();
-  const float* bias = hasBias ? FloatData(info[2], outDim, "bias", env) : nullptr;
-  if (hasBias && bias == nullptr) return env.Undefined();
-  float* out = FloatData(info[3], rows * outDim, "out", env);
-  if (out == nullptr || rows == 0 || outDim == 0) return env.Undefined();
 #if defined(CHATRL_LANES)
   constexpr int64_t kRows = Lanes::kWidth == 16 ? 6 : 1;  // what the registers hold
 #else
@@ -905,6 +898,24 @@ Napi::Value LinearPanels(const Napi::CallbackInfo& info) {
     for (; r < rows; ++r)
       PanelRows<1>(x + r * in, in, panel, b, out + r * outDim + from, outDim, width);
   });
+}
+
+// linearPanels(x, packed, bias | null, out, rows, in, outDim): out = x @ w + bias, w packed by
+// packPanels.
+Napi::Value LinearPanels(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 7, "linearPanels")) return env.Undefined();
+  const int64_t rows = Int(info, 4), in = Int(info, 5), outDim = Int(info, 6);
+  const int64_t panels = (outDim + kPanel - 1) / kPanel;
+  const float* x = FloatData(info[0], rows * in, "x", env);
+  const float* packed = x ? FloatData(info[1], panels * in * kPanel, "packed", env) : nullptr;
+  if (packed == nullptr) return env.Undefined();
+  const bool hasBias = !info[2].IsNull() && !info[2].IsUndefined();
+  const float* bias = hasBias ? FloatData(info[2], outDim, "bias", env) : nullptr;
+  if (hasBias && bias == nullptr) return env.Undefined();
+  float* out = FloatData(info[3], rows * outDim, "out", env);
+  if (out == nullptr) return env.Undefined();
+  PanelsProduct(x, packed, bias, out, rows, in, outDim);
   return env.Undefined();
 }
 
@@ -1045,11 +1056,49 @@ void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, cons
   }
 }
 
+// Why a decode step's rows do not fit their block table or the pool, or "" when they do.
+std::string PagedCheck(const int32_t* table, const int32_t* lengths, int64_t rows,
+                       int64_t blockSize, int64_t maxBlocks, int64_t poolPositions) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t len = lengths[r];
+    if (len < 0 || len >= maxBlocks * blockSize) return "a row's length is outside its block table";
+    for (int64_t b = 0; b <= len / blockSize; ++b) {
+      const int64_t block = table[r * maxBlocks + b];
+      if (block < 0 || (block + 1) * blockSize > poolPositions)
+        return "a block id is outside the pool";
+    }
+  }
+  return "";
+}
+
+// One decode step's attention (rows checked by PagedCheck): each row's key and value (the
+// second and third thirds of qkv[r], [3C]) go in at position lengths[r], then each head's query
+// attends to positions 0..lengths[r]. out: [rows, C].
+void PagedStep(const float* qkv, uint16_t* kPool, uint16_t* vPool, const int32_t* table,
+               const int32_t* lengths, float* out, int64_t rows, int64_t nh, int64_t hs,
+               int64_t blockSize, int64_t maxBlocks, float scale) {
+  const int64_t c = nh * hs;
+  for (int64_t r = 0; r < rows; ++r) {
+    // This step's key and value go in first: the query sees its own position.
+    const int64_t at = PoolPosition(table, r, maxBlocks, blockSize, lengths[r]) * c;
+    FloatToHalf(qkv + r * 3 * c + c, kPool + at, c);
+    FloatToHalf(qkv + r * 3 * c + 2 * c, vPool + at, c);
+  }
+  int64_t work = 0;
+  for (int64_t r = 0; r < rows; ++r) work += (lengths[r] + 1) * c * 2;
+  const int64_t maxLength = maxBlocks * blockSize;
+  std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
+                                          std::vector<float>(nh * maxLength));
+  ParallelFor(rows, work, [&](int64_t r, int worker) {
+    PagedRow(qkv + r * 3 * c, kPool, vPool, table + r * maxBlocks, lengths[r] + 1, nh, hs,
+             blockSize, maxLength, scale, scratch[worker].data(), out + r * c);
+  });
+}
+
 // pagedAttention(qkv, kPool, vPool, table, lengths, out, rows, nh, hs, blockSize, maxBlocks,
-// poolPositions, scale): one decode step. Row r has lengths[r] positions cached; this step's key
-// and value (the second and third thirds of qkv[r], [3C]) are written at position lengths[r],
-// then each head's query attends to positions 0..lengths[r]. kPool, vPool: Uint16Array of
+// poolPositions, scale): one decode step's attention (PagedStep). kPool, vPool: Uint16Array of
 // float16 bits. out: [rows, C], heads side by side (the layout the output projection takes).
+// Rows outside their table or the pool are a RangeError, and then nothing is written.
 Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, 13, "pagedAttention")) return env.Undefined();
@@ -1064,35 +1113,120 @@ Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   const int32_t* lengths = table ? IntData(info[4], rows, "lengths", env) : nullptr;
   float* out = lengths ? FloatData(info[5], rows * c, "out", env) : nullptr;
   if (out == nullptr) return env.Undefined();
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t len = lengths[r];
-    if (len < 0 || len >= maxBlocks * blockSize) {
-      Napi::RangeError::New(env, "pagedAttention: a row's length is outside its block table")
-          .ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    for (int64_t b = 0; b <= len / blockSize; ++b) {
-      const int64_t block = table[r * maxBlocks + b];
-      if (block < 0 || (block + 1) * blockSize > poolPositions) {
-        Napi::RangeError::New(env, "pagedAttention: a block id is outside the pool")
-            .ThrowAsJavaScriptException();
-        return env.Undefined();
-      }
-    }
-    // This step's key and value go in first: the query sees its own position.
-    const int64_t at = PoolPosition(table, r, maxBlocks, blockSize, len) * c;
-    FloatToHalf(qkv + r * 3 * c + c, kPool + at, c);
-    FloatToHalf(qkv + r * 3 * c + 2 * c, vPool + at, c);
+  const std::string wrong = PagedCheck(table, lengths, rows, blockSize, maxBlocks, poolPositions);
+  if (!wrong.empty()) {
+    Napi::RangeError::New(env, "pagedAttention: " + wrong).ThrowAsJavaScriptException();
+    return env.Undefined();
   }
-  int64_t work = 0;
-  for (int64_t r = 0; r < rows; ++r) work += (lengths[r] + 1) * c * 2;
-  const int64_t maxLength = maxBlocks * blockSize;
-  std::vector<std::vector<float>> scratch(std::max(1, workerThreads),
-                                          std::vector<float>(nh * maxLength));
-  ParallelFor(rows, work, [&](int64_t r, int worker) {
-    PagedRow(qkv + r * 3 * c, kPool, vPool, table + r * maxBlocks, lengths[r] + 1, nh, hs,
-             blockSize, maxLength, scale, scratch[worker].data(), out + r * c);
-  });
+  PagedStep(qkv, kPool, vPool, table, lengths, out, rows, nh, hs, blockSize, maxBlocks, scale);
+  return env.Undefined();
+}
+
+// The norms and activations a transformer block may have (ModelConfig's norm and activation).
+constexpr int kLayerNorm = 0, kRmsNorm = 1;
+constexpr int kGelu = 0, kRelu = 1;
+
+// Row by row: layer norm (gamma, beta) or RMS norm (gamma; beta null), as the model's Norm.
+void NormRows(const float* x, const float* gamma, const float* beta, float* y, int64_t rows,
+              int64_t cols, float eps, int norm) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    if (norm == kLayerNorm) {
+      float mu, rs;
+      LayerNormRow(xr, gamma, beta, yr, cols, eps, &mu, &rs);
+      continue;
+    }
+    float ss = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) ss += xr[j] * xr[j];
+    const float rs = 1.0f / std::sqrt(ss / cols + eps);
+    for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * rs * gamma[j];
+  }
+}
+
+// GPT-2's tanh GELU (the model's gelu(), in its order of operations) or ReLU, in place.
+void Activate(float* x, int64_t n, int act) {
+  if (act == kRelu) {
+    for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
+    return;
+  }
+  const float c = static_cast<float>(std::sqrt(2.0 / M_PI));
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float inner = c * (v + 0.044715f * (v * v * v));
+    x[i] = (0.5f * v) * (1.0f + std::tanh(inner));
+  }
+}
+
+// decodeLayer(x, out, ln1g, ln1b | null, wQkv, bQkv, wProj, bProj, ln2g, ln2b | null, wFc, bFc,
+// wFc2, bFc2, kPool, vPool, table, lengths, rows, c, nh, hidden, blockSize, maxBlocks,
+// poolPositions, scale, eps, norm, act): one transformer block of a decode step in one call, the
+// model's Block.forward on a paged cache and packed weights (packPanels) without a dispatch per
+// op. x, out: [rows, C]. out = h + mlp(norm2(h)) with h = x + proj(attention(qkv(norm1(x)))).
+Napi::Value DecodeLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 29, "decodeLayer")) return env.Undefined();
+  const int64_t rows = Int(info, 18), c = Int(info, 19), nh = Int(info, 20),
+                hidden = Int(info, 21), blockSize = Int(info, 22), maxBlocks = Int(info, 23),
+                poolPositions = Int(info, 24);
+  const float scale = info[25].As<Napi::Number>().FloatValue();
+  const float eps = info[26].As<Napi::Number>().FloatValue();
+  const int norm = static_cast<int>(Int(info, 27)), act = static_cast<int>(Int(info, 28));
+  const auto panels = [](int64_t outDim) { return (outDim + kPanel - 1) / kPanel * kPanel; };
+  // Each argument is read only while none before it threw.
+  bool ok = true;
+  const auto floats = [&](size_t i, int64_t n, const char* name) -> float* {
+    float* data = ok ? FloatData(info[i], n, name, env) : nullptr;
+    ok = data != nullptr;
+    return data;
+  };
+  const auto optional = [&](size_t i, int64_t n, const char* name) -> const float* {
+    return info[i].IsNull() || info[i].IsUndefined() ? nullptr : floats(i, n, name);
+  };
+  const float* x = floats(0, rows * c, "x");
+  float* out = floats(1, rows * c, "out");
+  const float* ln1g = floats(2, c, "ln1g");
+  const float* ln1b = optional(3, c, "ln1b");
+  const float* wQkv = floats(4, c * panels(3 * c), "wQkv");
+  const float* bQkv = floats(5, 3 * c, "bQkv");
+  const float* wProj = floats(6, c * panels(c), "wProj");
+  const float* bProj = floats(7, c, "bProj");
+  const float* ln2g = floats(8, c, "ln2g");
+  const float* ln2b = optional(9, c, "ln2b");
+  const float* wFc = floats(10, c * panels(hidden), "wFc");
+  const float* bFc = floats(11, hidden, "bFc");
+  const float* wFc2 = floats(12, hidden * panels(c), "wFc2");
+  const float* bFc2 = floats(13, c, "bFc2");
+  uint16_t* kPool = ok ? HalfData(info[14], poolPositions * c, "kPool", env) : nullptr;
+  uint16_t* vPool = kPool ? HalfData(info[15], poolPositions * c, "vPool", env) : nullptr;
+  const int32_t* table = vPool ? IntData(info[16], rows * maxBlocks, "table", env) : nullptr;
+  const int32_t* lengths = table ? IntData(info[17], rows, "lengths", env) : nullptr;
+  if (lengths == nullptr) return env.Undefined();
+  if ((norm == kLayerNorm) != (ln1b != nullptr && ln2b != nullptr) ||
+      (norm != kLayerNorm && norm != kRmsNorm) || (act != kGelu && act != kRelu)) {
+    Napi::TypeError::New(env,
+                         "decodeLayer: a layer norm takes gamma and beta, an RMS norm gamma "
+                         "alone; norm and act are 0 or 1")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const std::string wrong = PagedCheck(table, lengths, rows, blockSize, maxBlocks, poolPositions);
+  if (!wrong.empty()) {
+    Napi::RangeError::New(env, "decodeLayer: " + wrong).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::vector<float> h(rows * c), qkv(rows * 3 * c), att(rows * c), y(rows * c), f(rows * hidden);
+  NormRows(x, ln1g, ln1b, h.data(), rows, c, eps, norm);
+  PanelsProduct(h.data(), wQkv, bQkv, qkv.data(), rows, c, 3 * c);
+  PagedStep(qkv.data(), kPool, vPool, table, lengths, att.data(), rows, nh, c / nh, blockSize,
+            maxBlocks, scale);
+  PanelsProduct(att.data(), wProj, bProj, y.data(), rows, c, c);
+  for (int64_t i = 0; i < rows * c; ++i) out[i] = x[i] + y[i];
+  NormRows(out, ln2g, ln2b, h.data(), rows, c, eps, norm);
+  PanelsProduct(h.data(), wFc, bFc, f.data(), rows, c, hidden);
+  Activate(f.data(), rows * hidden, act);
+  PanelsProduct(f.data(), wFc2, bFc2, y.data(), rows, hidden, c);
+  for (int64_t i = 0; i < rows * c; ++i) out[i] += y[i];
   return env.Undefined();
 }
 
@@ -1266,6 +1400,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crossEntropyBackward", Napi::Function::New(env, CrossEntropyBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("pagedAttention", Napi::Function::New(env, PagedAttention));
+  exports.Set("decodeLayer", Napi::Function::New(env, DecodeLayer));
   exports.Set("pagedStore", Napi::Function::New(env, PagedStore));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

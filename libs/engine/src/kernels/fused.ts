@@ -21,6 +21,7 @@ export const FUSED = {
   crossEntropy: "ChatrlCrossEntropy",
   crossEntropyGrad: "ChatrlCrossEntropyGrad",
   pagedAttention: "ChatrlPagedAttention",
+  decodeLayer: "ChatrlDecodeLayer",
 } as const;
 
 /** Input names of ChatrlMergeHeads: one per part. */
@@ -57,6 +58,11 @@ function registerHeadGradients() {
 }
 
 type Inputs = Record<string, tf.TensorInfo>;
+
+/** ChatrlDecodeLayer's attributes: packed weights, the layer's pools, the block's shape. */
+export type DecodeLayerAttrs = Record<"wQkv" | "wProj" | "wFc" | "wFc2", Float32Array> &
+  Record<"kPool" | "vPool", Uint16Array> &
+  Record<"heads" | "blockSize" | "scale" | "eps", number> & { norm: 0 | 1; act: 0 | 1 };
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 export function registerFusedKernels(native: NativeKernels, backendName: string): string[] {
@@ -315,6 +321,48 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       table.shape[1],
       a.kPool.length / c,
       a.scale,
+    );
+    return out;
+  });
+
+  // One transformer block of a decode step (model.ts Block): x: [rows, C], the norms' weights
+  // and the projections' biases, table: [rows, maxBlocks], lengths: [rows] -> [rows, C]. The
+  // packed weights and the float16 pools come as attributes.
+  kernel(FUSED.decodeLayer, (inputs, attrs, io) => {
+    const { x, ln1g, ln1b, bQkv, bProj, ln2g, ln2b, bFc, bFc2, table, lengths } = inputs;
+    const a = attrs as unknown as DecodeLayerAttrs;
+    const [rows, c] = x.shape;
+    const out = io.alloc([rows, c], "float32");
+    native.decodeLayer(
+      f32(io, x),
+      f32(io, out),
+      f32(io, ln1g),
+      ln1b ? f32(io, ln1b) : null,
+      a.wQkv,
+      f32(io, bQkv),
+      a.wProj,
+      f32(io, bProj),
+      f32(io, ln2g),
+      ln2b ? f32(io, ln2b) : null,
+      a.wFc,
+      f32(io, bFc),
+      a.wFc2,
+      f32(io, bFc2),
+      a.kPool,
+      a.vPool,
+      io.view(table) as Int32Array,
+      io.view(lengths) as Int32Array,
+      rows,
+      c,
+      a.heads,
+      bFc.shape[0],
+      a.blockSize,
+      table.shape[1],
+      a.kPool.length / c,
+      a.scale,
+      a.eps,
+      a.norm,
+      a.act,
     );
     return out;
   });

@@ -168,6 +168,42 @@ export interface NativeKernels {
     scale: number,
   ): void;
   /**
+   * One transformer block of a decode step on a paged cache and packed weights: out = h +
+   * mlp(norm2(h)), h = x + proj(attention(qkv(norm1(x)))); x, out: [rows, C]. norm: 0 layer norm
+   * (gamma, beta), 1 RMS norm (gamma; betas null); act: 0 tanh GELU, 1 ReLU.
+   */
+  decodeLayer(
+    x: Float32Array,
+    out: Float32Array,
+    ln1g: Float32Array,
+    ln1b: Float32Array | null,
+    wQkv: Float32Array,
+    bQkv: Float32Array,
+    wProj: Float32Array,
+    bProj: Float32Array,
+    ln2g: Float32Array,
+    ln2b: Float32Array | null,
+    wFc: Float32Array,
+    bFc: Float32Array,
+    wFc2: Float32Array,
+    bFc2: Float32Array,
+    kPool: Uint16Array,
+    vPool: Uint16Array,
+    table: Int32Array,
+    lengths: Int32Array,
+    rows: number,
+    c: number,
+    nh: number,
+    hidden: number,
+    blockSize: number,
+    maxBlocks: number,
+    poolPositions: number,
+    scale: number,
+    eps: number,
+    norm: 0 | 1,
+    act: 0 | 1,
+  ): void;
+  /**
    * Copies prefilled keys or values (src: [N, nh, time, hs]) into rows' blocks: row r takes
    * counts[r] positions of src row sources[r] from starts[r] on as its positions 0.. (float16).
    */
