@@ -246,7 +246,7 @@ class Block {
    * cache with every projection packed and no adapter added on top. Null otherwise.
    */
   private fusedDecode(x: tf.Tensor3D, paged: PagedKVCache): tf.Tensor3D | null {
-    const step = paged.fusedLayer(this.layer);
+    const step = paged.nativeLayer(this.layer);
     const [qkv, proj, fc, fc2] = this.projections();
     const packed = [qkv, proj, fc, fc2].map((p) => p.packedAlone());
     if (!step || packed.some((p) => p === null)) return null;

@@ -164,27 +164,27 @@ export class PagedKVCache {
    * qkv: [B, 3C] -> [B, C] (heads side by side).
    */
   attend(layer: number, qkv: tf.Tensor2D): tf.Tensor2D {
-    const step = this.#current();
-    const scale = 1 / Math.sqrt(this.#width / this.#heads);
-    if (step.tensors) {
-      // The pools are no tensors: they travel as attributes (the kernel writes them in place).
-      const pools = { kPool: this.#halfKeys[layer], vPool: this.#halfValues[layer] };
-      return tf.engine().runKernel(FUSED.pagedAttention, { qkv, ...step.tensors }, {
-        heads: this.#heads,
-        blockSize: this.blockSize,
-        scale,
-        ...pools,
-      } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+    const native = this.nativeLayer(layer);
+    if (native) {
+      const { inputs, attrs } = native;
+      return tf
+        .engine()
+        .runKernel(
+          FUSED.pagedAttention,
+          { qkv, ...inputs },
+          attrs as unknown as tf.NamedAttrMap,
+        ) as tf.Tensor2D;
     }
-    return this.#plainAttend(layer, qkv, step, scale);
+    return this.#plainAttend(layer, qkv, this.#current(), 1 / Math.sqrt(this.#width / this.#heads));
   }
 
   /**
-   * What the fused decode layer (ChatrlDecodeLayer) takes of this step for one layer: the
-   * block table and lengths, the layer's float16 pools and the heads. Null where the pools are
-   * tfjs tensors (plain tfjs): there the model's layer runs op by op.
+   * What the native kernels (ChatrlPagedAttention, ChatrlDecodeLayer) take of this step for one
+   * layer: the block table and lengths as tensors, and as attributes the layer's float16 pools
+   * (no tensors: the kernels write them in place) and the heads. Null where the pools are tfjs
+   * tensors (plain tfjs).
    */
-  fusedLayer(layer: number): {
+  nativeLayer(layer: number): {
     inputs: { table: tf.Tensor; lengths: tf.Tensor };
     attrs: {
       kPool: Uint16Array;

@@ -63,6 +63,7 @@ type Inputs = Record<string, tf.TensorInfo>;
 export type DecodeLayerAttrs = Record<"wQkv" | "wProj" | "wFc" | "wFc2", Float32Array> &
   Record<"kPool" | "vPool", Uint16Array> &
   Record<"heads" | "blockSize" | "scale" | "eps", number> & { norm: 0 | 1; act: 0 | 1 };
+
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 export function registerFusedKernels(native: NativeKernels, backendName: string): string[] {
