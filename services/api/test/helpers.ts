@@ -1,5 +1,6 @@
 // Builds the api on a fresh test database and a private Redis key prefix, as main.ts would.
 import { loadConfig } from "@chatrl/contracts";
+import { createRun, type Db, saveCheckpoint } from "@chatrl/db";
 import {
   closeStageQueues,
   createFlowProducer,
@@ -94,7 +95,7 @@ export async function waitForJobs(
   );
 }
 
-/** A localhost port nothing listens on (taken from the OS, then released). */
+/** The supervised rows uploadDataset sends when given none. */
 export const SFT_JSONL = [
   '{"prompt":"What is 2 plus 2?","response":"4."}',
   '{"prompt":"Capital of Norway?","response":"Oslo."}',
@@ -126,4 +127,50 @@ export function runBody(datasetId: string, extra: Record<string, unknown> = {}) 
     compute: { device: "cpu", price_per_hour: 0.5 },
     ...extra,
   };
+}
+
+/**
+ * The datasets an RLHF run reads, `rows` rows each: supervised ("What is i plus 1?") and
+ * preference pairs ("Say i politely").
+ */
+export async function uploadRlhfDatasets(app: FastifyInstance, rows: number) {
+  const supervised = Array.from(
+    { length: rows },
+    (_, i) => `{"prompt":"What is ${i} plus 1?","response":"${i + 1}."}`,
+  );
+  const pairs = Array.from(
+    { length: rows },
+    (_, i) => `{"prompt":"Say ${i} politely","chosen":"${i}, please.","rejected":"${i}!"}`,
+  );
+  return {
+    supervisedId: (await uploadDataset(app, supervised.join("\n"), "sums")).json().id as string,
+    preferenceId: (await uploadDataset(app, pairs.join("\n"), "polite")).json().id as string,
+  };
+}
+
+/**
+ * An earlier SFT + reward run, as a finished one leaves it: `save(stage, role, config)` stores a
+ * final checkpoint of its stage 0 (sft) or 1 (reward) and returns its id.
+ */
+export async function earlierRun(prisma: Db) {
+  const earlier = await createRun(prisma, {
+    name: "earlier",
+    spec: {},
+    stages: [
+      { kind: "sft", maxSteps: 1 },
+      { kind: "reward", maxSteps: 1 },
+    ],
+  });
+  return async (stage: 0 | 1, role: "sft" | "reward" | "critic", config: object) =>
+    (
+      await saveCheckpoint(prisma, {
+        runId: earlier.id,
+        stageId: earlier.stages[stage].id,
+        step: 1,
+        role,
+        final: true,
+        config,
+        model: new Uint8Array([1, 2, 3]),
+      })
+    ).id;
 }

@@ -2,10 +2,16 @@
 // only_optimize_lora, lora_learning_rate and PPO's actor_ / critic_ forms): stored with their
 // defaults, and refused (422 naming the field) when they cannot apply to the stage's model.
 import { normalizeRunSpec, type RunCreateRequest } from "@chatrl/contracts";
-import { createRun, saveCheckpoint } from "@chatrl/db";
+import { createRun } from "@chatrl/db";
 import { MODEL_PRESETS } from "@chatrl/engine/config";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestApi, type TestApi, uploadDataset, waitForJobs } from "./helpers.ts";
+import {
+  earlierRun,
+  startTestApi,
+  type TestApi,
+  uploadRlhfDatasets,
+  waitForJobs,
+} from "./helpers.ts";
 
 let api: TestApi;
 let supervisedId: string; // 8 supervised rows
@@ -16,38 +22,8 @@ let bareCheckpoint: string; // role reward, a config giving only its context
 
 beforeAll(async () => {
   api = await startTestApi();
-  const supervised = Array.from(
-    { length: 8 },
-    (_, i) => `{"prompt":"What is ${i} plus 1?","response":"${i + 1}."}`,
-  );
-  supervisedId = (await uploadDataset(api.app, supervised.join("\n"), "sums")).json().id;
-  const pairs = Array.from(
-    { length: 8 },
-    (_, i) => `{"prompt":"Say ${i} politely","chosen":"${i}, please.","rejected":"${i}!"}`,
-  );
-  preferenceId = (await uploadDataset(api.app, pairs.join("\n"), "polite")).json().id;
-
-  const prisma = api.database.db.prisma;
-  const earlier = await createRun(prisma, {
-    name: "earlier",
-    spec: {},
-    stages: [
-      { kind: "sft", maxSteps: 1 },
-      { kind: "reward", maxSteps: 1 },
-    ],
-  });
-  const save = async (stage: number, role: "sft" | "reward", config: object) =>
-    (
-      await saveCheckpoint(prisma, {
-        runId: earlier.id,
-        stageId: earlier.stages[stage].id,
-        step: 1,
-        role,
-        final: true,
-        config,
-        model: new Uint8Array([1, 2, 3]),
-      })
-    ).id;
+  ({ supervisedId, preferenceId } = await uploadRlhfDatasets(api.app, 8));
+  const save = await earlierRun(api.database.db.prisma);
   // Checkpoint configs as the worker saves them: the model's whole ModelConfig.
   sftCheckpoint = await save(0, "sft", MODEL_PRESETS.small);
   rewardCheckpoint = await save(1, "reward", { ...MODEL_PRESETS.tiny, nLayers: 3, dModel: 32 });

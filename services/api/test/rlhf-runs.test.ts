@@ -1,8 +1,15 @@
 // POST /v1/runs for the reward and PPO stages: sub-pipelines, PPO's starting checkpoints, the
 // data routing rule, step estimates, warnings, and what GET returns of them.
-import { createRun, finishStage, recordStageData, saveCheckpoint, startStage } from "@chatrl/db";
+import { finishStage, recordStageData, startStage } from "@chatrl/db";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestApi, type TestApi, uploadDataset, waitForJobs } from "./helpers.ts";
+import {
+  earlierRun,
+  startTestApi,
+  type TestApi,
+  uploadDataset,
+  uploadRlhfDatasets,
+  waitForJobs,
+} from "./helpers.ts";
 
 let api: TestApi;
 let supervisedId: string; // 40 supervised rows
@@ -13,42 +20,13 @@ let criticCheckpoint: string; // role critic
 
 beforeAll(async () => {
   api = await startTestApi();
-  const supervised = Array.from(
-    { length: 40 },
-    (_, i) => `{"prompt":"What is ${i} plus 1?","response":"${i + 1}."}`,
-  );
-  supervisedId = (await uploadDataset(api.app, supervised.join("\n"), "sums")).json().id;
-  const pairs = Array.from(
-    { length: 40 },
-    (_, i) => `{"prompt":"Say ${i} politely","chosen":"${i}, please.","rejected":"${i}!"}`,
-  );
-  preferenceId = (await uploadDataset(api.app, pairs.join("\n"), "polite")).json().id;
-
+  ({ supervisedId, preferenceId } = await uploadRlhfDatasets(api.app, 40));
   // Checkpoints of an earlier run, as a finished SFT + reward run leaves them.
-  const prisma = api.database.db.prisma;
-  const earlier = await createRun(prisma, {
-    name: "earlier",
-    spec: {},
-    stages: [
-      { kind: "sft", maxSteps: 1 },
-      { kind: "reward", maxSteps: 1 },
-    ],
-  });
-  const save = async (stage: number, role: "sft" | "reward" | "critic") =>
-    (
-      await saveCheckpoint(prisma, {
-        runId: earlier.id,
-        stageId: earlier.stages[stage].id,
-        step: 1,
-        role,
-        final: true,
-        config: { contextLength: 256 },
-        model: new Uint8Array([1, 2, 3]),
-      })
-    ).id;
-  sftCheckpoint = await save(0, "sft");
-  rewardCheckpoint = await save(1, "reward");
-  criticCheckpoint = await save(1, "critic");
+  const save = await earlierRun(api.database.db.prisma);
+  const config = { contextLength: 256 };
+  sftCheckpoint = await save(0, "sft", config);
+  rewardCheckpoint = await save(1, "reward", config);
+  criticCheckpoint = await save(1, "critic", config);
 });
 afterAll(async () => {
   await api?.close();
