@@ -6,12 +6,18 @@
 // per step (tf.profile over later steps: the products and the paged attention), the prefill of
 // the level's prompts (median over the repetitions) and the KV cache's bytes at the longest. What bench:inference measures minus HTTP, clients and the event loop.
 //
+// The weights are packed in --dtype as the inference service packs them (default auto: bfloat16
+// where the CPU has AMX, float32 elsewhere).
+//
 //   npm run bench:decode -- [--rows 1,4,16,64] [--repeats N] [--threads N]
+//                           [--dtype auto|float32|bfloat16]
 import { availableParallelism, loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import {
+  autoDecodeDtype,
   DecodeBatch,
+  type DecodeDtype,
   GPT,
   initBackend,
   MODEL_PRESETS,
@@ -28,8 +34,11 @@ const { values: args } = parseArgs({
     rows: { type: "string", default: "1,4,16,64" },
     repeats: { type: "string", default: "5" },
     threads: { type: "string" },
+    dtype: { type: "string", default: "auto" },
   },
 });
+if (!["auto", "float32", "bfloat16"].includes(String(args.dtype)))
+  throw new Error(`--dtype must be auto, float32 or bfloat16, not ${args.dtype}`);
 
 const config: ModelConfig = {
   ...MODEL_PRESETS.probe,
@@ -41,6 +50,7 @@ const config: ModelConfig = {
 const backend = await initBackend();
 if (args.threads) setNativeThreads(Number(args.threads));
 const model = new GPT(config, 1);
+const dtype: DecodeDtype = args.dtype === "auto" ? autoDecodeDtype() : (args.dtype as DecodeDtype);
 const prompt = Array.from({ length: PROMPT_TOKENS }, (_, i) => 32 + (i % 64)); // byte ids
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -55,7 +65,7 @@ async function level(rows: number, repeats: number) {
   let cacheBytes = 0;
   for (let repeat = 0; repeat <= repeats; repeat++) {
     // Repeat 0 warms up (compiled paths, pools, heap) and is not counted.
-    const batch = new DecodeBatch(model);
+    const batch = new DecodeBatch(model, { dtype });
     const prefillStart = performance.now();
     await batch.add(
       Array.from({ length: rows }, (_, i) => ({
@@ -104,7 +114,9 @@ async function level(rows: number, repeats: number) {
     tokens_per_s: round((rows * 1000) / stepMs, 0),
     prefill_ms_median: round(median(prefills)),
     kernel_ms_per_step: {
-      // The products: OpenBLAS's (ChatrlLinear) or the packed weights' (ChatrlLinearPanels).
+      // A whole transformer block per call (products, norms, paged attention): the usual path.
+      decode_layer: perStep("ChatrlDecodeLayer"),
+      // Where a block is not fused: OpenBLAS's products or the packed weights', and attention.
       linear: round(perStep("ChatrlLinear") + perStep("ChatrlLinearPanels")),
       paged_attention: perStep("ChatrlPagedAttention"),
       all: round([...kernels.values()].reduce((a, b) => a + b, 0) / Math.max(1, profiled)),
@@ -125,6 +137,7 @@ console.log(
       bench: "decode",
       model: { ...config, parameters: model.parameterCount() },
       backend: backend.name,
+      dtype,
       threads: nativeThreads(),
       cores: availableParallelism(),
       prompt_tokens: PROMPT_TOKENS,

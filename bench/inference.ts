@@ -6,7 +6,8 @@
 // tokens and exactly 128 new tokens each (min_tokens, as vLLM has). Prints one JSON object:
 // aggregate tokens/s, time to first token and request latency p50/p95 and the cores the service
 // and the clients kept busy per level, the 16-stream / 1-stream throughput and
-// time-to-first-token ratios, and whether issue 7's two goals are met.
+// time-to-first-token ratios, the dtype the service served the weights in
+// (CHATRL_INFERENCE_DTYPE, default auto), and whether issue 7's two goals are met.
 //
 //   npm run bench:inference -- [--requests N (per stream, default 3)] [--levels 1,4,16,64]
 //                              [--cpu-prof DIR (the service runs under node --cpu-prof)]
@@ -214,6 +215,10 @@ async function main() {
     await oneRequest(client, model, "warm up the model"); // loads it
     const results: Awaited<ReturnType<typeof level>>[] = [];
     for (const streams of levels) results.push(await level(client, model, streams, server.pid));
+    // The precision the service chose (CHATRL_INFERENCE_DTYPE, default auto), from its metrics.
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const dtype =
+      /chatrl_inference_model_dtype_info\{[^}]*dtype="(\w+)"/.exec(metrics)?.[1] ?? null;
     const at = (n: number) => results.find((r) => r.streams === n);
     const one = at(1);
     const sixteen = at(16);
@@ -221,6 +226,7 @@ async function main() {
       bench: "inference",
       model: { ...config, parameters },
       backend: backend.name,
+      dtype,
       threads: backend.threads,
       cores: availableParallelism(),
       prompt_tokens: PROMPT_TOKENS,

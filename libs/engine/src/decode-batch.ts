@@ -8,6 +8,7 @@
 // blocks, leaving gives them back, and no other row's cache is copied or realigned, so rows of
 // any length share one [B, 1] forward per step.
 import * as tf from "@tensorflow/tfjs";
+import type { DecodeDtype } from "./kernels/index.ts";
 import { KVCache } from "./kv-cache";
 import type { GPT } from "./model";
 import { PagedKVCache } from "./paged-kv-cache";
@@ -86,10 +87,13 @@ export class DecodeBatch {
   /** Forward passes run: prefills and steps. */
   readonly counts = { prefills: 0, steps: 0, tokens: 0 };
 
-  /** Packs the model's weights for decode steps (GPT.packForDecoding): they must not change while it serves. */
-  constructor(model: GPT) {
+  /**
+   * Packs the model's weights for decode steps (GPT.packForDecoding) in `dtype` (default
+   * float32, the checkpoint's own numbers): they must not change while it serves.
+   */
+  constructor(model: GPT, options: { dtype?: DecodeDtype } = {}) {
     this.#model = model;
-    model.packForDecoding();
+    model.packForDecoding(options.dtype ?? "float32");
     const { nLayers, nHeads, dModel } = model.config;
     this.#cache = new PagedKVCache(nLayers, nHeads, dModel);
   }

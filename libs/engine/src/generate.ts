@@ -2,6 +2,7 @@
 // strings, streaming only what is final.
 import { type ChatPrompt, encodePrompt } from "./chat";
 import { DecodeBatch, type DecodeRow } from "./decode-batch";
+import type { DecodeDtype } from "./kernels/index.ts";
 import type { GPT } from "./model";
 import { incompleteUtf8Tail, servingTokenRules, type Tokenizer } from "./tokenizer";
 
@@ -20,6 +21,8 @@ export type GenerateOptions = {
   seed?: number;
   /** Called with each prompt's index and its newly final text (never a part of a stop string). */
   onToken?: (index: number, text: string) => void;
+  /** The weights' precision (DecodeBatch); default float32, the checkpoint's own numbers. */
+  dtype?: DecodeDtype;
 };
 
 export type GenerateResult = {
@@ -157,7 +160,7 @@ export async function generate(
     return kept.length > 0 ? kept : [tokenizer.eosId]; // an empty prompt starts from end-of-text, as GPT-2 does
   });
   const streams = prompts.map(() => new TextStream(tokenizer, opts.stop));
-  const batch = new DecodeBatch(model);
+  const batch = new DecodeBatch(model, { dtype: opts.dtype });
   try {
     const rows = (
       await batch.add(

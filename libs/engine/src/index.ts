@@ -66,6 +66,12 @@ export {
   type TokenLogprob,
   tokenLogprob,
 } from "./decode-batch";
+export {
+  autoDecodeDtype,
+  type DecodeDtype,
+  nativeUsesAmx,
+  setNativeAmx,
+} from "./kernels/index.ts";
 export { KVCache } from "./kv-cache";
 export { type ForwardOptions, GPT, type LoraConfig } from "./model";
 export {

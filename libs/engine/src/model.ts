@@ -6,7 +6,7 @@ import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
 import type { PagedKVCache } from "./paged-kv-cache";
-import { FUSED, packPanels } from "./kernels/index.ts";
+import { type DecodeDtype, FUSED, type PackedWeight, packWeight } from "./kernels/index.ts";
 import {
   causalAttention,
   embedding,
@@ -92,7 +92,7 @@ class Projection {
   readonly b: tf.Variable<tf.Rank.R1>;
   adapter?: Adapter;
   /** W packed for inference (GPT.packForDecoding), a copy that must follow W. */
-  packed?: Float32Array;
+  packed?: PackedWeight;
 
   constructor(
     make: MakeParam,
@@ -119,7 +119,7 @@ class Projection {
   }
 
   /** The packed weights when they alone give this projection (no adapter added on top). */
-  packedAlone(): Float32Array | null {
+  packedAlone(): PackedWeight | null {
     return this.packed && (!this.adapter || this.adapter.unmerged) ? this.packed : null;
   }
 
@@ -250,7 +250,7 @@ class Block {
     const [qkv, proj, fc, fc2] = this.projections();
     const packed = [qkv, proj, fc, fc2].map((p) => p.packedAlone());
     if (!step || packed.some((p) => p === null)) return null;
-    const [wQkv, wProj, wFc, wFc2] = packed as Float32Array[];
+    const [wQkv, wProj, wFc, wFc2] = packed as PackedWeight[];
     const [batch, , c] = x.shape; // T = 1
     const { norm, activation, layerNormEps } = this.config;
     const betas: tf.NamedTensorMap =
@@ -311,6 +311,7 @@ export class GPT {
   /** Projections with a LoRA adapter (addLora), in layer order. */
   private adapted: Projection[] = [];
   private loraIsMerged = false;
+  #decodeDtype: DecodeDtype | null = null;
   private disposed = false;
 
   /** A freshly initialized model (GPT-2 init); equal seeds give equal weights. */
@@ -571,28 +572,37 @@ export class GPT {
 
   /**
    * Copies every projection's weight into the layout of the native product for few rows
-   * (kernels/index.ts packPanels), which every forward pass outside training then uses: continuous
-   * batching's steps multiply a handful of rows by every weight, and prefill on the same kernel
-   * keeps a row's numbers independent of what shares its batch. Returns the bytes the copies add (0 where
-   * the native kernels are off, or when already packed). The copies do not follow the weights:
-   * loadWeights and LoRA merges drop them; anything else that changes the weights must call
-   * unpackDecoding() first.
+   * (kernels/index.ts packWeight), in float32 or bfloat16, which every forward pass outside
+   * training then uses: continuous batching's steps multiply a handful of rows by every weight,
+   * and prefill on the same kernel keeps a row's numbers independent of what shares its batch.
+   * Packing in another dtype replaces the copies. Returns the bytes the new copies add (0 where
+   * the native kernels are off, or when already packed in `dtype`). The copies do not follow the
+   * weights: loadWeights and LoRA merges drop them; anything else that changes the weights must
+   * call unpackDecoding() first.
    */
-  packForDecoding(): number {
+  packForDecoding(dtype: DecodeDtype = "float32"): number {
+    if (this.#decodeDtype !== dtype) this.unpackDecoding();
     let bytes = 0;
     for (const p of this.blocks.flatMap((b) => b.projections())) {
       if (p.packed) continue;
-      const packed = packPanels(p.w);
+      const packed = packWeight(p.w, dtype);
       if (!packed) return bytes;
       p.packed = packed;
+      this.#decodeDtype = dtype;
       bytes += packed.byteLength;
     }
     return bytes;
   }
 
+  /** The dtype of the packed copies decode steps use, or null when there are none (float32 ops). */
+  get decodeDtype(): DecodeDtype | null {
+    return this.#decodeDtype;
+  }
+
   /** Drops the copies packForDecoding() made; decode steps use the weights themselves again. */
   unpackDecoding(): void {
     for (const p of this.blocks.flatMap((b) => b.projections())) p.packed = undefined;
+    this.#decodeDtype = null;
   }
 
   dispose(): void {

@@ -8,7 +8,7 @@
 // else, and after setFastKernelsEnabled(false), they are the plain tfjs compositions below, which
 // the tests hold the fused ones to.
 import * as tf from "@tensorflow/tfjs";
-import { FUSED, fusedKernelsActive, partName } from "./kernels/index.ts";
+import { FUSED, fusedKernelsActive, type PackedWeight, partName } from "./kernels/index.ts";
 
 /** y = x @ w + b.  x: [..., in], w: [in, out] (GPT-2 Conv1D layout), b: [out] -> [..., out] */
 export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor {
@@ -26,12 +26,12 @@ export function linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor
 }
 
 /**
- * y = x @ w + b for a decode step, with w packed by packPanels (kernels/index.ts): the native
+ * y = x @ w + b for a decode step, with w packed by packWeight (kernels/index.ts): the native
  * kernel for few rows. x: [..., in], b: [out] -> [..., out]. Inference only (no gradient).
  */
 export function linearPacked(
   x: tf.Tensor,
-  packed: Float32Array,
+  packed: PackedWeight,
   outDim: number,
   b?: tf.Tensor1D,
 ): tf.Tensor {

@@ -23,6 +23,7 @@ import {
   loadNativeKernels,
   setFastKernelsEnabled,
 } from "../src/kernels/index.ts";
+import type { DecodeDtype } from "../src/kernels/index.ts";
 import { KVCache } from "../src/kv-cache.ts";
 import { PagedKVCache } from "../src/paged-kv-cache.ts";
 import { useTestBackend } from "./support";
@@ -61,8 +62,12 @@ async function drain(batch: DecodeBatch, after = 0, later: Parameters<DecodeBatc
   return joined;
 }
 
-async function alone(prompt: string, options: DecodeRowOptions): Promise<number[]> {
-  const batch = new DecodeBatch(model);
+async function alone(
+  prompt: string,
+  options: DecodeRowOptions,
+  dtype: DecodeDtype = "float32",
+): Promise<number[]> {
+  const batch = new DecodeBatch(model, { dtype });
   const [[r]] = await batch.add([{ prompt: ids(prompt), rows: [options] }]);
   while (batch.size > 0) await batch.step();
   batch.dispose();
@@ -70,35 +75,49 @@ async function alone(prompt: string, options: DecodeRowOptions): Promise<number[
 }
 
 describe("DecodeBatch", () => {
-  it("gives a seeded row the same tokens alone, in a batch, and joining one mid-way", async () => {
-    const seeded = row({ seed: "fixed", maxNewTokens: 16 });
-    const reference = await alone("Hello", seeded);
-    expect(reference).toHaveLength(16);
+  // bfloat16: what the inference service serves by default where the CPU has AMX.
+  const DTYPES = ["float32", "bfloat16"] as const;
 
-    const batch = new DecodeBatch(model);
-    const first = await batch.add([
-      { prompt: ids("a much longer prompt than the other one"), rows: [row({ seed: 1, topK: 5 })] },
-      { prompt: ids("x"), rows: [row({ seed: 2, temperature: 0.3, maxNewTokens: 3 })] },
-    ]);
-    const [[joined]] = await drain(batch, 4, [{ prompt: ids("Hello"), rows: [seeded] }]);
-    expect(joined.tokens).toEqual(reference);
-    expect(first[1][0].tokens).toHaveLength(3); // its own max, not its neighbours'
-    expect(first[0][0].finish).toBe("length");
-    batch.dispose();
-  });
+  it.each(DTYPES)(
+    "gives a seeded row the same tokens alone, in a batch, and joining one mid-way (%s weights)",
+    async (dtype) => {
+      const seeded = row({ seed: "fixed", maxNewTokens: 16 });
+      const reference = await alone("Hello", seeded, dtype);
+      expect(reference).toHaveLength(16);
 
-  it("answers greedy rows exactly as decoding each alone does", async () => {
-    const greedy = row({ temperature: 0, maxNewTokens: 10 });
-    const prompts = ["Hi", "What is two plus two?", "ok"];
-    const expected = await Promise.all(prompts.map((p) => alone(p, greedy)));
-    const batch = new DecodeBatch(model);
-    const rows = await batch.add(
-      prompts.slice(0, 2).map((p) => ({ prompt: ids(p), rows: [greedy] })),
-    );
-    const [[late]] = await drain(batch, 3, [{ prompt: ids(prompts[2]), rows: [greedy] }]);
-    expect([rows[0][0].tokens, rows[1][0].tokens, late.tokens]).toEqual(expected);
-    batch.dispose();
-  });
+      const batch = new DecodeBatch(model, { dtype });
+      expect(model.decodeDtype).toBe(dtype);
+      const first = await batch.add([
+        {
+          prompt: ids("a much longer prompt than the other one"),
+          rows: [row({ seed: 1, topK: 5 })],
+        },
+        { prompt: ids("x"), rows: [row({ seed: 2, temperature: 0.3, maxNewTokens: 3 })] },
+      ]);
+      const [[joined]] = await drain(batch, 4, [{ prompt: ids("Hello"), rows: [seeded] }]);
+      expect(joined.tokens).toEqual(reference);
+      expect(first[1][0].tokens).toHaveLength(3); // its own max, not its neighbours'
+      expect(first[0][0].finish).toBe("length");
+      batch.dispose();
+    },
+  );
+
+  it.each(DTYPES)(
+    "answers greedy rows exactly as decoding each alone does (%s weights)",
+    async (dtype) => {
+      const greedy = row({ temperature: 0, maxNewTokens: 10 });
+      const prompts = ["Hi", "What is two plus two?", "ok"];
+      const expected = [];
+      for (const p of prompts) expected.push(await alone(p, greedy, dtype));
+      const batch = new DecodeBatch(model, { dtype });
+      const rows = await batch.add(
+        prompts.slice(0, 2).map((p) => ({ prompt: ids(p), rows: [greedy] })),
+      );
+      const [[late]] = await drain(batch, 3, [{ prompt: ids(prompts[2]), rows: [greedy] }]);
+      expect([rows[0][0].tokens, rows[1][0].tokens, late.tokens]).toEqual(expected);
+      batch.dispose();
+    },
+  );
 
   it("prefills a prompt once for several rows, each with its own stream", async () => {
     const batch = new DecodeBatch(model);
@@ -530,6 +549,15 @@ describe("the fused decode layer", () => {
         const diff = Math.max(...fused.logits.map((x, i) => Math.abs(x - plain.logits[i])));
         const scale = Math.max(...plain.logits.map(Math.abs));
         expect(diff / scale).toBeLessThan(3e-5); // float32 sums in another order: ~3e-6
+        // Served in bfloat16 (prefill and steps): the same logits to bfloat16's ~3 digits.
+        gpt.packForDecoding("bfloat16");
+        const half = await decodeSteps(gpt);
+        expect(half.kernels).toContain("ChatrlDecodeLayer");
+        const norm = (v: number[]) => Math.hypot(...v);
+        const error = norm(half.logits.map((x, i) => x - plain.logits[i])) / norm(plain.logits);
+        expect(error).toBeGreaterThan(1e-4);
+        expect(error).toBeLessThan(3e-2);
+        gpt.unpackDecoding();
       } finally {
         gpt.dispose();
       }

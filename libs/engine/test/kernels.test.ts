@@ -5,8 +5,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   installFastKernels,
   nativeThreads,
-  packPanels,
+  nativeUsesAmx,
+  packWeight,
   setFastKernelsEnabled,
+  setNativeAmx,
   setNativeThreads,
 } from "../src/kernels/index.ts";
 import { transposingBatchMatMul } from "../src/kernels/matmul.ts";
@@ -195,7 +197,7 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     const x = rand([rows, inDim], 21);
     const w = rand([inDim, outDim], 22) as tf.Tensor2D;
     const b = bias ? (rand([outDim], 23) as tf.Tensor1D) : undefined;
-    const packed = packPanels(w) as Float32Array;
+    const packed = packWeight(w, "float32") as Float32Array;
     expect(packed.length).toBe(Math.ceil(outDim / 64) * inDim * 64);
     for (const threads of [1, 2]) {
       setNativeThreads(threads);
@@ -206,6 +208,65 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     setNativeThreads(defaultThreads);
     tf.dispose([x, w, ...(b ? [b] : [])]);
   });
+
+  /** float32 values rounded to the nearest bfloat16 (ties to even), still as float32. */
+  function roundToBf16(t: tf.Tensor): tf.Tensor {
+    const v = Float32Array.from(t.dataSync());
+    const bits = new Uint32Array(v.buffer);
+    for (let i = 0; i < bits.length; i++)
+      bits[i] = (((bits[i] + 0x7fff + ((bits[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
+    return tf.tensor(v, t.shape);
+  }
+
+  it.each([
+    ["one row", 1, 256, 768, true],
+    ["tails of both tiles (in 40, out 70)", 3, 40, 70, true],
+    ["17 rows (a second row tile), wide input", 17, 1024, 256, true],
+    ["odd rows and columns, no bias", 7, 17, 65, false],
+  ] as const)(
+    "multiplies on bfloat16 weights like linear on bfloat16-rounded operands: %s",
+    (_, rows, inDim, outDim, bias) => {
+      const x = rand([rows, inDim], 31);
+      const w = rand([inDim, outDim], 32) as tf.Tensor2D;
+      const b = bias ? (rand([outDim], 33) as tf.Tensor1D) : undefined;
+      const packed = packWeight(w, "bfloat16") as Uint16Array;
+      expect(packed).toBeInstanceOf(Uint16Array);
+      expect(packed.length).toBe(Math.ceil(outDim / 16) * Math.ceil(inDim / 32) * 512);
+      const want = tf.tidy(
+        () => tf.add(tf.matMul(roundToBf16(x), roundToBf16(w)), b ?? 0).dataSync() as Float32Array,
+      );
+      // Rounded operands, products summed in float32: only the order of the sums differs.
+      const paths = nativeUsesAmx() ? [true, false] : [false];
+      for (const amx of paths)
+        for (const threads of [1, 2]) {
+          setNativeAmx(amx);
+          setNativeThreads(threads);
+          const got = tf.tidy(() => linearPacked(x, packed, outDim, b).dataSync() as Float32Array);
+          expect(maxRelDiff(got, want), `amx ${amx}, ${threads} threads`).toBeLessThan(2e-5);
+          // A row's numbers do not depend on the rows beside it.
+          const alone = tf.tidy(
+            () =>
+              linearPacked(
+                x.slice([rows - 1, 0], [1, inDim]),
+                packed,
+                outDim,
+                b,
+              ).dataSync() as Float32Array,
+          );
+          expect(Array.from(alone)).toEqual(Array.from(got.subarray((rows - 1) * outDim)));
+        }
+      setNativeAmx(true);
+      setNativeThreads(defaultThreads);
+      // Not the float32 product: the rounding is there, about 3 significant digits of the whole.
+      const exact = tf.tidy(() => tf.add(tf.matMul(x, w), b ?? 0).dataSync() as Float32Array);
+      const got = tf.tidy(() => linearPacked(x, packed, outDim, b).dataSync() as Float32Array);
+      const norm = (v: Float32Array) => Math.hypot(...v);
+      const relative = norm(got.map((g, i) => g - exact[i])) / norm(exact);
+      expect(relative).toBeGreaterThan(1e-4);
+      expect(relative).toBeLessThan(1e-2);
+      tf.dispose([x, w, ...(b ? [b] : [])]);
+    },
+  );
 
   it("agrees with the plain ops for one query over 64-wide heads (the decode step's loop)", () => {
     const q = rand([3, 4, 1, 64], 14) as tf.Tensor4D;

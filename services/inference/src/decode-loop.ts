@@ -5,6 +5,7 @@
 // tokens; past them requests wait in a bounded queue, and a full queue is refused (429).
 import {
   DecodeBatch,
+  type DecodeDtype,
   type DecodeRow,
   type GPT,
   TextStream,
@@ -141,8 +142,10 @@ export class DecodeLoop {
     private readonly rules: TokenRules,
     private readonly limits: LoopLimits,
     private readonly observe: (event: LoopEvent) => void = () => {},
+    /** The weights' precision in steps and prefills (GPT.packForDecoding). */
+    readonly dtype: DecodeDtype = "float32",
   ) {
-    this.#batch = new DecodeBatch(model);
+    this.#batch = new DecodeBatch(model, { dtype });
   }
 
   stats(): LoopStats {
@@ -239,7 +242,7 @@ export class DecodeLoop {
     const rows = Math.min(16, this.limits.maxRunningRows);
     const prompt = Array.from({ length: promptTokens }, (_, i) => 32 + (i % 64)); // byte ids
     // A batch of its own: the loop's counts (steps, prefills, tokens) stay those of requests.
-    const batch = new DecodeBatch(this.model);
+    const batch = new DecodeBatch(this.model, { dtype: this.dtype });
     try {
       await batch.add(
         Array.from({ length: rows }, (_, i) => ({

@@ -125,6 +125,19 @@ export function registerInferenceMetrics(registry: Registry, models: ModelRegist
     (s) => s.kvTokensReserved,
   );
   new Gauge({
+    name: "chatrl_inference_model_dtype_info",
+    help: "1 per loaded model, labelled with the precision its weights are served in (CHATRL_INFERENCE_DTYPE).",
+    labelNames: ["model", "checkpoint", "dtype"],
+    registers,
+    collect() {
+      this.reset();
+      for (const s of models.snapshot()) {
+        if (!s.retired)
+          this.set({ model: s.modelId, checkpoint: s.checkpointId, dtype: s.dtype }, 1);
+      }
+    },
+  });
+  new Gauge({
     name: "chatrl_inference_loaded_models",
     help: "Models loaded in memory (not counting replaced ones still finishing requests).",
     registers,

@@ -6,6 +6,8 @@
 // the old weights are disposed once the requests using them have finished.
 import { type Database, readCheckpointPart } from "@chatrl/db";
 import {
+  autoDecodeDtype,
+  type DecodeDtype,
   type GPT,
   loadModel,
   type ModelConfig,
@@ -35,7 +37,15 @@ export type RegistryOptions = Partial<LoopLimits> & {
   maxModelBytes?: number;
   /** How often loaded model names look for a newer checkpoint, in ms (default 2000; 0: only when asked). */
   refreshIntervalMs?: number;
+  /**
+   * The precision of the weights decode steps and prefills multiply by (vLLM's --dtype): "auto"
+   * (default) serves bfloat16 where the CPU multiplies it on AMX and float32 elsewhere.
+   */
+  dtype?: ServingDtype;
 };
+
+export type ServingDtype = "auto" | DecodeDtype;
+export const SERVING_DTYPES: readonly ServingDtype[] = ["auto", "float32", "bfloat16"];
 
 /** The defaults: a small CPU machine serving tiny and small models. */
 export const REGISTRY_DEFAULTS = {
@@ -45,6 +55,7 @@ export const REGISTRY_DEFAULTS = {
   maxQueuedRequests: 256,
   maxPrefillTokens: DEFAULT_MAX_PREFILL_TOKENS,
   refreshIntervalMs: 2000,
+  dtype: "auto",
 } as const;
 
 /** What the registry has done, for tests and metrics. */
@@ -73,6 +84,8 @@ export type LoadedModelStats = LoopStats & {
   retired: boolean;
   maxRunningRows: number;
   maxKvTokens: number;
+  /** The precision its weights are served in. */
+  dtype: DecodeDtype;
 };
 
 export type RegistryEvent = LoopEvent & { model: string };
@@ -129,7 +142,13 @@ export class ModelRegistry {
     warmUps: 0,
     tooLarge: 0,
   };
-  readonly limits: LoopLimits & { maxModelBytes: number; refreshIntervalMs: number };
+  readonly limits: LoopLimits & {
+    maxModelBytes: number;
+    refreshIntervalMs: number;
+    dtype: ServingDtype;
+  };
+  /** The dtype models are served in ("auto" resolved for this machine). */
+  readonly dtype: DecodeDtype;
   readonly #db: Database;
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
@@ -144,6 +163,7 @@ export class ModelRegistry {
   constructor(db: Database, options: RegistryOptions = {}) {
     this.#db = db;
     this.limits = { ...REGISTRY_DEFAULTS, ...definedOnly(options) };
+    this.dtype = this.limits.dtype === "auto" ? autoDecodeDtype() : this.limits.dtype;
     this.#loaded = new LRUCache<string, LoadedModel>({
       maxSize: this.limits.maxModelBytes,
       sizeCalculation: (entry) => entry.bytes,
@@ -178,6 +198,7 @@ export class ModelRegistry {
       retired: entry.retired,
       maxRunningRows: this.limits.maxRunningRows,
       maxKvTokens: this.limits.maxKvTokens,
+      dtype: entry.loop.dtype,
       ...entry.loop.stats(),
     }));
   }
@@ -319,14 +340,21 @@ export class ModelRegistry {
     let entry: LoadedModel;
     try {
       // The weights and the copies of them that decode steps read (GPT.packForDecoding).
-      const weightBytes = model.parameterCount() * 4 + model.packForDecoding();
+      const weightBytes = model.parameterCount() * 4 + model.packForDecoding(this.dtype);
       if (weightBytes > this.limits.maxModelBytes) this.#refuseTooLarge(served, mib(weightBytes));
       // The tokenizer and template the checkpoint was trained with (byte-v1 for older ones).
       const tokenizer = tokenizerFor(model.config);
       const rules = servingTokenRules(tokenizer, model.config.vocabSize);
-      const loop = new DecodeLoop(model, tokenizer, rules, this.limits, (event) => {
-        for (const listener of this.#listeners) listener({ ...event, model: served.id });
-      });
+      const loop = new DecodeLoop(
+        model,
+        tokenizer,
+        rules,
+        this.limits,
+        (event) => {
+          for (const listener of this.#listeners) listener({ ...event, model: served.id });
+        },
+        this.dtype,
+      );
       // Once per model shape: what a warm-up warms (compiled code, the heap) stays with the
       // process, so a training run's next checkpoint, loaded beside live requests, skips it.
       const shape = shapeKey(model.config);

@@ -1,7 +1,7 @@
 // The inference service's model cache and decode-loop limits from the environment (entry points
 // only); unset variables keep REGISTRY_DEFAULTS.
 import { ConfigError } from "@chatrl/contracts";
-import type { RegistryOptions } from "./model-registry.ts";
+import { type RegistryOptions, SERVING_DTYPES, type ServingDtype } from "./model-registry.ts";
 
 const VARIABLES = {
   CHATRL_INFERENCE_MAX_MODEL_BYTES: "maxModelBytes",
@@ -11,8 +11,12 @@ const VARIABLES = {
   CHATRL_INFERENCE_MAX_PREFILL_TOKENS: "maxPrefillTokens",
   CHATRL_INFERENCE_REFRESH_MS: "refreshIntervalMs",
 } as const satisfies Record<string, keyof RegistryOptions>;
+const DTYPE_VARIABLE = "CHATRL_INFERENCE_DTYPE";
 
-/** Each variable is a non-negative integer (rows and bytes: positive); ConfigError names the bad ones. */
+/**
+ * Each limit is a non-negative integer (rows and bytes: positive), the dtype one of
+ * SERVING_DTYPES; ConfigError names the bad ones.
+ */
 export function loadRegistryOptions(env: Record<string, string | undefined>): RegistryOptions {
   const options: RegistryOptions = {};
   const problems: string[] = [];
@@ -24,6 +28,14 @@ export function loadRegistryOptions(env: Record<string, string | undefined>): Re
     if (!Number.isSafeInteger(value) || value < (mayBeZero ? 0 : 1)) {
       problems.push(`${name} must be an integer ${mayBeZero ? ">= 0" : "> 0"}, got "${raw}"`);
     } else options[key] = value;
+  }
+  const dtype = env[DTYPE_VARIABLE];
+  if (dtype !== undefined && dtype !== "") {
+    if (SERVING_DTYPES.includes(dtype as ServingDtype)) options.dtype = dtype as ServingDtype;
+    else
+      problems.push(
+        `${DTYPE_VARIABLE} must be one of ${SERVING_DTYPES.join(", ")}, got "${dtype}"`,
+      );
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return options;

@@ -7,7 +7,7 @@ import {
   readCheckpointPart,
   saveCheckpoint,
 } from "@chatrl/db";
-import { GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
+import { autoDecodeDtype, GPT, MODEL_PRESETS, saveModel, tf } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
@@ -318,7 +318,7 @@ describe("inference service", () => {
     const otherId = `run-${other.runId}-sft`;
     // Weights and their copies packed for decoding, as the registry counts them.
     const probe = new GPT(MODEL_PRESETS.tiny, 0);
-    const oneModel = probe.parameterCount() * 4 + probe.packForDecoding();
+    const oneModel = probe.parameterCount() * 4 + probe.packForDecoding(autoDecodeDtype());
     probe.dispose();
     const small = await newApp({}, { maxModelBytes: Math.ceil(oneModel * 1.5) });
     const request = { messages: hello, max_tokens: 2 };

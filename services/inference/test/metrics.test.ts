@@ -1,6 +1,6 @@
 // The inference service's /metrics against a real test database holding a real tiny model.
 import { loadConfig } from "@chatrl/contracts";
-import { GPT, MODEL_PRESETS, saveModel } from "@chatrl/engine";
+import { autoDecodeDtype, GPT, MODEL_PRESETS, saveModel } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../../test/support/db.ts";
@@ -78,6 +78,9 @@ describe("inference metrics", () => {
     });
     expect(bytes).toBeGreaterThan(0);
     expect(promSample(text, "chatrl_inference_loaded_bytes")).toBe(bytes);
+    // Served in the dtype "auto" picks on this machine (bfloat16 where AMX multiplies it).
+    const dtypeInfo = { model, checkpoint: checkpointId, dtype: autoDecodeDtype() };
+    expect(promSample(text, "chatrl_inference_model_dtype_info", dtypeInfo)).toBe(1);
     expect(promSample(text, "chatrl_inference_batch_occupancy", labels)).toBe(0);
     expect(promSample(text, "chatrl_inference_model_loads_total")).toBe(1);
     expect(

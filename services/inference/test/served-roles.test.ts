@@ -4,6 +4,7 @@
 import { loadConfig } from "@chatrl/contracts";
 import { createRun, saveCheckpoint, saveCheckpoints } from "@chatrl/db";
 import {
+  autoDecodeDtype,
   ByteTokenizer,
   chatStopStrings,
   decodeSafetensors,
@@ -58,6 +59,7 @@ async function engineReply(weightsSeed: number): Promise<string> {
     const [result] = await generate(model, tokenizer, [[{ role: "user", content: QUESTION }]], {
       ...SAMPLING,
       stop: chatStopStrings(tokenizer),
+      dtype: autoDecodeDtype(), // as the service serves it
     });
     return result.text;
   } finally {

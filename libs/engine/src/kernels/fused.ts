@@ -4,7 +4,7 @@
 // other tensor. Each forward kernel has a matching gradient kernel; ops.ts wires the two
 // together with tf.customGrad.
 import * as tf from "@tensorflow/tfjs";
-import type { NativeKernels } from "./native.ts";
+import type { NativeKernels, PackedWeight } from "./native.ts";
 import { dataAccess } from "./views.ts";
 
 export const FUSED = {
@@ -60,7 +60,7 @@ function registerHeadGradients() {
 type Inputs = Record<string, tf.TensorInfo>;
 
 /** ChatrlDecodeLayer's attributes: packed weights, the layer's pools, the block's shape. */
-export type DecodeLayerAttrs = Record<"wQkv" | "wProj" | "wFc" | "wFc2", Float32Array> &
+export type DecodeLayerAttrs = Record<"wQkv" | "wProj" | "wFc" | "wFc2", PackedWeight> &
   Record<"kPool" | "vPool", Uint16Array> &
   Record<"heads" | "blockSize" | "scale" | "eps", number> & { norm: 0 | 1; act: 0 | 1 };
 
@@ -101,10 +101,10 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
     return out;
   });
 
-  // A decode step's product on packed weights (packPanels): x: [rows, in], bias: [out] -> [rows,
-  // out]. The packed weights come as an attribute (a Float32Array outside tfjs).
+  // A decode step's product on packed weights (packWeight): x: [rows, in], bias: [out] -> [rows,
+  // out]. The packed weights come as an attribute (a typed array outside tfjs).
   kernel(FUSED.linearPanels, ({ x, bias }, attrs, io) => {
-    const { packed, outDim } = attrs as unknown as { packed: Float32Array; outDim: number };
+    const { packed, outDim } = attrs as unknown as { packed: PackedWeight; outDim: number };
     const [rows, inDim] = x.shape;
     const out = io.alloc([rows, outDim], "float32");
     native.linearPanels(

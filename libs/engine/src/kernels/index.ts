@@ -5,12 +5,12 @@ import { registerFusedKernels } from "./fused.ts";
 import { rowGather } from "./gather.ts";
 import { sharedIdentity } from "./identity.ts";
 import { nativeBatchMatMul, transposingBatchMatMul } from "./matmul.ts";
-import { loadNativeKernels, nativeLoadError } from "./native.ts";
+import { loadNativeKernels, nativeLoadError, type PackedWeight } from "./native.ts";
 import { unsortedSegmentSum } from "./segment-sum.ts";
 import { dataAccess } from "./views.ts";
 
 export { FUSED, partName } from "./fused.ts";
-export type { BlasInfo, NativeKernels } from "./native.ts";
+export type { BlasInfo, NativeKernels, PackedWeight } from "./native.ts";
 export { loadNativeKernels, nativeLoadError } from "./native.ts";
 
 /** The backends whose kernels we override. */
@@ -157,16 +157,48 @@ export function pagedStore(
 const PANEL = 64;
 
 /**
- * A weight [in, out] packed for the decode steps' products (linearPanels): panels of 64 columns,
- * [panels, in, 64]. Null where the native kernels are not active (the products then stay tfjs's).
+ * The precision of the weights a served model's steps multiply by: float32 (the checkpoint's),
+ * or bfloat16 (half the bytes per step, and AMX's tile products where the CPU has them).
  */
-export function packPanels(w: tf.Tensor2D): Float32Array | null {
+export type DecodeDtype = "float32" | "bfloat16";
+
+/**
+ * A weight [in, out] packed for the decode steps' products (linearPanels): float32 panels of 64
+ * columns, [panels, in, 64], or bfloat16 in AMX's tile order, [out / 16][in / 32][16][16][2].
+ * Null where the native kernels are not active (the products then stay tfjs's, in float32).
+ */
+export function packWeight(w: tf.Tensor2D, dtype: DecodeDtype): PackedWeight | null {
   const native = loadNativeKernels();
   if (!native || !fusedKernelsActive()) return null;
   const [inDim, outDim] = w.shape;
+  const data = w.dataSync() as Float32Array;
+  if (dtype === "bfloat16") {
+    const packed = new Uint16Array(Math.ceil(outDim / 16) * Math.ceil(inDim / 32) * 512);
+    native.packBf16(data, packed, inDim, outDim);
+    return packed;
+  }
   const packed = new Float32Array(Math.ceil(outDim / PANEL) * inDim * PANEL);
-  native.packPanels(w.dataSync() as Float32Array, packed, inDim, outDim);
+  native.packPanels(data, packed, inDim, outDim);
   return packed;
+}
+
+/** Whether bfloat16 products run on AMX (Intel Xeon since Sapphire Rapids, granted by Linux). */
+export function nativeUsesAmx(): boolean {
+  return loadNativeKernels()?.usesAmx() ?? false;
+}
+
+/** Lets bfloat16 products use AMX where there is one, or not (tests compare both paths). */
+export function setNativeAmx(on: boolean): boolean {
+  return loadNativeKernels()?.setAmx(on) ?? false;
+}
+
+/**
+ * The dtype "auto" stands for (vLLM's --dtype auto serves a float32 checkpoint in half
+ * precision): bfloat16 where its products run on AMX, float32 elsewhere, where the plain
+ * bfloat16 loop would be slower than float32's.
+ */
+export function autoDecodeDtype(): DecodeDtype {
+  return nativeUsesAmx() && fusedKernelsActive() ? "bfloat16" : "float32";
 }
 
 /** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */

@@ -12,6 +12,9 @@ export interface BlasInfo {
   chosenCore: string;
 }
 
+/** Weights packed for decode steps: float32 panels (packPanels) or bfloat16 tiles (packBf16). */
+export type PackedWeight = Float32Array | Uint16Array;
+
 export interface NativeKernels {
   /**
    * Row-major out[i] = op(a[i]) @ op(b[i]); a[i]: [m, k] ([k, m] when transA), b[i]: [k, n]
@@ -41,10 +44,16 @@ export interface NativeKernels {
   ): void;
   /** packed[p][i][j] = w[i][p * 64 + j] (0 past outDim): the layout linearPanels reads. */
   packPanels(w: Float32Array, packed: Float32Array, inDim: number, outDim: number): void;
-  /** out = x @ w + bias with w packed by packPanels; the decode steps' products. */
+  /** bfloat16 tiles in AMX's order: the layout linearPanels reads from a Uint16Array. */
+  packBf16(w: Float32Array, packed: Uint16Array, inDim: number, outDim: number): void;
+  /** Whether bfloat16 products may use AMX where the CPU has it; returns whether they do. */
+  setAmx(on: boolean): boolean;
+  /** Whether bfloat16 products run on AMX. */
+  usesAmx(): boolean;
+  /** out = x @ w + bias with w packed by packPanels or packBf16; the decode steps' products. */
   linearPanels(
     x: Float32Array,
-    packed: Float32Array,
+    packed: Float32Array | Uint16Array,
     bias: Float32Array | null,
     out: Float32Array,
     rows: number,
@@ -177,15 +186,15 @@ export interface NativeKernels {
     out: Float32Array,
     ln1g: Float32Array,
     ln1b: Float32Array | null,
-    wQkv: Float32Array,
+    wQkv: Float32Array | Uint16Array,
     bQkv: Float32Array,
-    wProj: Float32Array,
+    wProj: Float32Array | Uint16Array,
     bProj: Float32Array,
     ln2g: Float32Array,
     ln2b: Float32Array | null,
-    wFc: Float32Array,
+    wFc: Float32Array | Uint16Array,
     bFc: Float32Array,
-    wFc2: Float32Array,
+    wFc2: Float32Array | Uint16Array,
     bFc2: Float32Array,
     kPool: Uint16Array,
     vPool: Uint16Array,
