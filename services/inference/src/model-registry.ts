@@ -147,8 +147,6 @@ export class ModelRegistry {
     refreshIntervalMs: number;
     dtype: ServingDtype;
   };
-  /** The dtype models are served in ("auto" resolved for this machine). */
-  readonly dtype: DecodeDtype;
   readonly #db: Database;
   readonly #loaded: LRUCache<string, LoadedModel>;
   readonly #loading = new Map<string, Promise<LoadedModel>>();
@@ -163,7 +161,6 @@ export class ModelRegistry {
   constructor(db: Database, options: RegistryOptions = {}) {
     this.#db = db;
     this.limits = { ...REGISTRY_DEFAULTS, ...definedOnly(options) };
-    this.dtype = this.limits.dtype === "auto" ? autoDecodeDtype() : this.limits.dtype;
     this.#loaded = new LRUCache<string, LoadedModel>({
       maxSize: this.limits.maxModelBytes,
       sizeCalculation: (entry) => entry.bytes,
@@ -340,7 +337,9 @@ export class ModelRegistry {
     let entry: LoadedModel;
     try {
       // The weights and the copies of them that decode steps read (GPT.packForDecoding).
-      const weightBytes = model.parameterCount() * 4 + model.packForDecoding(this.dtype);
+      // "auto" is resolved here, once the backend that will run the model is up.
+      const dtype = this.limits.dtype === "auto" ? autoDecodeDtype() : this.limits.dtype;
+      const weightBytes = model.parameterCount() * 4 + model.packForDecoding(dtype);
       if (weightBytes > this.limits.maxModelBytes) this.#refuseTooLarge(served, mib(weightBytes));
       // The tokenizer and template the checkpoint was trained with (byte-v1 for older ones).
       const tokenizer = tokenizerFor(model.config);
@@ -353,7 +352,7 @@ export class ModelRegistry {
         (event) => {
           for (const listener of this.#listeners) listener({ ...event, model: served.id });
         },
-        this.dtype,
+        dtype,
       );
       // Once per model shape: what a warm-up warms (compiled code, the heap) stays with the
       // process, so a training run's next checkpoint, loaded beside live requests, skips it.

@@ -6,13 +6,17 @@ import { createRun, saveCheckpoint, saveCheckpoints } from "@chatrl/db";
 import {
   autoDecodeDtype,
   ByteTokenizer,
+  DecodeBatch,
+  type DecodeDtype,
   chatStopStrings,
   decodeSafetensors,
+  encodePrompt,
   encodeSafetensors,
   GPT,
   generate,
   MODEL_PRESETS,
   saveModel,
+  servingTokenRules,
 } from "@chatrl/engine";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -160,6 +164,72 @@ describe("models of a three-stage run", () => {
       expect(res.json().model).toBe(names[role]);
       expect(res.json().choices[0].message.content, role).toBe(expected[role]);
     }
+  });
+
+  it("serves in the dtype it is configured with: float32 gives the engine's float32 log-probs, bfloat16 its bfloat16 ones", async () => {
+    const messages = [{ role: "user" as const, content: QUESTION }];
+    /** The engine's log-probs of the SFT model's first 4 greedy tokens (no stop before), in `dtype`. */
+    async function engineLogprobs(dtype: DecodeDtype): Promise<number[]> {
+      const model = new GPT(tiny, SEEDS.sft);
+      const batch = new DecodeBatch(model, { dtype });
+      try {
+        const tokenizer = new ByteTokenizer();
+        const rules = servingTokenRules(tokenizer, tiny.vocabSize);
+        const options = {
+          maxNewTokens: 4,
+          temperature: 0,
+          topP: 1,
+          seed: 0,
+          minNewTokens: 4,
+          stopIds: rules.stop,
+          suppressIds: rules.suppress,
+          logprobs: 0,
+        };
+        const [[row]] = await batch.add([
+          { prompt: encodePrompt(tokenizer, messages), rows: [options] },
+        ]);
+        while (batch.size > 0) await batch.step();
+        return row.logprobs.map((lp) => lp.logprob);
+      } finally {
+        batch.dispose();
+        model.dispose();
+      }
+    }
+    const served = async (dtype: DecodeDtype) => {
+      const server = await buildInferenceApp(loadConfig({ CHATRL_LOG_LEVEL: "silent" }), {
+        db: testDb.db,
+        registry: { dtype },
+      });
+      try {
+        const res = await server.inject({
+          method: "POST",
+          url: "/v1/chat/completions",
+          payload: {
+            model: `run-${runId}-sft`,
+            messages,
+            max_tokens: 4,
+            min_tokens: 4,
+            temperature: 0,
+            logprobs: true,
+          },
+        });
+        expect(res.statusCode, res.body).toBe(200);
+        expect(server.modelRegistry.snapshot().map((m) => m.dtype)).toEqual([dtype]);
+        return (res.json().choices[0].logprobs.content as { logprob: number }[]).map(
+          (c) => c.logprob,
+        );
+      } finally {
+        await server.close();
+      }
+    };
+    const float32 = await engineLogprobs("float32");
+    const bfloat16 = await engineLogprobs("bfloat16");
+    expect(await served("float32")).toEqual(float32);
+    expect(await served("bfloat16")).toEqual(bfloat16);
+    // The two precisions do differ, by about bfloat16's rounding.
+    const gap = Math.max(...float32.map((x, i) => Math.abs(x - bfloat16[i])));
+    expect(gap).toBeGreaterThan(0);
+    expect(gap).toBeLessThan(0.05);
   });
 
   it("refuses to serve the critic or the reward model under any name", async () => {
