@@ -312,6 +312,8 @@ export class GPT {
   private adapted: Projection[] = [];
   private loraIsMerged = false;
   #decodeDtype: DecodeDtype | null = null;
+  /** The LM head as packForDecoding packs it: [C, V] (the transpose of lm_head / wte). */
+  #packedHead?: PackedWeight;
   private disposed = false;
 
   /** A freshly initialized model (GPT-2 init); equal seeds give equal weights. */
@@ -383,7 +385,8 @@ export class GPT {
       const normed = this.hidden(ids, opts); // [B, T, C]
       const [batch, time] = ids.shape;
       const flat = normed.reshape([batch * time, this.config.dModel]) as tf.Tensor2D; // [B*T, C]
-      return this.head(flat).reshape([batch, time, this.config.vocabSize]) as tf.Tensor3D;
+      const logits = this.head(flat, opts.training ?? false);
+      return logits.reshape([batch, time, this.config.vocabSize]) as tf.Tensor3D;
     });
   }
 
@@ -397,12 +400,15 @@ export class GPT {
       const normed = this.hidden(ids, opts); // [B, T, C]
       const [batch, time] = ids.shape;
       const { dModel } = this.config;
-      return this.head(normed.slice([0, time - 1, 0], [batch, 1, dModel]).reshape([batch, dModel]));
+      const last = normed.slice([0, time - 1, 0], [batch, 1, dModel]).reshape([batch, dModel]);
+      return this.head(last as tf.Tensor2D, opts.training ?? false);
     });
   }
 
-  /** The LM head: hidden states [N, C] -> logits [N, V]. */
-  private head(x: tf.Tensor2D): tf.Tensor2D {
+  /** The LM head: hidden states [N, C] -> logits [N, V], on its packed copy outside training. */
+  private head(x: tf.Tensor2D, training: boolean): tf.Tensor2D {
+    if (this.#packedHead && !training)
+      return linearPacked(x, this.#packedHead, this.config.vocabSize) as tf.Tensor2D;
     return tf.matMul(x, this.lmHead ?? this.wte, false, true); // head: [V, C]
   }
 
@@ -571,9 +577,9 @@ export class GPT {
   }
 
   /**
-   * Copies every projection's weight into the layout of the native product for few rows
-   * (kernels/index.ts packWeight), in float32 or bfloat16, which every forward pass outside
-   * training then uses: continuous batching's steps multiply a handful of rows by every weight,
+   * Copies every projection's weight, and the LM head, into the layout of the native product
+   * for few rows (kernels/index.ts packWeight), in float32 or bfloat16, which every forward pass
+   * outside training then uses: continuous batching's steps multiply a handful of rows by every weight,
    * and prefill on the same kernel keeps a row's numbers independent of what shares its batch.
    * Packing in another dtype replaces the copies. Returns the bytes the new copies add (0 where
    * the native kernels are off, or when already packed in `dtype`). The copies do not follow the
@@ -591,6 +597,14 @@ export class GPT {
       this.#decodeDtype = dtype;
       bytes += packed.byteLength;
     }
+    if (!this.#packedHead) {
+      const headT = tf.tidy(() => tf.transpose(this.lmHead ?? this.wte) as tf.Tensor2D); // [C, V]
+      const packed = packWeight(headT, dtype);
+      headT.dispose();
+      if (!packed) return bytes;
+      this.#packedHead = packed;
+      bytes += packed.byteLength;
+    }
     return bytes;
   }
 
@@ -602,6 +616,7 @@ export class GPT {
   /** Drops the copies packForDecoding() made; decode steps use the weights themselves again. */
   unpackDecoding(): void {
     for (const p of this.blocks.flatMap((b) => b.projections())) p.packed = undefined;
+    this.#packedHead = undefined;
     this.#decodeDtype = null;
   }
 
