@@ -1046,6 +1046,21 @@ inline void StoreTile(const float* sums, const float* bias, float* out, int64_t 
     StoreColumns(sums + (r - g * 16) * 16, bias, out + r * outDim, block * kTileN, kTileN, outDim);
 }
 
+// The four sum tiles (0-3): cleared before a pass over the input, copied out after.
+__attribute__((target("amx-tile,amx-bf16"))) inline void ZeroSums() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) inline void StoreSums(float (&sums)[4][16 * 16]) {
+  _tile_stored(0, sums[0], 64);
+  _tile_stored(1, sums[1], 64);
+  _tile_stored(2, sums[2], 64);
+  _tile_stored(3, sums[3], 64);
+}
+
 // Two row groups (g, g + 1) by blocks b, b + 1 (n of them, 1 or 2): tiles 0-3 sum, 4-5 hold the
 // rows, 6-7 the weights. Each weight tile loaded serves 32 rows, where the one-group loop below
 // loads it for every 16: a prefill of 64 tokens streams the weights from L2 half as often.
@@ -1057,10 +1072,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxTwoGroups(
   const int64_t stride = chunks * kTileElems;
   const uint16_t* a0 = a + g * 16 * ld;
   const uint16_t* a1 = a0 + 16 * ld;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  ZeroSums();
   for (int64_t kc = 0; kc < chunks; ++kc) {
     const uint16_t* wk = w + kc * kTileElems;
     _tile_loadd(4, a0 + kc * kTileK, ld * 2);
@@ -1075,10 +1087,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxTwoGroups(
     }
   }
   alignas(64) float sums[4][16 * 16];
-  _tile_stored(0, sums[0], 64);
-  _tile_stored(1, sums[1], 64);
-  _tile_stored(2, sums[2], 64);
-  _tile_stored(3, sums[3], 64);
+  StoreSums(sums);
   StoreTile(sums[0], bias, out, rows, outDim, g, b);
   StoreTile(sums[2], bias, out, rows, outDim, g + 1, b);
   if (n > 1) {
@@ -1095,10 +1104,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxOneGroup(
   const int64_t chunks = (in + kTileK - 1) / kTileK, ld = chunks * kTileK;
   const uint16_t* w = packed + first * chunks * kTileElems;
   const int64_t stride = chunks * kTileElems;  // from one block's tile to the next block's
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  ZeroSums();
   const uint16_t* ag = a + g * 16 * ld;
   for (int64_t kc = 0; kc < chunks; ++kc) {
     const uint16_t* wk = w + kc * kTileElems;
@@ -1119,10 +1125,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxOneGroup(
     }
   }
   alignas(64) float sums[4][16 * 16];
-  _tile_stored(0, sums[0], 64);
-  _tile_stored(1, sums[1], 64);
-  _tile_stored(2, sums[2], 64);
-  _tile_stored(3, sums[3], 64);
+  StoreSums(sums);
   for (int64_t t = 0; t < n; ++t) StoreTile(sums[t], bias, out, rows, outDim, g, first + t);
 }
 
