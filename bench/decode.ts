@@ -7,7 +7,7 @@
 // the level's prompts (median over the repetitions) and the KV cache's bytes at the longest. What bench:inference measures minus HTTP, clients and the event loop.
 //
 // The weights are packed in --dtype as the inference service packs them (default auto: bfloat16
-// where the CPU has AMX, float32 elsewhere).
+// where the CPU multiplies it: AMX or AVX-512 BF16; float32 elsewhere).
 //
 //   npm run bench:decode -- [--rows 1,4,16,64] [--repeats N] [--threads N]
 //                           [--dtype auto|float32|bfloat16]

@@ -68,9 +68,10 @@ export {
 } from "./decode-batch";
 export {
   autoDecodeDtype,
+  type Bf16Kernel,
   type DecodeDtype,
-  nativeUsesAmx,
-  setNativeAmx,
+  nativeBf16Kernel,
+  setNativeBf16Kernel,
 } from "./kernels/index.ts";
 export { KVCache } from "./kv-cache";
 export { type ForwardOptions, GPT, type LoraConfig } from "./model";

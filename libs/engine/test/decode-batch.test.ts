@@ -75,7 +75,7 @@ async function alone(
 }
 
 describe("DecodeBatch", () => {
-  // bfloat16: what the inference service serves by default where the CPU has AMX.
+  // bfloat16: served by default where the CPU multiplies it (AMX, AVX-512 BF16).
   const DTYPES = ["float32", "bfloat16"] as const;
 
   it.each(DTYPES)(

@@ -5,10 +5,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   installFastKernels,
   nativeThreads,
-  nativeUsesAmx,
+  nativeBf16Kernel,
   packWeight,
   setFastKernelsEnabled,
-  setNativeAmx,
+  setNativeBf16Kernel,
   setNativeThreads,
 } from "../src/kernels/index.ts";
 import { transposingBatchMatMul } from "../src/kernels/matmul.ts";
@@ -236,13 +236,17 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
         () => tf.add(tf.matMul(roundToBf16(x), roundToBf16(w)), b ?? 0).dataSync() as Float32Array,
       );
       // Rounded operands, products summed in float32: only the order of the sums differs.
-      const paths = nativeUsesAmx() ? [true, false] : [false];
-      for (const amx of paths)
+      // Every loop this CPU has: AMX, AVX-512 BF16, the plain one.
+      const best = nativeBf16Kernel();
+      const kernels = (["amx", "avx512bf16", "plain"] as const).slice(
+        ["amx", "avx512bf16", "plain"].indexOf(best),
+      );
+      for (const kernel of kernels)
         for (const threads of [1, 2]) {
-          setNativeAmx(amx);
+          expect(setNativeBf16Kernel(kernel)).toBe(kernel);
           setNativeThreads(threads);
           const got = tf.tidy(() => linearPacked(x, packed, outDim, b).dataSync() as Float32Array);
-          expect(maxRelDiff(got, want), `amx ${amx}, ${threads} threads`).toBeLessThan(2e-5);
+          expect(maxRelDiff(got, want), `${kernel}, ${threads} threads`).toBeLessThan(2e-5);
           // A row's numbers do not depend on the rows beside it.
           const alone = tf.tidy(
             () =>
@@ -255,7 +259,7 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
           );
           expect(Array.from(alone)).toEqual(Array.from(got.subarray((rows - 1) * outDim)));
         }
-      setNativeAmx(true);
+      setNativeBf16Kernel(best);
       setNativeThreads(defaultThreads);
       // Not the float32 product: the rounding is there, about 3 significant digits of the whole.
       const exact = tf.tidy(() => tf.add(tf.matMul(x, w), b ?? 0).dataSync() as Float32Array);

@@ -39,7 +39,8 @@ export type RegistryOptions = Partial<LoopLimits> & {
   refreshIntervalMs?: number;
   /**
    * The precision of the weights decode steps and prefills multiply by (vLLM's --dtype): "auto"
-   * (default) serves bfloat16 where the CPU multiplies it on AMX and float32 elsewhere.
+   * (default) serves bfloat16 where the CPU multiplies it natively (AMX or AVX-512 BF16) and
+   * float32 elsewhere.
    */
   dtype?: ServingDtype;
 };

@@ -78,7 +78,7 @@ describe("inference metrics", () => {
     });
     expect(bytes).toBeGreaterThan(0);
     expect(promSample(text, "chatrl_inference_loaded_bytes")).toBe(bytes);
-    // Served in the dtype "auto" picks on this machine (bfloat16 where AMX multiplies it).
+    // Served in the dtype "auto" picks on this machine (bfloat16 where AMX or AVX-512 BF16 multiplies it).
     const dtypeInfo = { model, checkpoint: checkpointId, dtype: autoDecodeDtype() };
     expect(promSample(text, "chatrl_inference_model_dtype_info", dtypeInfo)).toBe(1);
     expect(promSample(text, "chatrl_inference_batch_occupancy", labels)).toBe(0);

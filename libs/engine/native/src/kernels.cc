@@ -264,6 +264,10 @@ void SizedGemm(bool transA, bool transB, int m, int n, int k, float alpha, const
 }
 
 // `work` is the multiply-adds of all iterations together; small loops stay on this thread.
+// Each part takes the next iteration left: a pool thread that wakes late (it sleeps between
+// decode steps, and on a busy machine waits for a core) finds less to do rather than holding
+// up the caller, who has done the rest meanwhile. Iterations write disjoint outputs, so who
+// runs one does not change its numbers.
 template <typename Body>
 void ParallelFor(int64_t count, int64_t work, Body body) {
   UseBlasThreads(1);
@@ -274,8 +278,11 @@ void ParallelFor(int64_t count, int64_t work, Body body) {
     for (int64_t i = 0; i < count; ++i) body(i, 0);
     return;
   }
+  std::atomic<int64_t> next{0};
   workerPool.Run(workers, [&](int w) {
-    for (int64_t i = w; i < count; i += workers) body(i, w);
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      body(i, w);
   });
 }
 
@@ -1144,10 +1151,75 @@ __attribute__((target("amx-tile,amx-bf16"))) void Bf16ProductAmx(
 }
 #endif
 
-bool amxReady = false;  // the CPU has AMX and Linux granted it (Init)
-bool amxOn = true;      // setAmx(false) runs the plain path (tests compare the two)
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11
+#define CHATRL_AVX512_BF16 1
+// Without AMX, AVX-512 BF16 (AMD since Zen 4, Intel since Cooper Lake) multiplies pairs of
+// bfloat16 into float32 sums, 32 multiply-adds per instruction where a float32 FMA does 16. A
+// row of an AMX weight tile, [16 columns][2 values of in], is exactly one such operand: the same
+// packed weights serve both. Rows r0..r0+R by blocks [first, first + N): each of the R x N
+// registers sums one row's 16 columns over `in` in order, the same order for any R.
+template <int R, int N>
+__attribute__((target("avx512f,avx512bf16"))) void Bf16VectorRows(
+    const uint16_t* a, const uint16_t* packed, const float* bias, float* out, int64_t r0,
+    int64_t in, int64_t outDim, int64_t first) {
+  const int64_t chunks = (in + kTileK - 1) / kTileK, ld = chunks * kTileK;
+  const int64_t stride = chunks * kTileElems;  // from one block's tiles to the next block's
+  const uint16_t* w = packed + first * stride;
+  __m512 acc[R][N];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < N; ++n) acc[r][n] = _mm512_setzero_ps();
+  for (int64_t pair = 0; pair < ld / 2; ++pair) {
+    // Tile kc = pair / 16, its row pair % 16: 32 bfloat16, 16 columns x 2 values of in.
+    const uint16_t* wp = w + (pair / 16) * kTileElems + (pair % 16) * 2 * kTileN;
+    __m512bh wv[N];
+    for (int n = 0; n < N; ++n)
+      wv[n] = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(wp + n * stride));
+    for (int r = 0; r < R; ++r) {
+      int32_t xs;
+      std::memcpy(&xs, a + (r0 + r) * ld + pair * 2, 4);
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(xs);
+      for (int n = 0; n < N; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], xv, wv[n]);
+    }
+  }
+  alignas(64) float sums[kTileN];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < N; ++n) {
+      _mm512_store_ps(sums, acc[r][n]);
+      StoreColumns(sums, bias, out + (r0 + r) * outDim, (first + n) * kTileN, kTileN, outDim);
+    }
+}
 
-bool UsingAmx() { return amxReady && amxOn; }
+// Blocks [first, first + n) (n <= 4) for every row, six rows at a time.
+template <int N>
+void Bf16VectorBlocks(const uint16_t* a, const uint16_t* packed, const float* bias, float* out,
+                      int64_t rows, int64_t in, int64_t outDim, int64_t first) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) Bf16VectorRows<6, N>(a, packed, bias, out, r, in, outDim, first);
+  for (; r + 3 <= rows; r += 3) Bf16VectorRows<3, N>(a, packed, bias, out, r, in, outDim, first);
+  for (; r < rows; ++r) Bf16VectorRows<1, N>(a, packed, bias, out, r, in, outDim, first);
+}
+
+void Bf16ProductVector(const uint16_t* a, const uint16_t* packed, const float* bias, float* out,
+                       int64_t rows, int64_t in, int64_t outDim, int64_t first, int64_t n) {
+  switch (n) {
+    case 4: return Bf16VectorBlocks<4>(a, packed, bias, out, rows, in, outDim, first);
+    case 3: return Bf16VectorBlocks<3>(a, packed, bias, out, rows, in, outDim, first);
+    case 2: return Bf16VectorBlocks<2>(a, packed, bias, out, rows, in, outDim, first);
+    default: return Bf16VectorBlocks<1>(a, packed, bias, out, rows, in, outDim, first);
+  }
+}
+
+bool VectorBf16Available() { return __builtin_cpu_supports("avx512bf16"); }
+#endif
+
+// Which loop multiplies bfloat16 weights: the best the CPU has, or a slower one a test chose
+// (setBf16Kernel) to compare them.
+enum class Bf16Kernel { kPlain = 0, kVector = 1, kAmx = 2 };
+const char* const kBf16KernelNames[] = {"plain", "avx512bf16", "amx"};
+Bf16Kernel bf16Best = Bf16Kernel::kPlain;  // set in Init
+Bf16Kernel bf16Chosen = Bf16Kernel::kAmx;  // the ceiling a test set
+
+Bf16Kernel Bf16KernelInUse() { return std::min(bf16Best, bf16Chosen); }
 
 // out = x @ w + bias for x [rows, in], w packed by packBf16; groups of 4 blocks over the threads.
 void Bf16Product(const float* x, const uint16_t* packed, const float* bias, float* out,
@@ -1157,12 +1229,22 @@ void Bf16Product(const float* x, const uint16_t* packed, const float* bias, floa
   RowsToBf16(x, rows, in, rowsBf16);
   const uint16_t* a = rowsBf16.data();  // the caller's buffer, read by every thread
   const int64_t blocks = (outDim + kTileN - 1) / kTileN;
+  const Bf16Kernel kernel = Bf16KernelInUse();
 #if defined(CHATRL_AMX)
-  if (UsingAmx()) {
+  if (kernel == Bf16Kernel::kAmx) {
     // AMX does ~16x the multiply-adds of a vector unit: a second thread pays off that much later.
     ParallelFor((blocks + 3) / 4, (rows + 15) / 16 * 16 * in * outDim / 16, [&](int64_t p, int) {
       Bf16ProductAmx(a, packed, bias, out, rows, in, outDim, p * 4,
                      std::min<int64_t>(4, blocks - p * 4));
+    });
+    return;
+  }
+#endif
+#if defined(CHATRL_AVX512_BF16)
+  if (kernel == Bf16Kernel::kVector) {
+    ParallelFor((blocks + 3) / 4, rows * in * outDim, [&](int64_t p, int) {
+      Bf16ProductVector(a, packed, bias, out, rows, in, outDim, p * 4,
+                        std::min<int64_t>(4, blocks - p * 4));
     });
     return;
   }
@@ -1172,15 +1254,24 @@ void Bf16Product(const float* x, const uint16_t* packed, const float* bias, floa
   });
 }
 
-// setAmx(on): whether bfloat16 products may use AMX (where the CPU has it). Returns whether
-// they do.
-Napi::Value SetAmx(const Napi::CallbackInfo& info) {
-  amxOn = info[0].ToBoolean().Value();
-  return Napi::Boolean::New(info.Env(), UsingAmx());
+// bf16Kernel(): the loop bfloat16 products run on, "amx", "avx512bf16" or "plain".
+Napi::Value Bf16KernelName(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), kBf16KernelNames[static_cast<int>(Bf16KernelInUse())]);
 }
 
-Napi::Value UsesAmx(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), UsingAmx());
+// setBf16Kernel(name): bfloat16 products use that loop, or the best below it the CPU has (tests
+// compare them). Returns the one in use.
+Napi::Value SetBf16Kernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  const auto* found = std::find(std::begin(kBf16KernelNames), std::end(kBf16KernelNames), name);
+  if (found == std::end(kBf16KernelNames)) {
+    Napi::TypeError::New(env, "setBf16Kernel: amx, avx512bf16 or plain, not '" + name + "'")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  bf16Chosen = static_cast<Bf16Kernel>(found - std::begin(kBf16KernelNames));
+  return Bf16KernelName(info);
 }
 
 // Weights packed for decode steps, in either layout: float32 panels (packPanels) or bfloat16
@@ -1235,6 +1326,19 @@ int64_t PoolPosition(const int32_t* table, int64_t row, int64_t maxBlocks, int64
   return static_cast<int64_t>(table[row * maxBlocks + p / blockSize]) * blockSize + p % blockSize;
 }
 
+// A row's blocks lie anywhere in the pool, so the hardware prefetcher loses the stream at every
+// block boundary: the attention loops fetch the position kAhead ahead themselves (values
+// [from, from + count) of it). Scattered blocks (as rows take them in turn) cost 1.75x
+// contiguous ones without it.
+constexpr int64_t kAhead = 4;
+inline void PrefetchPosition(const uint16_t* pool, const int32_t* blocks, int64_t p,
+                             int64_t blockSize, int64_t c, int64_t from = 0, int64_t count = -1) {
+  const char* at = reinterpret_cast<const char*>(
+      pool + (static_cast<int64_t>(blocks[p / blockSize]) * blockSize + p % blockSize) * c + from);
+  const int64_t bytes = (count < 0 ? c : count) * 2;
+  for (int64_t line = 0; line < bytes; line += 64) _mm_prefetch(at + line, _MM_HINT_T0);
+}
+
 #if defined(CHATRL_LANES)
 // Softmax of n scores in place, kWidth at a time.
 void SoftmaxLanes(float* s, int64_t n) {
@@ -1283,6 +1387,8 @@ void PagedValues(const float* probs, const uint16_t* vPool, const int32_t* block
     const uint16_t* vb = vPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
     for (int64_t t = 0; t < blockSize && j < seen; ++t, ++j) {
       const uint16_t* vj = vb + t * c + first * L::kWidth;
+      if (j + kAhead < seen)
+        PrefetchPosition(vPool, blocks, j + kAhead, blockSize, c, first * L::kWidth, N * L::kWidth);
       for (int i = 0; i < N; ++i)
         acc[i] = L::Fma(L::Set(p[i][j]), L::LoadHalf(vj + i * L::kWidth), acc[i]);
     }
@@ -1306,6 +1412,7 @@ void PagedRow(const float* q, const uint16_t* kPool, const uint16_t* vPool, cons
       const uint16_t* kb = kPool + static_cast<int64_t>(blocks[b]) * blockSize * c;
       for (int64_t o = 0; o < blockSize && j < seen; ++o, ++j) {
         const uint16_t* kj = kb + o * c;
+        if (j + kAhead < seen) PrefetchPosition(kPool, blocks, j + kAhead, blockSize, c);
         for (int64_t h = 0; h < nh; ++h) {
           L::V acc = L::Zero();
           for (int64_t d = h * hs; d < (h + 1) * hs; d += L::kWidth)
@@ -1695,16 +1802,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return exports;
   }
   workerThreads = blas.getThreads();
+#if defined(CHATRL_AVX512_BF16)
+  if (VectorBf16Available()) bf16Best = Bf16Kernel::kVector;
+#endif
 #if defined(CHATRL_AMX)
-  amxReady = AmxAvailable();
+  if (AmxAvailable()) bf16Best = Bf16Kernel::kAmx;
 #endif
   exports.Set("batchMatMul", Napi::Function::New(env, BatchMatMul));
   exports.Set("linear", Napi::Function::New(env, Linear));
   exports.Set("packPanels", Napi::Function::New(env, PackPanels));
   exports.Set("linearPanels", Napi::Function::New(env, LinearPanels));
   exports.Set("packBf16", Napi::Function::New(env, PackBf16));
-  exports.Set("setAmx", Napi::Function::New(env, SetAmx));
-  exports.Set("usesAmx", Napi::Function::New(env, UsesAmx));
+  exports.Set("bf16Kernel", Napi::Function::New(env, Bf16KernelName));
+  exports.Set("setBf16Kernel", Napi::Function::New(env, SetBf16Kernel));
   exports.Set("columnSum", Napi::Function::New(env, ColumnSum));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));

@@ -5,12 +5,17 @@ import { registerFusedKernels } from "./fused.ts";
 import { rowGather } from "./gather.ts";
 import { sharedIdentity } from "./identity.ts";
 import { nativeBatchMatMul, transposingBatchMatMul } from "./matmul.ts";
-import { loadNativeKernels, nativeLoadError, type PackedWeight } from "./native.ts";
+import {
+  type Bf16Kernel,
+  loadNativeKernels,
+  nativeLoadError,
+  type PackedWeight,
+} from "./native.ts";
 import { unsortedSegmentSum } from "./segment-sum.ts";
 import { dataAccess } from "./views.ts";
 
 export { FUSED, partName } from "./fused.ts";
-export type { BlasInfo, NativeKernels, PackedWeight } from "./native.ts";
+export type { Bf16Kernel, BlasInfo, NativeKernels, PackedWeight } from "./native.ts";
 export { loadNativeKernels, nativeLoadError } from "./native.ts";
 
 /** The backends whose kernels we override. */
@@ -158,7 +163,8 @@ const PANEL = 64;
 
 /**
  * The precision of the weights a served model's steps multiply by: float32 (the checkpoint's),
- * or bfloat16 (half the bytes per step, and AMX's tile products where the CPU has them).
+ * or bfloat16 (half the bytes per step, and twice or more the products per cycle where the CPU
+ * multiplies bfloat16: AMX, AVX-512 BF16).
  */
 export type DecodeDtype = "float32" | "bfloat16";
 
@@ -182,23 +188,26 @@ export function packWeight(w: tf.Tensor2D, dtype: DecodeDtype): PackedWeight | n
   return packed;
 }
 
-/** Whether bfloat16 products run on AMX (Intel Xeon since Sapphire Rapids, granted by Linux). */
-export function nativeUsesAmx(): boolean {
-  return loadNativeKernels()?.usesAmx() ?? false;
+/** The loop bfloat16 products run on ("plain" also where the native addon is not loaded). */
+export function nativeBf16Kernel(): Bf16Kernel {
+  return loadNativeKernels()?.bf16Kernel() ?? "plain";
 }
 
-/** Lets bfloat16 products use AMX where there is one, or not (tests compare both paths). */
-export function setNativeAmx(on: boolean): boolean {
-  return loadNativeKernels()?.setAmx(on) ?? false;
+/**
+ * Caps the bfloat16 loop at `kernel` (tests compare the loops); the CPU's best when it lacks
+ * that one. Returns the loop in use.
+ */
+export function setNativeBf16Kernel(kernel: Bf16Kernel): Bf16Kernel {
+  return loadNativeKernels()?.setBf16Kernel(kernel) ?? "plain";
 }
 
 /**
  * The dtype "auto" stands for (vLLM's --dtype auto serves a float32 checkpoint in half
- * precision): bfloat16 where its products run on AMX, float32 elsewhere, where the plain
- * bfloat16 loop would be slower than float32's.
+ * precision): bfloat16 where the CPU multiplies it natively (AMX or AVX-512 BF16), float32
+ * elsewhere, where the plain bfloat16 loop would be slower than float32's.
  */
 export function autoDecodeDtype(): DecodeDtype {
-  return nativeUsesAmx() && fusedKernelsActive() ? "bfloat16" : "float32";
+  return nativeBf16Kernel() !== "plain" && fusedKernelsActive() ? "bfloat16" : "float32";
 }
 
 /** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */

@@ -12,6 +12,12 @@ export interface BlasInfo {
   chosenCore: string;
 }
 
+/**
+ * What multiplies bfloat16 weights: AMX's tiles (Intel Xeon since Sapphire Rapids), AVX-512
+ * BF16's pair products (AMD since Zen 4, Intel since Cooper Lake), or a plain loop elsewhere.
+ */
+export type Bf16Kernel = "amx" | "avx512bf16" | "plain";
+
 /** Weights packed for decode steps: float32 panels (packPanels) or bfloat16 tiles (packBf16). */
 export type PackedWeight = Float32Array | Uint16Array;
 
@@ -46,10 +52,10 @@ export interface NativeKernels {
   packPanels(w: Float32Array, packed: Float32Array, inDim: number, outDim: number): void;
   /** bfloat16 tiles in AMX's order: the layout linearPanels reads from a Uint16Array. */
   packBf16(w: Float32Array, packed: Uint16Array, inDim: number, outDim: number): void;
-  /** Whether bfloat16 products may use AMX where the CPU has it; returns whether they do. */
-  setAmx(on: boolean): boolean;
-  /** Whether bfloat16 products run on AMX. */
-  usesAmx(): boolean;
+  /** The loop bfloat16 products run on: the best the CPU has, unless setBf16Kernel chose one. */
+  bf16Kernel(): Bf16Kernel;
+  /** Caps the bfloat16 loop at `kernel` (the CPU's best below it); returns the one in use. */
+  setBf16Kernel(kernel: Bf16Kernel): Bf16Kernel;
   /** out = x @ w + bias with w packed by packPanels or packBf16; the decode steps' products. */
   linearPanels(
     x: Float32Array,
