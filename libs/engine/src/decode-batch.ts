@@ -109,7 +109,8 @@ export class DecodeBatch {
   }
 
   /**
-   * Prefills the prompts in one left-padded forward pass and adds their rows to the batch; each
+   * Prefills the prompts (on the native kernels straight into the cache, #addInPlace; on plain
+   * tfjs in one left-padded forward pass, then stored) and adds their rows to the batch; each
    * row's first token is sampled at the next step(). The rows are returned per request.
    */
   async add(requests: readonly DecodeRequest[]): Promise<DecodeRow[][]> {
@@ -124,6 +125,7 @@ export class DecodeBatch {
       if (r.rows.length === 0) throw new Error("a request needs at least one row");
     }
     if (requests.length === 0) return [];
+    if (this.#cache.native) return this.#addInPlace(requests);
     const width = Math.max(...requests.map((r) => r.prompt.length));
     const padLeft = requests.map((r) => width - r.prompt.length);
     const joining = new KVCache(this.#model.config.nLayers);
@@ -175,6 +177,70 @@ export class DecodeBatch {
     } finally {
       joining.dispose();
     }
+  }
+
+  /**
+   * add() on the native kernels: one forward step whose rows are the prompts' tokens, token p of
+   * a prompt a row of length p on its first decode row's blocks. The step writes every token's
+   * key and value before any row attends, so each token sees the positions up to its own: a
+   * causal prefill written straight into the cache, through the same fused layers as a decode
+   * step, with no padding and no copy (the probe model in bfloat16: a 64-token prompt 5.3-5.9 ->
+   * 3.4-4.2 ms, a 200-token one 11.8 -> 8.2).
+   * A prompt's other rows (n > 1) get copies of its positions.
+   */
+  async #addInPlace(requests: readonly DecodeRequest[]): Promise<DecodeRow[][]> {
+    const { vocabSize, dModel } = this.#model.config;
+    const joined = requests.map((request) =>
+      request.rows.map((options) => {
+        const row = new DecodeRow(request.prompt, options);
+        row.length = request.prompt.length;
+        row.blocks = this.#cache.allocate(this.#cache.blocksFor(row.length + 1));
+        return row;
+      }),
+    );
+    let logits: Float32Array;
+    try {
+      const tokens = requests.flatMap((r, i) =>
+        r.prompt.map((_, p) => ({ blocks: joined[i][0].blocks, length: p })),
+      );
+      const lastTokens: number[] = [];
+      for (const r of requests) lastTokens.push((lastTokens.at(-1) ?? -1) + r.prompt.length);
+      this.#cache.beginStep(tokens);
+      let last: tf.Tensor;
+      try {
+        last = tf.tidy(() => {
+          const input = tf.tensor2d(
+            requests.flatMap((r) => r.prompt),
+            [tokens.length, 1],
+            "int32",
+          );
+          const normed = this.#model.hidden(input, { paged: this.#cache }); // [P, 1, C]
+          const ends = tf.gather(
+            normed.reshape([tokens.length, dModel]),
+            tf.tensor1d(lastTokens, "int32"),
+          );
+          return this.#model.logits(ends as tf.Tensor2D); // [N, V]
+        });
+      } finally {
+        this.#cache.endStep();
+      }
+      logits = (await last.data()) as Float32Array;
+      last.dispose();
+      for (const [first, ...others] of joined)
+        for (const row of others) this.#cache.copyPositions(first.blocks, row.blocks, row.length);
+    } catch (error) {
+      for (const row of joined.flat()) this.#cache.release(row.blocks);
+      throw error;
+    }
+    this.counts.prefills++;
+    return joined.map((rows, i) => {
+      const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
+      for (const row of rows) {
+        row.pending = Float32Array.from(own);
+        this.#rows.push(row);
+      }
+      return rows;
+    });
   }
 
   /**

@@ -405,6 +405,11 @@ export class GPT {
     });
   }
 
+  /** Inference logits of final hidden states (hidden()'s, after ln_f): [N, C] -> [N, V]. */
+  logits(normed: tf.Tensor2D): tf.Tensor2D {
+    return this.head(normed, false);
+  }
+
   /** The LM head: hidden states [N, C] -> logits [N, V], on its packed copy outside training. */
   private head(x: tf.Tensor2D, training: boolean): tf.Tensor2D {
     if (this.#packedHead && !training)

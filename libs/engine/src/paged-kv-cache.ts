@@ -8,7 +8,8 @@
 // On the native kernels the pools hold float16 (Uint16Arrays outside tfjs, which has no such
 // dtype): a decode step of many rows is bound by reading its keys and values, and half the bytes
 // made the paged attention of a 16-row step ~25% faster in place (1.77 -> 1.33 ms per step on
-// the probe model) and 3x in isolation. The prefill's own attention stays float32.
+// the probe model) and 3x in isolation. On the native kernels a prompt is prefilled as one step
+// whose rows are its tokens (DecodeBatch.add), so its attention reads float16 too.
 import * as tf from "@tensorflow/tfjs";
 import { FUSED, fusedKernelsActive, pagedStore } from "./kernels/index.ts";
 import type { KVCache } from "./kv-cache";
@@ -59,6 +60,11 @@ export class PagedKVCache {
     this.#width = width;
     this.blockSize = blockSize;
     this.#half = fusedKernelsActive();
+  }
+
+  /** Whether the pools are the native kernels' float16 (a step can then prefill, see DecodeBatch). */
+  get native(): boolean {
+    return this.#half;
   }
 
   /** Blocks the pools hold, free or not. */
@@ -127,6 +133,21 @@ export class PagedKVCache {
         }) as tf.Tensor2D;
       this.#replace(layer, scatter(k, this.#keys[layer]), scatter(v, this.#values[layer]));
     }
+  }
+
+  /**
+   * Copies a row's first `length` positions (every layer, keys and values) from its blocks into
+   * another row's: a prompt prefilled once for several rows. Native pools only.
+   */
+  copyPositions(from: readonly number[], to: readonly number[], length: number): void {
+    if (!this.#half) throw new Error("PagedKVCache.copyPositions: native pools only");
+    const size = this.blockSize * this.#width; // values per block
+    const blocks = this.blocksFor(length);
+    if (from.length < blocks || to.length < blocks)
+      throw new Error(`copying ${length} positions takes ${blocks} blocks on each side`);
+    for (const pool of [...this.#halfKeys, ...this.#halfValues])
+      for (let b = 0; b < blocks; b++)
+        pool.copyWithin(to[b] * size, from[b] * size, (from[b] + 1) * size);
   }
 
   /** Sets the rows of the next forward pass. Each must hold a block for position `length`. */

@@ -135,6 +135,33 @@ describe("DecodeBatch", () => {
     batch.dispose();
   });
 
+  it("prefills prompts across blocks to the model's own logits, each row with its copy", async () => {
+    const prompts = ["a prompt that runs across three blocks of sixteen", "short"];
+    const batch = new DecodeBatch(model);
+    const rows = await batch.add(
+      prompts.map((p) => ({ prompt: ids(p), rows: [row({ seed: "c" }), row({ seed: "c" })] })),
+    );
+    for (const [i, prompt] of prompts.entries()) {
+      const want = tf.tidy(
+        () =>
+          model
+            .lastLogits(tf.tensor2d([ids(prompt)], [1, ids(prompt).length], "int32"))
+            .dataSync() as Float32Array,
+      );
+      for (const r of rows[i]) {
+        const got = r.pending as Float32Array;
+        const diff = Math.max(...got.map((x, j) => Math.abs(x - want[j])));
+        // Natively the prompt's keys and values are read back as float16: ~1e-3 of the logits.
+        expect(diff / Math.max(...want.map(Math.abs))).toBeLessThan(1e-2);
+      }
+    }
+    await drain(batch);
+    // Two rows of one seed: the second decodes on its copy of the first's positions.
+    for (const [first, second] of rows) expect(second.tokens).toEqual(first.tokens);
+    expect(rows[0][0].tokens).toEqual(await alone(prompts[0], row({ seed: "c" })));
+    batch.dispose();
+  });
+
   it("lets a dropped row leave at the next step while the others go on", async () => {
     const batch = new DecodeBatch(model);
     const [[a], [b]] = await batch.add([
@@ -427,11 +454,17 @@ describe("the paged KV cache", () => {
 
   it("gives back the blocks of a join whose prefill could not be stored", async () => {
     const batch = new DecodeBatch(model);
-    const store = vi.spyOn(PagedKVCache.prototype, "store").mockImplementationOnce(() => {
+    // Natively the prompt goes straight into its first row's blocks and is copied to the others';
+    // on plain tfjs it is prefilled apart and stored into every row's.
+    const storing = fusedKernelsActive() ? "copyPositions" : "store";
+    const store = vi.spyOn(PagedKVCache.prototype, storing).mockImplementationOnce(() => {
       throw new Error("no room");
     });
     try {
-      await expect(batch.add([{ prompt: ids("lost"), rows: [row()] }])).rejects.toThrow("no room");
+      await expect(batch.add([{ prompt: ids("lost"), rows: [row(), row()] }])).rejects.toThrow(
+        "no room",
+      );
+      expect(store).toHaveBeenCalled();
       // The batch goes on: a later request decodes, and once it is done the batch frees its
       // pools (which it refuses while any blocks are still held).
       const [[next]] = await batch.add([{ prompt: ids("next"), rows: [row({ maxNewTokens: 3 })] }]);
