@@ -115,7 +115,7 @@ export class DecodeBatch {
    */
   async add(requests: readonly DecodeRequest[]): Promise<DecodeRow[][]> {
     this.#check();
-    const { contextLength, vocabSize } = this.#model.config;
+    const { contextLength } = this.#model.config;
     for (const r of requests) {
       if (r.prompt.length === 0) throw new Error("every prompt needs at least one token");
       if (r.prompt.length >= contextLength)
@@ -142,14 +142,7 @@ export class DecodeBatch {
       last.dispose();
       this.counts.prefills++;
       // One set of blocks per decode row: a prompt's positions are copied once per row.
-      const joined = requests.map((request) =>
-        request.rows.map((options) => {
-          const row = new DecodeRow(request.prompt, options);
-          row.length = request.prompt.length;
-          row.blocks = this.#cache.allocate(this.#cache.blocksFor(row.length + 1));
-          return row;
-        }),
-      );
+      const joined = this.#newRows(requests);
       try {
         this.#cache.store(
           joining,
@@ -166,14 +159,7 @@ export class DecodeBatch {
         for (const row of joined.flat()) this.#cache.release(row.blocks);
         throw error;
       }
-      return joined.map((rows, i) => {
-        const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
-        for (const row of rows) {
-          row.pending = Float32Array.from(own);
-          this.#rows.push(row);
-        }
-        return rows;
-      });
+      return this.#enter(joined, logits);
     } finally {
       joining.dispose();
     }
@@ -189,15 +175,8 @@ export class DecodeBatch {
    * A prompt's other rows (n > 1) get copies of its positions.
    */
   async #addInPlace(requests: readonly DecodeRequest[]): Promise<DecodeRow[][]> {
-    const { vocabSize, dModel } = this.#model.config;
-    const joined = requests.map((request) =>
-      request.rows.map((options) => {
-        const row = new DecodeRow(request.prompt, options);
-        row.length = request.prompt.length;
-        row.blocks = this.#cache.allocate(this.#cache.blocksFor(row.length + 1));
-        return row;
-      }),
-    );
+    const { dModel } = this.#model.config;
+    const joined = this.#newRows(requests);
     let logits: Float32Array;
     try {
       const tokens = requests.flatMap((r, i) =>
@@ -233,6 +212,24 @@ export class DecodeBatch {
       throw error;
     }
     this.counts.prefills++;
+    return this.#enter(joined, logits);
+  }
+
+  /** The requests' rows, each with blocks for its prompt and its first new token. */
+  #newRows(requests: readonly DecodeRequest[]): DecodeRow[][] {
+    return requests.map((request) =>
+      request.rows.map((options) => {
+        const row = new DecodeRow(request.prompt, options);
+        row.length = request.prompt.length;
+        row.blocks = this.#cache.allocate(this.#cache.blocksFor(row.length + 1));
+        return row;
+      }),
+    );
+  }
+
+  /** Prefilled rows join the batch, each sampling first from its prompt's logits ([N, V]). */
+  #enter(joined: DecodeRow[][], logits: Float32Array): DecodeRow[][] {
+    const { vocabSize } = this.#model.config;
     return joined.map((rows, i) => {
       const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
       for (const row of rows) {
