@@ -2,9 +2,10 @@
 // inference service's model shape (the probe GPT of bench:inference: d_model 256, 4 layers,
 // context 256, byte-v2 vocabulary) decoding rows of 64 prompt tokens and 128 new tokens each
 // through a DecodeBatch, at each batch size. Printed as one JSON object: per batch size the step
-// time (median and mean over every step of the repetitions), tokens/s, the native kernels' time
-// per step (tf.profile over later steps: the products and the paged attention), the prefill of
-// the level's prompts (median over the repetitions) and the KV cache's bytes at the longest. What bench:inference measures minus HTTP, clients and the event loop.
+// time (median and mean over every step of the repetitions), tokens/s, the forward pass's mean
+// time per step (the model's kernels; the rest of a step is sampling), the prefill of the level's
+// prompts (median over the repetitions) and the KV cache's bytes at the longest. What
+// bench:inference measures minus HTTP, clients and the event loop.
 //
 // The weights are packed in --dtype as the inference service packs them (default auto: bfloat16
 // where the CPU multiplies it: AMX or AVX-512 BF16; float32 elsewhere).
@@ -59,9 +60,8 @@ const round = (x: number, digits = 3) => Number(x.toFixed(digits));
 
 async function level(rows: number, repeats: number) {
   const steps: number[] = [];
+  const forwards: number[] = [];
   const prefills: number[] = [];
-  const kernels = new Map<string, number>();
-  let profiled = 0;
   let cacheBytes = 0;
   for (let repeat = 0; repeat <= repeats; repeat++) {
     // Repeat 0 warms up (compiled paths, pools, heap) and is not counted.
@@ -86,25 +86,17 @@ async function level(rows: number, repeats: number) {
       })),
     );
     if (repeat > 0) prefills.push(performance.now() - prefillStart);
-    for (let step = 0; batch.size > 0; step++) {
+    while (batch.size > 0) {
       cacheBytes = Math.max(cacheBytes, batch.cacheBytes());
-      // The last repetition's second half is profiled (kernel times), the rest timed.
-      if (repeat === repeats && step >= NEW_TOKENS / 2) {
-        const info = await tf.profile(async () => {
-          await batch.step();
-        });
-        for (const k of info.kernels)
-          kernels.set(k.name, (kernels.get(k.name) ?? 0) + (k.kernelTimeMs as number));
-        profiled++;
-        continue;
-      }
       const start = performance.now();
+      const forwardBefore = batch.counts.forwardMs;
       await batch.step();
-      if (repeat > 0) steps.push(performance.now() - start);
+      if (repeat === 0) continue;
+      steps.push(performance.now() - start);
+      forwards.push(batch.counts.forwardMs - forwardBefore);
     }
     batch.dispose();
   }
-  const perStep = (name: string) => round((kernels.get(name) ?? 0) / Math.max(1, profiled));
   const stepMs = mean(steps);
   return {
     rows,
@@ -112,15 +104,9 @@ async function level(rows: number, repeats: number) {
     step_ms_median: round(median(steps)),
     step_ms_mean: round(stepMs),
     tokens_per_s: round((rows * 1000) / stepMs, 0),
+    // The forward pass alone (the model's kernels; the rest of a step is sampling).
+    forward_ms_mean: round(mean(forwards)),
     prefill_ms_median: round(median(prefills)),
-    kernel_ms_per_step: {
-      // A whole transformer block per call (products, norms, paged attention): the usual path.
-      decode_layer: perStep("ChatrlDecodeLayer"),
-      // Where a block is not fused: OpenBLAS's products or the packed weights', and attention.
-      linear: round(perStep("ChatrlLinear") + perStep("ChatrlLinearPanels")),
-      paged_attention: perStep("ChatrlPagedAttention"),
-      all: round([...kernels.values()].reduce((a, b) => a + b, 0) / Math.max(1, profiled)),
-    },
     kv_cache_bytes: cacheBytes,
   };
 }

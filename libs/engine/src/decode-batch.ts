@@ -11,7 +11,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { DecodeDtype } from "./kernels/index.ts";
 import { KVCache } from "./kv-cache";
 import type { GPT } from "./model";
-import { PagedKVCache } from "./paged-kv-cache";
+import { PagedKVCache, type PagedRow } from "./paged-kv-cache";
 import { Rng } from "./rng";
 import { applyRepetitionPenalty, logSoftmaxAt, sampleToken, type TokenSampling } from "./sampler";
 
@@ -84,8 +84,8 @@ export class DecodeBatch {
   /** Active rows in cache order. */
   #rows: DecodeRow[] = [];
   #disposed = false;
-  /** Forward passes run: prefills and steps. */
-  readonly counts = { prefills: 0, steps: 0, tokens: 0 };
+  /** Forward passes run (prefills and steps), tokens sampled, and the passes' milliseconds. */
+  readonly counts = { prefills: 0, steps: 0, tokens: 0, forwardMs: 0 };
 
   /**
    * Packs the model's weights for decode steps (GPT.packForDecoding) in `dtype` (default
@@ -184,27 +184,15 @@ export class DecodeBatch {
       );
       const lastTokens: number[] = [];
       for (const r of requests) lastTokens.push((lastTokens.at(-1) ?? -1) + r.prompt.length);
-      this.#cache.beginStep(tokens);
-      let last: tf.Tensor;
-      try {
-        last = tf.tidy(() => {
-          const input = tf.tensor2d(
-            requests.flatMap((r) => r.prompt),
-            [tokens.length, 1],
-            "int32",
-          );
-          const normed = this.#model.hidden(input, { paged: this.#cache }); // [P, 1, C]
-          const ends = tf.gather(
-            normed.reshape([tokens.length, dModel]),
-            tf.tensor1d(lastTokens, "int32"),
-          );
-          return this.#model.logits(ends as tf.Tensor2D); // [N, V]
-        });
-      } finally {
-        this.#cache.endStep();
-      }
-      logits = (await last.data()) as Float32Array;
-      last.dispose();
+      const ids = Int32Array.from(requests.flatMap((r) => r.prompt));
+      logits = await this.#stepLogits(tokens, ids, lastTokens, (input) => {
+        const normed = this.#model.hidden(input, { paged: this.#cache }); // [P, 1, C]
+        const ends = tf.gather(
+          normed.reshape([tokens.length, dModel]),
+          tf.tensor1d(lastTokens, "int32"),
+        );
+        return this.#model.logits(ends as tf.Tensor2D); // [N, V]
+      });
       for (const [first, ...others] of joined)
         for (const row of others) this.#cache.copyPositions(first.blocks, row.blocks, row.length);
     } catch (error) {
@@ -305,26 +293,43 @@ export class DecodeBatch {
       if (row.blocks.length * this.#cache.blockSize <= row.length)
         row.blocks.push(...this.#cache.allocate(1));
     }
-    this.#cache.beginStep(this.#rows);
-    let last: tf.Tensor;
-    try {
-      last = tf.tidy(() => {
-        const input = tf.tensor2d(
-          this.#rows.map((row) => row.tokens[row.tokens.length - 1]),
-          [batch, 1],
-          "int32",
-        );
-        return this.#model.forward(input, { paged: this.#cache }).reshape([batch, vocabSize]);
-      });
-    } finally {
-      this.#cache.endStep();
-    }
+    const ids = Int32Array.from(this.#rows, (row) => row.tokens[row.tokens.length - 1]);
+    const logits = await this.#stepLogits(this.#rows, ids, undefined, (input) =>
+      this.#model.forward(input, { paged: this.#cache }).reshape([batch, vocabSize]),
+    );
     for (const row of this.#rows) row.length++;
-    const logits = (await last.data()) as Float32Array;
-    last.dispose();
     this.counts.steps++;
     for (const [i, row] of this.#rows.entries())
       row.pending = logits.slice(i * vocabSize, (i + 1) * vocabSize);
+  }
+
+  /**
+   * One forward step of `rows` (their tokens `ids`) on the paged cache: the logits of the rows in
+   * `pick` (default all), natively outside tfjs where the model can (GPT.decodeLogits), else
+   * through `viaTfjs` on the ids as a [B, 1] tensor.
+   */
+  async #stepLogits(
+    rows: readonly PagedRow[],
+    ids: Int32Array,
+    pick: readonly number[] | undefined,
+    viaTfjs: (input: tf.Tensor2D) => tf.Tensor,
+  ): Promise<Float32Array> {
+    const start = performance.now();
+    this.#cache.beginStep(rows);
+    let last: tf.Tensor | null = null;
+    let logits: Float32Array | null;
+    try {
+      logits = this.#model.decodeLogits(ids, this.#cache, pick);
+      if (!logits) last = tf.tidy(() => viaTfjs(tf.tensor2d(ids, [ids.length, 1], "int32")));
+    } finally {
+      this.#cache.endStep();
+    }
+    if (last) {
+      logits = (await last.data()) as Float32Array;
+      last.dispose();
+    }
+    this.counts.forwardMs += performance.now() - start;
+    return logits as Float32Array;
   }
 
   /** Drops done rows from the batch; their blocks go back to the cache. */

@@ -6,7 +6,16 @@ import * as tf from "@tensorflow/tfjs";
 import { type ModelConfig, validateModelConfig } from "./config";
 import type { KVCache } from "./kv-cache";
 import type { PagedKVCache } from "./paged-kv-cache";
-import { type DecodeDtype, FUSED, type PackedWeight, packWeight } from "./kernels/index.ts";
+import {
+  type DecodeDtype,
+  FUSED,
+  fusedKernelsActive,
+  loadNativeKernels,
+  type NativeKernels,
+  type PackedWeight,
+  packWeight,
+  tensorView,
+} from "./kernels/index.ts";
 import {
   causalAttention,
   embedding,
@@ -247,10 +256,10 @@ class Block {
    */
   private fusedDecode(x: tf.Tensor3D, paged: PagedKVCache): tf.Tensor3D | null {
     const step = paged.nativeLayer(this.layer);
+    const packed = this.packedAlone();
+    if (!step || !packed) return null;
     const [qkv, proj, fc, fc2] = this.projections();
-    const packed = [qkv, proj, fc, fc2].map((p) => p.packedAlone());
-    if (!step || packed.some((p) => p === null)) return null;
-    const [wQkv, wProj, wFc, wFc2] = packed as PackedWeight[];
+    const [wQkv, wProj, wFc, wFc2] = packed;
     const [batch, , c] = x.shape; // T = 1
     const { norm, activation, layerNormEps } = this.config;
     const betas: tf.NamedTensorMap =
@@ -282,6 +291,63 @@ class Block {
       .engine()
       .runKernel(FUSED.decodeLayer, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
     return out.reshape([batch, 1, c]) as tf.Tensor3D;
+  }
+
+  /** The four projections' packed copies, or null unless every one is packed and alone. */
+  packedAlone(): PackedWeight[] | null {
+    const packed = this.projections().map((p) => p.packedAlone());
+    return packed.some((p) => p === null) ? null : (packed as PackedWeight[]);
+  }
+
+  /**
+   * The same native call outside tfjs (GPT.decodeLogits): x [rows, C] -> out, on the weights'
+   * own data. The caller checked packedAlone() and the pools.
+   */
+  decodeNative(
+    x: Float32Array,
+    out: Float32Array,
+    rows: number,
+    paged: PagedKVCache,
+    native: NativeKernels,
+  ): void {
+    const step = paged.nativeArrays(this.layer);
+    const packed = this.packedAlone();
+    if (!step || !packed) throw new Error(`block ${this.layer} cannot decode natively`);
+    const [qkv, proj, fc, fc2] = this.projections();
+    const [wQkv, wProj, wFc, wFc2] = packed;
+    const { dModel, norm, activation, layerNormEps } = this.config;
+    const view = (t?: tf.Tensor) => (t ? tensorView(t) : null);
+    native.decodeLayer(
+      x,
+      out,
+      tensorView(this.ln1.weight),
+      view(this.ln1.bias),
+      wQkv,
+      tensorView(qkv.b),
+      wProj,
+      tensorView(proj.b),
+      tensorView(this.ln2.weight),
+      view(this.ln2.bias),
+      wFc,
+      tensorView(fc.b),
+      wFc2,
+      tensorView(fc2.b),
+      step.kPool,
+      step.vPool,
+      step.table,
+      step.lengths,
+      rows,
+      dModel,
+      step.heads,
+      fc.b.shape[0],
+      step.blockSize,
+      step.maxBlocks,
+      step.kPool.length / dModel,
+      step.scale,
+      layerNormEps,
+      norm === "layernorm" ? 0 : 1,
+      activation === "gelu" ? 0 : 1,
+    );
   }
 
   forward(x: tf.Tensor3D, ctx: Context): tf.Tensor3D {
@@ -403,6 +469,57 @@ export class GPT {
       const last = normed.slice([0, time - 1, 0], [batch, 1, dModel]).reshape([batch, dModel]);
       return this.head(last as tf.Tensor2D, opts.training ?? false);
     });
+  }
+
+  /**
+   * A decode step's logits outside tfjs: each row's new token (ids, [B]) at the paged cache's
+   * begun step, through every block's native call (Block.decodeNative), the final norm and the
+   * packed LM head, on the weights' own data. No tensor is made, so none of tfjs's per-op
+   * dispatch and bookkeeping, most of a one-row step's time outside the kernels. `pick` chooses
+   * whose logits come back (default every row): [pick.length, V]. Null where such a step cannot
+   * run (no native kernels, weights not packed or with an adapter on top, tfjs pools): forward()
+   * with the paged cache then does the same step.
+   */
+  decodeLogits(
+    ids: Int32Array,
+    paged: PagedKVCache,
+    pick?: readonly number[],
+  ): Float32Array | null {
+    const native = loadNativeKernels();
+    if (this.disposed || !native || !fusedKernelsActive() || !this.#packedHead) return null;
+    const step = paged.nativeArrays(0);
+    if (!step || this.blocks.some((b) => b.packedAlone() === null)) return null;
+    const { dModel: c, vocabSize, contextLength, layerNormEps } = this.config;
+    const rows = ids.length;
+    if (step.lengths.length !== rows)
+      throw new Error("GPT.decodeLogits: one token per row of the step");
+    let x = new Float32Array(rows * c);
+    let y = new Float32Array(rows * c);
+    const wte = tensorView(this.wte);
+    const wpe = tensorView(this.wpe);
+    for (let r = 0; r < rows; r++) {
+      const position = step.lengths[r];
+      if (position >= contextLength)
+        throw new Error(`position ${position} is past the context length ${contextLength}`);
+      const t = ids[r] * c;
+      const p = position * c;
+      for (let j = 0; j < c; j++) x[r * c + j] = wte[t + j] + wpe[p + j];
+    }
+    for (const block of this.blocks) {
+      block.decodeNative(x, y, rows, paged, native);
+      [x, y] = [y, x];
+    }
+    const bias = this.lnF.bias ? tensorView(this.lnF.bias) : null;
+    native.normRows(x, tensorView(this.lnF.weight), bias, y, rows, c, layerNormEps);
+    let normed = y;
+    if (pick) {
+      normed = new Float32Array(pick.length * c);
+      for (const [i, r] of pick.entries()) normed.set(y.subarray(r * c, (r + 1) * c), i * c);
+    }
+    const n = pick?.length ?? rows;
+    const logits = new Float32Array(n * vocabSize);
+    native.linearPanels(normed, this.#packedHead, null, logits, n, c, vocabSize);
+    return logits;
   }
 
   /** Inference logits of final hidden states (hidden()'s, after ln_f): [N, C] -> [N, V]. */

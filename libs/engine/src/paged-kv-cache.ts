@@ -25,12 +25,21 @@ export type PagedSource = PagedRow & {
   start: number;
 };
 
+/** One layer's float16 pools as the native kernels take them, with the attention's shape. */
+type LayerPools = {
+  kPool: Uint16Array;
+  vPool: Uint16Array;
+  heads: number;
+  blockSize: number;
+  scale: number;
+};
+
 /** A step's rows as the kernels take them, once for every layer. */
 type Step = {
   table: Int32Array; // [B, maxBlocks]
   lengths: Int32Array; // [B]
   maxBlocks: number;
-  /** The same as tensors, for the native kernel (uploaded once, released at endStep). */
+  /** The same as tensors, for the native kernels through tfjs (made once when asked, released at endStep). */
   tensors: { table: tf.Tensor2D; lengths: tf.Tensor1D } | null;
 };
 
@@ -159,13 +168,7 @@ export class PagedKVCache {
     }
     const table = this.#table(rows, maxBlocks);
     const lengths = Int32Array.from(rows, (r) => r.length);
-    const tensors = this.#half
-      ? tf.tidy(() => ({
-          table: tf.keep(tf.tensor2d(table, [rows.length, maxBlocks], "int32")),
-          lengths: tf.keep(tf.tensor1d(lengths, "int32")),
-        }))
-      : null;
-    this.#step = { table, lengths, maxBlocks, tensors };
+    this.#step = { table, lengths, maxBlocks, tensors: null };
   }
 
   endStep(): void {
@@ -207,25 +210,38 @@ export class PagedKVCache {
    */
   nativeLayer(layer: number): {
     inputs: { table: tf.Tensor; lengths: tf.Tensor };
-    attrs: {
-      kPool: Uint16Array;
-      vPool: Uint16Array;
-      heads: number;
-      blockSize: number;
-      scale: number;
-    };
+    attrs: LayerPools;
   } | null {
+    const arrays = this.nativeArrays(layer);
+    if (!arrays) return null;
     const step = this.#current();
-    if (!step.tensors) return null;
+    // Made at the first layer that asks (a step run outside tfjs never does), kept to endStep.
+    step.tensors ??= tf.tidy(() => ({
+      table: tf.keep(tf.tensor2d(step.table, [step.lengths.length, step.maxBlocks], "int32")),
+      lengths: tf.keep(tf.tensor1d(step.lengths, "int32")),
+    }));
+    const { kPool, vPool, heads, blockSize, scale } = arrays;
+    return { inputs: step.tensors, attrs: { kPool, vPool, heads, blockSize, scale } };
+  }
+
+  /**
+   * The same for a step run outside tfjs (GPT.decodeLogits): the step's block table and lengths
+   * as arrays, with the layer's float16 pools. Null where the pools are tfjs tensors.
+   */
+  nativeArrays(
+    layer: number,
+  ): (LayerPools & { table: Int32Array; lengths: Int32Array; maxBlocks: number }) | null {
+    const step = this.#current();
+    if (!this.#half) return null;
     return {
-      inputs: step.tensors,
-      attrs: {
-        kPool: this.#halfKeys[layer],
-        vPool: this.#halfValues[layer],
-        heads: this.#heads,
-        blockSize: this.blockSize,
-        scale: 1 / Math.sqrt(this.#width / this.#heads),
-      },
+      table: step.table,
+      lengths: step.lengths,
+      maxBlocks: step.maxBlocks,
+      kPool: this.#halfKeys[layer],
+      vPool: this.#halfValues[layer],
+      heads: this.#heads,
+      blockSize: this.blockSize,
+      scale: 1 / Math.sqrt(this.#width / this.#heads),
     };
   }
 

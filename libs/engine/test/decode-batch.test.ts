@@ -507,9 +507,9 @@ describe("the paged KV cache", () => {
 describe("the fused decode layer", () => {
   /**
    * Three decode steps of two left-padded prompts on a paged cache: each step's logits, and
-   * the kernels that ran.
+   * the tfjs kernels that ran. `direct`: the steps outside tfjs (GPT.decodeLogits).
    */
-  async function decodeSteps(gpt: GPT) {
+  async function decodeSteps(gpt: GPT, direct = false) {
     const { nLayers, nHeads, dModel } = gpt.config;
     const prompts = [
       [5, 9, 120, 33],
@@ -538,12 +538,20 @@ describe("the fused decode layer", () => {
           for (const r of rows)
             if (r.blocks.length * cache.blockSize <= r.length) r.blocks.push(...cache.allocate(1));
           cache.beginStep(rows);
-          const out = tf.tidy(() =>
-            gpt.forward(tf.tensor2d([[40 + step], [70 + step]], [2, 1], "int32"), { paged: cache }),
-          );
+          if (direct) {
+            const out = gpt.decodeLogits(Int32Array.from([40 + step, 70 + step]), cache);
+            expect(out).not.toBeNull();
+            logits.push(Array.from(out as Float32Array));
+          } else {
+            const out = tf.tidy(() =>
+              gpt.forward(tf.tensor2d([[40 + step], [70 + step]], [2, 1], "int32"), {
+                paged: cache,
+              }),
+            );
+            logits.push(Array.from(out.dataSync()));
+            out.dispose();
+          }
           cache.endStep();
-          logits.push(Array.from(out.dataSync()));
-          out.dispose();
           for (const r of rows) r.length++;
         }
       });
@@ -576,7 +584,15 @@ describe("the fused decode layer", () => {
         gpt.packForDecoding();
         const fused = await decodeSteps(gpt);
         expect(fused.kernels).toContain("ChatrlDecodeLayer");
+        // The same step outside tfjs: no tfjs kernel at all, the same logits (the final RMS norm
+        // is tfjs's ops on one path and the native loop on the other: float32 sums in another order).
+        const direct = await decodeSteps(gpt, true);
+        expect(direct.kernels.size).toBe(0);
+        const gap = Math.max(...direct.logits.map((x, i) => Math.abs(x - fused.logits[i])));
+        if (!variant.norm) expect(gap).toBe(0);
+        else expect(gap / Math.max(...fused.logits.map(Math.abs))).toBeLessThan(1e-5);
         gpt.unpackDecoding();
+        await expect(decodeSteps(gpt, true)).rejects.toThrow(); // not packed: decodeLogits gives null
         const plain = await decodeSteps(gpt);
         expect(plain.kernels).not.toContain("ChatrlDecodeLayer");
         const diff = Math.max(...fused.logits.map((x, i) => Math.abs(x - plain.logits[i])));

@@ -1571,6 +1571,23 @@ void Activate(float* x, int64_t n, int act) {
   }
 }
 
+// normRows(x, gamma, beta | null, y, rows, cols, eps): layer norm (with beta) or RMS norm (without)
+// of each row, as the decode layer's norms: a decode step's final norm outside tfjs.
+Napi::Value NormRowsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 7, "normRows")) return env.Undefined();
+  const int64_t rows = Int(info, 4), cols = Int(info, 5);
+  const float eps = info[6].As<Napi::Number>().FloatValue();
+  const bool hasBeta = !info[2].IsNull() && !info[2].IsUndefined();
+  const float* x = FloatData(info[0], rows * cols, "x", env);
+  const float* gamma = x ? FloatData(info[1], cols, "gamma", env) : nullptr;
+  const float* beta = gamma && hasBeta ? FloatData(info[2], cols, "beta", env) : nullptr;
+  float* y = gamma && (beta || !hasBeta) ? FloatData(info[3], rows * cols, "y", env) : nullptr;
+  if (y == nullptr) return env.Undefined();
+  NormRows(x, gamma, beta, y, rows, cols, eps, hasBeta ? kLayerNorm : kRmsNorm);
+  return env.Undefined();
+}
+
 // decodeLayer(x, out, ln1g, ln1b | null, wQkv, bQkv, wProj, bProj, ln2g, ln2b | null, wFc, bFc,
 // wFc2, bFc2, kPool, vPool, table, lengths, rows, c, nh, hidden, blockSize, maxBlocks,
 // poolPositions, scale, eps, norm, act): one transformer block of a decode step in one call, the
@@ -1827,6 +1844,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("pagedAttention", Napi::Function::New(env, PagedAttention));
   exports.Set("decodeLayer", Napi::Function::New(env, DecodeLayer));
+  exports.Set("normRows", Napi::Function::New(env, NormRowsJs));
   exports.Set("pagedStore", Napi::Function::New(env, PagedStore));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

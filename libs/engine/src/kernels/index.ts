@@ -210,6 +210,15 @@ export function autoDecodeDtype(): DecodeDtype {
   return nativeBf16Kernel() !== "plain" && fusedKernelsActive() ? "bfloat16" : "float32";
 }
 
+/**
+ * A tensor's float32 data on the active JavaScript-hosted backend (wasm, cpu), without a copy,
+ * for native calls made outside tfjs. Take it after any tfjs allocation: allocating can move the
+ * wasm heap.
+ */
+export function tensorView(t: tf.Tensor): Float32Array {
+  return dataAccess(tf.getBackend(), tf.engine().backend).view(t) as Float32Array;
+}
+
 /** Threads for OpenBLAS and the addon's parallel loops (no-op without the native addon). */
 export function setNativeThreads(n: number): void {
   loadNativeKernels()?.setThreads(n);

@@ -96,6 +96,16 @@ export interface NativeKernels {
     hs: number,
     scale: number,
   ): void;
+  /** y = layer norm (gamma, beta) or RMS norm (gamma; beta null) of each row of x [rows, cols]. */
+  normRows(
+    x: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array | null,
+    y: Float32Array,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
   layerNormForward(
     x: Float32Array,
     gamma: Float32Array,
