@@ -1151,7 +1151,9 @@ __attribute__((target("amx-tile,amx-bf16"))) void Bf16ProductAmx(
 }
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11
+// Built only where the build targets AVX-512 (-march=native on such a CPU): a portable build
+// (x86-64-v3, the images) carries no AVX-512 instruction at all, and serves float32 on such CPUs.
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11 && defined(__AVX512F__)
 #define CHATRL_AVX512_BF16 1
 // Without AMX, AVX-512 BF16 (AMD since Zen 4, Intel since Cooper Lake) multiplies pairs of
 // bfloat16 into float32 sums, 32 multiply-adds per instruction where a float32 FMA does 16. A
