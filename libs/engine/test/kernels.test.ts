@@ -23,7 +23,8 @@ import {
   mergeHeads,
   splitHeads,
 } from "../src/ops.ts";
-import { initBackend, tf } from "../src/index";
+import { GPT, initBackend, MODEL_PRESETS, tf } from "../src/index";
+import { PagedKVCache } from "../src/paged-kv-cache.ts";
 
 let defaultThreads = 1;
 
@@ -104,6 +105,35 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
   beforeAll(async () => {
     await tf.setBackend(backend);
     expect(installFastKernels(backend).native).toBe(true);
+  });
+
+  it("runs a packed model's decode step outside tfjs as its kernels do through tfjs", () => {
+    const gpt = new GPT({ ...MODEL_PRESETS.tiny, contextLength: 32 }, 3);
+    gpt.packForDecoding();
+    const { nLayers, nHeads, dModel } = gpt.config;
+    const [direct, viaTfjs] = [true, false].map((outside) => {
+      const cache = new PagedKVCache(nLayers, nHeads, dModel, 4);
+      const rows = [
+        { blocks: cache.allocate(2), length: 5 },
+        { blocks: cache.allocate(1), length: 0 },
+      ];
+      cache.beginStep(rows);
+      try {
+        if (outside) return Array.from(gpt.decodeLogits(Int32Array.from([7, 9]), cache) ?? []);
+        return tf.tidy(() =>
+          Array.from(
+            gpt.forward(tf.tensor2d([[7], [9]], [2, 1], "int32"), { paged: cache }).dataSync(),
+          ),
+        );
+      } finally {
+        cache.endStep();
+        for (const r of rows) cache.release(r.blocks);
+        cache.dispose();
+      }
+    });
+    expect(direct).toHaveLength(2 * gpt.config.vocabSize);
+    expect(direct).toEqual(viaTfjs);
+    gpt.dispose();
   });
 
   for (const { name, a, b, ta = false, tb = false } of MATMULS) {
