@@ -501,6 +501,8 @@ export class GPT {
       const position = step.lengths[r];
       if (position >= contextLength)
         throw new Error(`position ${position} is past the context length ${contextLength}`);
+      if (!(ids[r] >= 0 && ids[r] < vocabSize))
+        throw new Error(`token id ${ids[r]} is outside the vocabulary of ${vocabSize}`);
       const t = ids[r] * c;
       const p = position * c;
       for (let j = 0; j < c; j++) x[r * c + j] = wte[t + j] + wpe[p + j];

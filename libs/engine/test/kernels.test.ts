@@ -133,6 +133,16 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     });
     expect(direct).toHaveLength(2 * gpt.config.vocabSize);
     expect(direct).toEqual(viaTfjs);
+    // A token outside the vocabulary is refused, not read from past the embedding.
+    const cache = new PagedKVCache(nLayers, nHeads, dModel, 4);
+    const row = { blocks: cache.allocate(1), length: 0 };
+    cache.beginStep([row]);
+    expect(() => gpt.decodeLogits(Int32Array.from([gpt.config.vocabSize]), cache)).toThrow(
+      /outside the vocabulary/,
+    );
+    cache.endStep();
+    cache.release(row.blocks);
+    cache.dispose();
     gpt.dispose();
   });
 
