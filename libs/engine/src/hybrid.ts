@@ -6,11 +6,16 @@
 // LoRA adapters are merged into their projections for generation and taken out again for the
 // update (DeepSpeed-HE fuses and unfuses them the same way).
 import type * as tf from "@tensorflow/tfjs";
+import { DecodeBatch } from "./decode-batch";
+import { fusedKernelsActive } from "./kernels/index.ts";
 import type { GPT } from "./model";
 import type { Rng } from "./rng";
 import { type SampledRow, type SampleOptions, sampleTokens } from "./sampler";
 
 export type HybridMode = "training" | "inference";
+
+/** A rollout's answer: what PPO's experience reads of a sampled row. */
+export type RolloutSample = Omit<SampledRow, "logprobs">;
 
 export class HybridEngine {
   private current: HybridMode = "training";
@@ -23,14 +28,20 @@ export class HybridEngine {
     return this.current;
   }
 
-  /** Experience generation: inference mode for the duration of the rollout, then training mode again. */
+  /**
+   * Experience generation: inference mode for the duration of the rollout, then training mode
+   * again. On the native kernels the rollout runs on the inference service's decode path
+   * (decodeRollouts); elsewhere, or with `useCache: false`, on sampleTokens.
+   */
   async generate(
     prompts: readonly (readonly number[])[],
     opts: SampleOptions,
-  ): Promise<SampledRow[]> {
+  ): Promise<RolloutSample[]> {
     this.switchTo("inference");
     try {
-      return await sampleTokens(this.actor, prompts, opts);
+      if (opts.useCache === false || !fusedKernelsActive())
+        return await sampleTokens(this.actor, prompts, opts);
+      return await decodeRollouts(this.actor, prompts, opts);
     } finally {
       this.switchTo("training");
     }
@@ -54,7 +65,53 @@ export class HybridEngine {
       this.switches.toInference++;
     } else {
       this.actor.unmergeLora();
+      // The decode copies would not follow the update about to change the weights.
+      this.actor.unpackDecoding();
       this.switches.toTraining++;
     }
+  }
+}
+
+/**
+ * sampleTokens' rollouts (the same random streams, stop tokens and finishes) on the serving
+ * path: the actor's projections packed once for the decode kernels, in float32 (its own numbers),
+ * each step one native call per block outside tfjs (GPT.decodeLogits), the keys and values in
+ * the paged float16 cache, rows leaving as they finish.
+ */
+async function decodeRollouts(
+  actor: GPT,
+  prompts: readonly (readonly number[])[],
+  opts: SampleOptions,
+): Promise<RolloutSample[]> {
+  if (prompts.length === 0) return [];
+  const batch = new DecodeBatch(actor, { dtype: "float32" });
+  try {
+    const stopIds = [opts.eosId, ...(opts.endIds ?? [])];
+    const rows = (
+      await batch.add(
+        prompts.map((prompt, i) => ({
+          prompt,
+          rows: [
+            {
+              maxNewTokens: opts.maxNewTokens,
+              temperature: opts.temperature,
+              topP: opts.topP,
+              seed: `sample:${opts.seed}:${i}`, // sampleTokens' name for row i's stream
+              stopIds,
+              suppressIds: [opts.padId], // padding is never an answer
+            },
+          ],
+        })),
+      )
+    ).map(([row]) => row);
+    while (batch.size > 0) await batch.step();
+    return rows.map((row, i) => ({
+      prompt: prompts[i],
+      tokens: row.tokens,
+      // A stop token ends a row as sampleTokens' eos does; the rest ran out of tokens or context.
+      finish: row.finish === "stop" ? "eos" : "length",
+    }));
+  } finally {
+    batch.dispose();
   }
 }

@@ -125,7 +125,7 @@ export {
   whiten,
 } from "./losses";
 export { makeExperience, type Rollout, tokenLogprobs } from "./experience";
-export { HybridEngine, type HybridMode } from "./hybrid";
+export { HybridEngine, type HybridMode, type RolloutSample } from "./hybrid";
 export { emaUpdate, type PpoConfig, type PpoModels, PPOTrainer, rolloutSampling } from "./ppo";
 export {
   type PreferencePair,

@@ -16,12 +16,14 @@ import {
   renderChatPrompt,
   Rng,
   rolloutSampling,
+  sampleTokens,
   saveModel,
   tf,
   tokenLogprobs,
   V_HEAD,
   ValueModel,
 } from "../src/index";
+import { fusedKernelsActive } from "../src/kernels/index.ts";
 import { useTestBackend } from "./support";
 
 const tokenizer = new ByteTokenizer();
@@ -246,6 +248,25 @@ describe("PPO", () => {
       [system, user, assistant, endOfTurn].sort(),
     );
     expect(sampling.padId).toBe(tokenizer.padId);
+  });
+
+  it("samples rollouts on the serving decode path as sampleTokens does, and drops its decode copies after", async () => {
+    expect(fusedKernelsActive()).toBe(true);
+    const hybrid = new HybridEngine(models.actor);
+    const ids = prompts.slice(0, 3).map((p) => tokenizer.encode(p));
+    const sampling = { ...rolloutSampling(PPO, tokenizer, 7), maxNewTokens: 12 };
+    for (const temperature of [0, 1]) {
+      const opts = { ...sampling, temperature };
+      const served = await hybrid.generate(ids, opts);
+      expect(models.actor.decodeDtype).toBeNull(); // training mode again: the copies are gone
+      const reference = await sampleTokens(models.actor, ids, opts);
+      // The same streams and stops; float16 keys and values move the logits by ~1e-3, which
+      // these draws do not notice.
+      expect(served.map((r) => [r.tokens, r.finish])).toEqual(
+        reference.map((r) => [r.tokens, r.finish]),
+      );
+    }
+    expect(hybrid.switches).toEqual({ toInference: 2, toTraining: 2 });
   });
 
   it("makes a rollout whose KL is zero when the actor is the reference, and whose first-epoch ratio is 1", async () => {
