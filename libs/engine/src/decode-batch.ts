@@ -165,6 +165,15 @@ export class DecodeBatch {
     }
   }
 
+  /** add() with one row per prompt, `options(i)` for prompt i's: the rows, in prompt order. */
+  async addPrompts(
+    prompts: readonly (readonly number[])[],
+    options: (i: number) => DecodeRowOptions,
+  ): Promise<DecodeRow[]> {
+    const rows = await this.add(prompts.map((prompt, i) => ({ prompt, rows: [options(i)] })));
+    return rows.map(([row]) => row);
+  }
+
   /**
    * add() on the native kernels: one forward step whose rows are the prompts' tokens, token p of
    * a prompt a row of length p on its first decode row's blocks. The step writes every token's

@@ -162,25 +162,16 @@ export async function generate(
   const streams = prompts.map(() => new TextStream(tokenizer, opts.stop));
   const batch = new DecodeBatch(model, { dtype: opts.dtype });
   try {
-    const rows = (
-      await batch.add(
-        encoded.map((prompt, i) => ({
-          prompt,
-          rows: [
-            {
-              maxNewTokens: opts.maxTokens,
-              temperature: opts.temperature,
-              topP: opts.topP,
-              // Each row samples from its own stream, so a prompt's output does not depend on its
-              // neighbours'. The inference service names a request's choices the same way.
-              seed: `seed:${seed}:${i}`,
-              stopIds: rules.stop,
-              suppressIds: rules.suppress,
-            },
-          ],
-        })),
-      )
-    ).map(([row]) => row);
+    const rows = await batch.addPrompts(encoded, (i) => ({
+      maxNewTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topP: opts.topP,
+      // Each row samples from its own stream, so a prompt's output does not depend on its
+      // neighbours'. The inference service names a request's choices the same way.
+      seed: `seed:${seed}:${i}`,
+      stopIds: rules.stop,
+      suppressIds: rules.suppress,
+    }));
     const index = new Map<DecodeRow, number>(rows.map((row, i) => [row, i]));
     while (batch.size > 0) {
       await batch.step((row, token) => {

@@ -87,23 +87,14 @@ async function decodeRollouts(
   const batch = new DecodeBatch(actor, { dtype: "float32" });
   try {
     const stopIds = [opts.eosId, ...(opts.endIds ?? [])];
-    const rows = (
-      await batch.add(
-        prompts.map((prompt, i) => ({
-          prompt,
-          rows: [
-            {
-              maxNewTokens: opts.maxNewTokens,
-              temperature: opts.temperature,
-              topP: opts.topP,
-              seed: `sample:${opts.seed}:${i}`, // sampleTokens' name for row i's stream
-              stopIds,
-              suppressIds: [opts.padId], // padding is never an answer
-            },
-          ],
-        })),
-      )
-    ).map(([row]) => row);
+    const rows = await batch.addPrompts(prompts, (i) => ({
+      maxNewTokens: opts.maxNewTokens,
+      temperature: opts.temperature,
+      topP: opts.topP,
+      seed: `sample:${opts.seed}:${i}`, // sampleTokens' name for row i's stream
+      stopIds,
+      suppressIds: [opts.padId], // padding is never an answer
+    }));
     while (batch.size > 0) await batch.step();
     return rows.map((row, i) => ({
       prompt: prompts[i],
