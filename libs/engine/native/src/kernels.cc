@@ -1651,7 +1651,15 @@ Napi::Value DecodeLayer(const Napi::CallbackInfo& info) {
     Napi::RangeError::New(env, "decodeLayer: " + wrong).ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::vector<float> h(rows * c), qkv(rows * 3 * c), att(rows * c), y(rows * c), f(rows * hidden);
+  // Kept between calls: a prefill's rows make these hundreds of KB, which fresh vectors took
+  // from the kernel as new pages (faulted in and zeroed) on every call. Each is written whole
+  // before it is read.
+  thread_local std::vector<float> h, qkv, att, y, f;
+  h.resize(rows * c);
+  qkv.resize(rows * 3 * c);
+  att.resize(rows * c);
+  y.resize(rows * c);
+  f.resize(rows * hidden);
   NormRows(x, ln1g, ln1b, h.data(), rows, c, eps, norm);
   PackedProduct(h.data(), wQkv, bQkv, qkv.data(), rows, c, 3 * c);
   PagedStep(qkv.data(), kPool, vPool, table, lengths, att.data(), rows, nh, c / nh, blockSize,
