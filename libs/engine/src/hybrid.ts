@@ -1,10 +1,12 @@
 // The hybrid engine (DeepSpeed-HE's idea at this project's scale): PPO's actor is ONE set of
 // weights, the same tf.Variables, that switches between an inference mode for experience
-// generation (no gradient tape, dropout off, KV cache, batched sampling: the fused kernels run
-// without their backward bookkeeping) and a training mode for the update (dropout, tape), and back.
-// Nothing is copied at a switch, so the rollout always samples from the weights just trained.
-// LoRA adapters are merged into their projections for generation and taken out again for the
-// update (DeepSpeed-HE fuses and unfuses them the same way).
+// generation (no gradient tape, dropout off; on the native kernels the inference service's decode
+// path: the projections packed for the decode kernels, a paged KV cache, rows leaving as they
+// finish) and a training mode for the update (dropout, tape), and back. The packed copies are
+// made from the weights at each switch to inference and dropped at the switch back, so the
+// rollout always samples from the weights just trained. LoRA adapters are merged into their
+// projections for generation and taken out again for the update (DeepSpeed-HE fuses and unfuses
+// them the same way).
 import type * as tf from "@tensorflow/tfjs";
 import { DecodeBatch } from "./decode-batch";
 import { fusedKernelsActive } from "./kernels/index.ts";
