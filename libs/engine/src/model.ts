@@ -19,6 +19,7 @@ import {
 import {
   causalAttention,
   embedding,
+  gelu,
   layerNorm,
   linear,
   linearPacked,
@@ -61,13 +62,6 @@ type MakeParam = (name: string, shape: number[], init: Init) => tf.Variable;
 
 function dropout(x: tf.Tensor, rate: number, ctx: Context): tf.Tensor {
   return ctx.training && rate > 0 ? tf.dropout(x, rate, undefined, ctx.rng.nextUint32()) : x;
-}
-
-/** GPT-2's "gelu_new": the tanh approximation of GELU. */
-function gelu(x: tf.Tensor): tf.Tensor {
-  const cube = tf.mul(tf.mul(x, x), x); // cheaper than tf.pow on every backend
-  const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, cube)));
-  return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
 }
 
 /** LoRA adapters (DeepSpeed-Chat's --lora_dim, --lora_module_name): low-rank updates to projections. */

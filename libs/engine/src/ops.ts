@@ -3,7 +3,7 @@
 // Each returns a tensor its caller owns; call them inside tf.tidy.
 //
 // On the wasm and cpu backends with the native addon built (scripts/build-native.sh), linear,
-// causalAttention, layerNorm, splitHeads/mergeHeads, crossEntropy and adamwUpdate run as fused
+// causalAttention, layerNorm, gelu, splitHeads/mergeHeads, crossEntropy and adamwUpdate run as fused
 // OpenBLAS/C++ kernels with hand-written gradients (./kernels, docs/decisions/0004); everywhere
 // else, and after setFastKernelsEnabled(false), they are the plain tfjs compositions below, which
 // the tests hold the fused ones to.
@@ -89,6 +89,16 @@ export function layerNorm(
   const { mean, variance } = tf.moments(x, -1, true);
   const normalized = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
   return tf.add(tf.mul(normalized, gamma), beta);
+}
+
+/** GPT-2's "gelu_new": the tanh approximation of GELU, elementwise. */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  if (fusedKernelsActive() && x.dtype === "float32") {
+    return recording() ? fusedGelu(x) : (run(FUSED.gelu, { x }) as tf.Tensor);
+  }
+  const cube = tf.mul(tf.mul(x, x), x); // cheaper than tf.pow on every backend
+  const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, cube)));
+  return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
 }
 
 /**
@@ -245,6 +255,17 @@ const fusedCrossEntropy = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
       run(FUSED.crossEntropyGrad, { logits: ls, targets: ts, lse: lses, dy }) as tf.Tensor,
       tf.zerosLike(ts),
     ],
+  };
+});
+
+// One kernel each way instead of nine elementwise ops and their gradients; the backward
+// recomputes GELU's slope from the saved input.
+const fusedGelu = tf.customGrad((...args: (tf.Tensor | Saver)[]) => {
+  const [x, save] = args as [tf.Tensor, Saver];
+  save([x]);
+  return {
+    value: run(FUSED.gelu, { x }) as tf.Tensor,
+    gradFunc: (dy: tf.Tensor, [xs]: tf.Tensor[]) => run(FUSED.geluGrad, { x: xs, dy }) as tf.Tensor,
   };
 });
 

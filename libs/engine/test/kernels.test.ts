@@ -17,6 +17,7 @@ import {
   adamwUpdate,
   causalAttention,
   crossEntropy,
+  gelu,
   layerNorm,
   linear,
   linearPacked,
@@ -183,6 +184,7 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
         const lossGrads = tf.grads((l: tf.Tensor) =>
           tf.sum(crossEntropy(l as tf.Tensor2D, targets)),
         )([logits]);
+        const geluGrads = tf.grads((r: tf.Tensor) => tf.sum(tf.square(gelu(r))))([rows]);
         const headGrads = tf.grads((t: tf.Tensor) =>
           tf.sum(tf.square(mergeHeads(splitHeads(t as tf.Tensor3D, 4, 3)[1]))),
         )([qkv]);
@@ -197,6 +199,7 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
         const results = [
           linear(x, w as tf.Tensor2D),
           layerNorm(rows, g, g, 1e-5),
+          gelu(rows),
           crossEntropy(logits, targets),
           tf.matMul(batched[0], batched[1], false, true),
           // split by rows (tall results) and by columns (wide ones), with each transpose
@@ -207,6 +210,7 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
           ...attentionGrads,
           ...normGrads,
           ...lossGrads,
+          ...geluGrads,
           ...headGrads,
           p,
           m,
@@ -319,6 +323,29 @@ describe.each(["wasm", "cpu"])("kernels on the %s backend", (backend) => {
     const [fast, plain] = bothWays(() => causalAttention(q, k, v));
     expect(maxRelDiff(fast, plain)).toBeLessThan(1e-5);
     tf.dispose([q, k, v]);
+  });
+
+  it("computes GELU and its gradient as the plain ops do, across its range", () => {
+    // Around zero, through the bend, far into both tails, and a length the vector loop leaves a
+    // remainder of.
+    const values = Array.from({ length: 1031 }, (_, i) => (i - 515) / 40);
+    values.push(-60, -20, -1e-6, 0, 1e-6, 20, 60);
+    const x = tf.tensor1d(values);
+    const dy = rand([values.length], 21);
+    const [fast, plain] = bothWays(() =>
+      tf.tidy(() => {
+        const [dx] = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(gelu(t), dy)))([x]);
+        return tf.concat([gelu(x), dx]);
+      }),
+    );
+    expect(maxRelDiff(fast, plain)).toBeLessThan(1e-5);
+    // Spot values: GELU(1) = 0.8411920, GELU(-3) = -0.0036374, GELU'(0) = 0.5.
+    const at = (v: number) => values.indexOf(v);
+    expect(fast[at(40 / 40)]).toBeCloseTo(0.841192, 6);
+    expect(fast[at(-120 / 40)]).toBeCloseTo(-0.0036374, 6);
+    const slope = tf.tidy(() => tf.grad((t: tf.Tensor) => tf.sum(gelu(t)))(tf.zeros([1])));
+    expect(slope.dataSync()[0]).toBeCloseTo(0.5, 6);
+    tf.dispose([x, dy, slope]);
   });
 
   it.each([

@@ -1,4 +1,4 @@
-// Fused kernels behind ops.ts (linear, attention, layer norm, heads, cross-entropy, AdamW),
+// Fused kernels behind ops.ts (linear, attention, layer norm, GELU, heads, cross-entropy, AdamW),
 // registered under chatrl's own kernel names on the wasm and cpu backends and run through
 // tf.engine().runKernel, so they show up in tf.profile and their outputs are tracked like any
 // other tensor. Each forward kernel has a matching gradient kernel; ops.ts wires the two
@@ -15,6 +15,8 @@ export const FUSED = {
   attentionGrad: "ChatrlCausalAttentionGrad",
   layerNorm: "ChatrlLayerNorm",
   layerNormGrad: "ChatrlLayerNormGrad",
+  gelu: "ChatrlGelu",
+  geluGrad: "ChatrlGeluGrad",
   splitHeads: "ChatrlSplitHeads",
   mergeHeads: "ChatrlMergeHeads",
   adamw: "ChatrlAdamW",
@@ -212,6 +214,19 @@ export function registerFusedKernels(native: NativeKernels, backendName: string)
       cols,
     );
     return [dx, dgamma, dbeta];
+  });
+
+  // x -> GELU(x), any shape
+  kernel(FUSED.gelu, ({ x }, _attrs, io) => {
+    const y = io.alloc(x.shape, "float32");
+    native.geluForward(f32(io, x), f32(io, y), size(x.shape));
+    return y;
+  });
+
+  kernel(FUSED.geluGrad, ({ x, dy }, _attrs, io) => {
+    const dx = io.alloc(x.shape, "float32");
+    native.geluBackward(f32(io, x), f32(io, dy), f32(io, dx), size(x.shape));
+    return dx;
   });
 
   // x: [B, T, parts * nh * hs] -> parts x [B, nh, T, hs]

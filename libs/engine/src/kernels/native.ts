@@ -106,6 +106,10 @@ export interface NativeKernels {
     cols: number,
     eps: number,
   ): void;
+  /** y = GPT-2's tanh GELU of x, n values. */
+  geluForward(x: Float32Array, y: Float32Array, n: number): void;
+  /** dx = dy * GELU'(x), n values. */
+  geluBackward(x: Float32Array, dy: Float32Array, dx: Float32Array, n: number): void;
   layerNormForward(
     x: Float32Array,
     gamma: Float32Array,
