@@ -11,7 +11,7 @@
 // where the CPU multiplies it: AMX or AVX-512 BF16; float32 elsewhere).
 //
 //   npm run bench:decode -- [--rows 1,4,16,64] [--repeats N] [--threads N]
-//                           [--dtype auto|float32|bfloat16]
+//                           [--dtype auto|float32|bfloat16] [--activation relu|gelu]
 import { availableParallelism, loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
@@ -36,8 +36,11 @@ const { values: args } = parseArgs({
     repeats: { type: "string", default: "5" },
     threads: { type: "string" },
     dtype: { type: "string", default: "auto" },
+    activation: { type: "string", default: "relu" },
   },
 });
+if (args.activation !== "relu" && args.activation !== "gelu")
+  throw new Error(`--activation must be relu or gelu, not ${args.activation}`);
 if (!["auto", "float32", "bfloat16"].includes(String(args.dtype)))
   throw new Error(`--dtype must be auto, float32 or bfloat16, not ${args.dtype}`);
 
@@ -46,6 +49,7 @@ const config: ModelConfig = {
   vocabSize: MODEL_PRESETS.tiny.vocabSize,
   tokenizer: MODEL_PRESETS.tiny.tokenizer,
   contextLength: 256,
+  activation: args.activation, // relu (the probe's) or gelu (the tiny and small presets')
 };
 
 const backend = await initBackend();

@@ -3,10 +3,10 @@
 // MLP x4, tied embeddings, AdamW), printed as one JSON object.
 //
 //   npm run bench:engine -- [--backend wasm|cpu|tensorflow|tensorflow-gpu] [--threads N]
-//                           [--steps N] [--plain]
+//                           [--steps N] [--plain] [--activation relu|gelu]
 //
 // --threads: threads of the native kernels (default: every core); --plain: the pure tfjs path
-// (native kernels off) for comparison.
+// (native kernels off) for comparison; --activation gelu: the probe with the presets' GELU.
 import { availableParallelism, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import {
@@ -40,8 +40,13 @@ const { values: args } = parseArgs({
     threads: { type: "string" },
     steps: { type: "string", default: "20" },
     plain: { type: "boolean", default: false },
+    activation: { type: "string", default: "relu" },
   },
 });
+if (args.activation !== "relu" && args.activation !== "gelu")
+  throw new Error(`--activation must be relu or gelu, not ${args.activation}`);
+/** The probe model, with GELU (the tiny and small presets' activation) on --activation gelu. */
+const PROBE = { ...MODEL_PRESETS.probe, activation: args.activation } as const;
 
 /** Deterministic pseudo-random bytes (the benchmark needs shapes, not meaning). */
 function bytes(n: number, seed: number): Int32Array {
@@ -93,7 +98,7 @@ function matmulGflops(): number {
 }
 
 function benchTraining(steps: number) {
-  const config = MODEL_PRESETS.probe;
+  const config = PROBE;
   const model = new GPT(config, 1);
   const weights = model.namedWeights();
   const nameOf = new Map([...weights].map(([name, v]) => [v.name, name]));
@@ -153,7 +158,7 @@ function benchTraining(steps: number) {
 }
 
 async function benchDecode() {
-  const model = new GPT(MODEL_PRESETS.probe, 2);
+  const model = new GPT(PROBE, 2);
   const prompts = Array.from({ length: BATCH }, (_, r) =>
     String.fromCharCode(...bytes(PROMPT_TOKENS, 100 + r).map((b) => 32 + (b % 95))),
   );
@@ -217,7 +222,7 @@ async function main() {
     cores: availableParallelism(),
     native_kernels: kernels.native && !args.plain,
     blas: native && !args.plain ? native.blasInfo().config : null,
-    model: "probe: d_model 256, 4 layers, 4 heads, context 128, batch 16, vocab 256, ReLU, tied",
+    model: `probe: d_model 256, 4 layers, 4 heads, context 128, batch 16, vocab 256, ${PROBE.activation === "relu" ? "ReLU" : "GELU"}, tied`,
     matmul_gflops: matmul,
     ...train,
     train_mfu: train.train_gflops / matmul,
