@@ -47,7 +47,7 @@ export class DecodeRow {
   readonly logprobs: TokenLogprob[] = [];
   /** Set once the row is done: "stop" (a stop token, or the caller's stop()), "length". */
   finish: DecodeFinish | null = null;
-  /** Log-probs of the next token, until it is sampled. */
+  /** Logits of the next token, until it is sampled (a view of its step's logits: read only). */
   pending: Float32Array | null = null;
   /** Whether the caller dropped it (the client went away). */
   dropped = false;
@@ -84,6 +84,7 @@ export class DecodeBatch {
   /** Active rows in cache order. */
   #rows: DecodeRow[] = [];
   #disposed = false;
+  #sampling = new Float32Array(0);
   /** Forward passes run (prefills and steps), tokens sampled, and the passes' milliseconds. */
   readonly counts = { prefills: 0, steps: 0, tokens: 0, forwardMs: 0 };
 
@@ -230,7 +231,7 @@ export class DecodeBatch {
     return joined.map((rows, i) => {
       const own = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
       for (const row of rows) {
-        row.pending = Float32Array.from(own);
+        row.pending = own;
         this.#rows.push(row);
       }
       return rows;
@@ -283,7 +284,10 @@ export class DecodeBatch {
 
   #sample(row: DecodeRow, raw: Float32Array): number {
     const o = row.options;
-    const logits = Float32Array.from(raw);
+    // The rules below write into a copy; one buffer serves every row (a draw ends before the next).
+    if (this.#sampling.length !== raw.length) this.#sampling = new Float32Array(raw.length);
+    const logits = this.#sampling;
+    logits.set(raw);
     for (const id of o.suppressIds) logits[id] = Number.NEGATIVE_INFINITY;
     if (row.tokens.length < (o.minNewTokens ?? 0))
       for (const id of o.stopIds) logits[id] = Number.NEGATIVE_INFINITY;
@@ -309,7 +313,7 @@ export class DecodeBatch {
     for (const row of this.#rows) row.length++;
     this.counts.steps++;
     for (const [i, row] of this.#rows.entries())
-      row.pending = logits.slice(i * vocabSize, (i + 1) * vocabSize);
+      row.pending = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
   }
 
   /**

@@ -171,7 +171,7 @@ export function sampleToken(logits: Float32Array, opts: TokenSampling, rng: Rng)
     return best;
   }
   let max = Number.NEGATIVE_INFINITY;
-  for (const x of logits) max = Math.max(max, x);
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
   const unrestricted =
     opts.topP >= 1 && !(opts.topK && opts.topK > 0) && !(opts.minP && opts.minP > 0);
   if (unrestricted) return drawFromSoftmax(logits, max, opts.temperature, rng);
@@ -197,13 +197,17 @@ export function sampleToken(logits: Float32Array, opts: TokenSampling, rng: Rng)
   return order[kept - 1];
 }
 
+/** drawFromSoftmax's weights, kept between draws (a fresh array per token was garbage to collect). */
+let softmaxScratch = new Float64Array(0);
+
 /**
  * A draw from the whole softmax at `temperature` (no top-k, nucleus or floor): one pass for the
  * weights and one to find the token, in id order, instead of sorting the vocabulary. Draws one
  * number from `rng`, as the restricted path does.
  */
 function drawFromSoftmax(logits: Float32Array, max: number, temperature: number, rng: Rng): number {
-  const weights = new Float64Array(logits.length);
+  if (softmaxScratch.length < logits.length) softmaxScratch = new Float64Array(logits.length);
+  const weights = softmaxScratch; // a draw runs to its end before the next starts
   let total = 0;
   for (let i = 0; i < logits.length; i++) {
     weights[i] = Math.exp((logits[i] - max) / temperature);
@@ -211,7 +215,7 @@ function drawFromSoftmax(logits: Float32Array, max: number, temperature: number,
   }
   let r = rng.next() * total;
   let last = 0;
-  for (let i = 0; i < weights.length; i++) {
+  for (let i = 0; i < logits.length; i++) {
     if (weights[i] === 0) continue;
     last = i;
     r -= weights[i];
