@@ -64,6 +64,11 @@ function dropout(x: tf.Tensor, rate: number, ctx: Context): tf.Tensor {
   return ctx.training && rate > 0 ? tf.dropout(x, rate, undefined, ctx.rng.nextUint32()) : x;
 }
 
+/** A zero-copy view of a tensor that may be absent (an RMS norm's bias). */
+function optionalView(t?: tf.Tensor): Float32Array | null {
+  return t ? tensorView(t) : null;
+}
+
 /** LoRA adapters (DeepSpeed-Chat's --lora_dim, --lora_module_name): low-rank updates to projections. */
 export type LoraConfig = {
   /** Rank of each adapter. */
@@ -310,18 +315,17 @@ class Block {
     const [qkv, proj, fc, fc2] = this.projections();
     const [wQkv, wProj, wFc, wFc2] = packed;
     const { dModel, norm, activation, layerNormEps } = this.config;
-    const view = (t?: tf.Tensor) => (t ? tensorView(t) : null);
     native.decodeLayer(
       x,
       out,
       tensorView(this.ln1.weight),
-      view(this.ln1.bias),
+      optionalView(this.ln1.bias),
       wQkv,
       tensorView(qkv.b),
       wProj,
       tensorView(proj.b),
       tensorView(this.ln2.weight),
-      view(this.ln2.bias),
+      optionalView(this.ln2.bias),
       wFc,
       tensorView(fc.b),
       wFc2,

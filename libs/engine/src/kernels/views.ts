@@ -19,21 +19,37 @@ interface CpuBackendLike {
   makeTensorInfo(shape: number[], dtype: tf.DataType, values?: unknown): tf.TensorInfo;
 }
 
-export function dataAccess(backendName: string, backend: unknown): DataAccess {
-  if (backendName === "wasm") {
-    const wasm = backend as WasmBackendLike;
-    return {
-      view: (t) => wasm.typedArrayFromHeap(t) as Float32Array | Int32Array,
-      alloc: (shape, dtype) => wasm.makeOutput(shape, dtype),
-    };
+// Classes, not object literals of arrow functions: a decode step takes dozens of views, and a
+// bundle built with keepNames (scripts/build.ts; tsx does the same) names every such function at
+// each call with Object.defineProperty, which cost a one-stream service ~7% of its main thread.
+class WasmAccess implements DataAccess {
+  constructor(private readonly wasm: WasmBackendLike) {}
+
+  view(t: tf.TensorInfo): Float32Array | Int32Array {
+    return this.wasm.typedArrayFromHeap(t) as Float32Array | Int32Array;
   }
-  const cpu = backend as CpuBackendLike;
-  return {
-    view: (t) => cpu.data.get(t.dataId).values as Float32Array | Int32Array,
-    alloc: (shape, dtype) => {
-      const size = shape.reduce((a, b) => a * b, 1);
-      const values = dtype === "float32" ? new Float32Array(size) : new Int32Array(size);
-      return cpu.makeTensorInfo(shape, dtype, values);
-    },
-  };
+
+  alloc(shape: number[], dtype: "float32" | "int32"): tf.TensorInfo {
+    return this.wasm.makeOutput(shape, dtype);
+  }
+}
+
+class CpuAccess implements DataAccess {
+  constructor(private readonly cpu: CpuBackendLike) {}
+
+  view(t: tf.TensorInfo): Float32Array | Int32Array {
+    return this.cpu.data.get(t.dataId).values as Float32Array | Int32Array;
+  }
+
+  alloc(shape: number[], dtype: "float32" | "int32"): tf.TensorInfo {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const values = dtype === "float32" ? new Float32Array(size) : new Int32Array(size);
+    return this.cpu.makeTensorInfo(shape, dtype, values);
+  }
+}
+
+export function dataAccess(backendName: string, backend: unknown): DataAccess {
+  return backendName === "wasm"
+    ? new WasmAccess(backend as WasmBackendLike)
+    : new CpuAccess(backend as CpuBackendLike);
 }
